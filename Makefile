@@ -66,3 +66,7 @@ bench: system-deps venv $(BENCH_TARGETS) ## strategies side by side: JSON and a 
 .PHONY: clean
 clean: ## remove this checkout's build output (the machine caches stay)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info operator/*.egg-info
+
+.PHONY: print-py
+print-py: ## print the venv's python (for scripts and helpers)
+	@echo $(PY)
