@@ -1,0 +1,397 @@
+"""The test kubelet: the one fake part of the test cluster (no containers, no network namespaces).
+
+It registers Nodes and keeps them Ready, binds unscheduled pods to them (there is no scheduler),
+gives each pod its own address in a loopback /20, runs each container's ``command`` + ``args`` as a
+local process (images are ignored), reports Running/Ready from the readiness probe (HTTP GET on the
+pod IP), and on deletion stops the processes with SIGTERM, waits the pod's grace period, SIGKILLs
+what is left and removes the pod.
+
+A pod's process gets its ``env`` values, POD_NAME, POD_NAMESPACE, POD_IP, NODE_NAME, the kubelet's
+PATH (so ``python`` and ``connbalance`` are the venv's) and KUBECONFIG pointing at a kubeconfig
+holding a token for the pod's ServiceAccount, so it talks to the API server as that account.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import fcntl
+import ipaddress
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+SLOTS = ipaddress.ip_network("127.1.0.0/16")
+SLOT_PREFIX = 20  # 16 clusters at once (parallel test runs), 4094 pod IPs each
+LOOP_SECONDS = 0.3
+HEARTBEAT_SECONDS = 10.0
+RESTART_DELAY_SECONDS = 1.0
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(slots=True)
+class Probe:
+    """Readiness from an HTTP GET probe, counted as the kubelet does."""
+
+    url: str
+    period: float
+    initial_delay: float
+    success_threshold: int
+    failure_threshold: int
+    next_at: float = 0.0
+    successes: int = 0
+    failures: int = 0
+    ready: bool = False
+
+    def tick(self) -> None:
+        if time.monotonic() < self.next_at:
+            return
+        self.next_at = time.monotonic() + self.period
+        try:
+            with urllib.request.urlopen(self.url, timeout=1.0) as response:  # noqa: S310
+                ok = 200 <= response.status < 400
+        except OSError:
+            ok = False
+        self.successes, self.failures = (self.successes + 1, 0) if ok else (0, self.failures + 1)
+        if ok and self.successes >= self.success_threshold:
+            self.ready = True
+        if not ok and self.failures >= self.failure_threshold:
+            self.ready = False
+
+
+@dataclass(slots=True)
+class Container:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    log: Path
+    restart_policy: str
+    probe: Probe | None
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: str = ""
+    exit_code: int | None = None
+    restart_at: float = 0.0
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,  # its own group: signal it all
+            )
+        self.started_at, self.exit_code = now(), None
+
+    def poll(self) -> None:
+        """Notice an exit; restart as the pod's restartPolicy says, one second later."""
+        if self.process is not None and self.process.poll() is not None:
+            self.exit_code, self.process = self.process.returncode, None
+            if self.restart_policy == "Always" or (
+                self.restart_policy == "OnFailure" and self.exit_code != 0
+            ):
+                self.restart_at = time.monotonic() + RESTART_DELAY_SECONDS
+        if self.process is None and self.restart_at and time.monotonic() >= self.restart_at:
+            self.restart_at, self.restarts = 0.0, self.restarts + 1
+            if self.probe is not None:
+                self.probe.ready = False
+            self.start()
+        if self.process is not None and self.probe is not None:
+            self.probe.tick()
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+
+    @property
+    def ready(self) -> bool:
+        return self.process is not None and (self.probe is None or self.probe.ready)
+
+    def status(self, image: str) -> dict[str, Any]:
+        if self.process is not None:
+            state: dict[str, Any] = {"running": {"startedAt": self.started_at}}
+        else:
+            state = {"terminated": {"exitCode": self.exit_code or 0, "startedAt": self.started_at,
+                                    "finishedAt": now()}}
+        return {"name": self.name, "image": image, "imageID": "", "ready": self.ready,
+                "restartCount": self.restarts, "started": self.process is not None,
+                "containerID": f"process://{self.process.pid}" if self.process else "",
+                "state": state}
+
+
+@dataclass(slots=True)
+class Pod:
+    uid: str
+    namespace: str
+    name: str
+    ip: str
+    containers: list[Container]
+    stopping: bool = False
+    last_status: dict[str, Any] = field(default_factory=dict)
+
+
+class Kubelet:
+    def __init__(self, *, nodes: list[str], run_dir: Path, api_server: str, ca_file: str) -> None:
+        self.nodes = nodes
+        self.run_dir = run_dir
+        self.api_server = api_server
+        self.ca_file = ca_file
+        self.core = client.CoreV1Api()
+        self.pods: dict[str, Pod] = {}
+        self.next_node = 0
+        self.stop = threading.Event()
+        self.network, self.slot_lock = self.claim_slot()
+        self.free_ips = (str(ip) for ip in self.network.hosts() if ip.packed[-1] not in (0, 255))
+
+    def claim_slot(self) -> tuple[ipaddress.IPv4Network, Any]:
+        """Hold one /20 of 127.1.0.0/16 for this kubelet's life, so parallel clusters never share IPs."""
+        lock_dir = Path("/tmp/connbalance-cluster-slots")  # noqa: S108 - shared by every run on purpose
+        lock_dir.mkdir(exist_ok=True)
+        for index, network in enumerate(SLOTS.subnets(new_prefix=SLOT_PREFIX)):
+            handle = (lock_dir / f"slot-{index}.lock").open("w")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            return network, handle
+        raise SystemExit("kubelet: every pod address slot in 127.1.0.0/16 is in use")
+
+    def register_nodes(self) -> None:
+        for name in self.nodes:
+            body = {"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}
+            with contextlib.suppress(client.ApiException):
+                self.core.create_node(body)
+            self.heartbeat(name)
+
+    def heartbeat(self, name: str) -> None:
+        stamp = now()
+        resources = {"cpu": "16", "memory": "64Gi", "pods": "250"}
+        status = {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "test kubelet", "lastHeartbeatTime": stamp,
+                            "lastTransitionTime": stamp}],
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                          {"type": "Hostname", "address": name}],
+            "capacity": resources, "allocatable": resources,
+            "nodeInfo": {"kubeletVersion": "v1.35.4-test", "containerRuntimeVersion": "process://",
+                         "operatingSystem": "linux", "architecture": "amd64", "osImage": "",
+                         "kernelVersion": "", "kubeProxyVersion": "", "machineID": "",
+                         "systemUUID": "", "bootID": ""},
+        }
+        self.core.patch_node_status(name, {"status": status})
+        # Admission tainted the new node not-ready; the node lifecycle controller that would lift
+        # the taint needs real kubelets and is off, so the kubelet lifts it itself.
+        self.core.patch_node(name, {"spec": {"taints": None}})
+
+    def run(self) -> None:
+        self.register_nodes()
+        beat = time.monotonic()
+        while not self.stop.wait(LOOP_SECONDS):
+            try:
+                if time.monotonic() - beat > HEARTBEAT_SECONDS:
+                    beat = time.monotonic()
+                    for name in self.nodes:
+                        self.heartbeat(name)
+                self.sync()
+            except (client.ApiException, OSError) as error:  # the API server may be restarting
+                print(f"kubelet: sync failed: {error}", flush=True)
+        for pod in self.pods.values():
+            for container in pod.containers:
+                container.signal(signal.SIGTERM)
+
+    def sync(self) -> None:
+        seen = set()
+        for obj in self.core.list_pod_for_all_namespaces().items:
+            meta, spec = obj.metadata, obj.spec
+            seen.add(meta.uid)
+            if not spec.node_name:
+                if meta.deletion_timestamp is None:
+                    self.bind(meta.namespace, meta.name)
+                continue
+            if spec.node_name not in self.nodes:
+                continue
+            pod = self.pods.get(meta.uid)
+            if meta.deletion_timestamp is not None:
+                if pod is None:
+                    self.remove(meta.namespace, meta.name, meta.uid)
+                elif not pod.stopping:
+                    pod.stopping = True
+                    grace = meta.deletion_grace_period_seconds or 0
+                    threading.Thread(target=self.kill, args=(pod, grace), daemon=True).start()
+                continue
+            if pod is None and obj.status.phase in (None, "Pending"):
+                pod = self.pods[meta.uid] = self.start(obj)
+            if pod is not None:
+                for container in pod.containers:
+                    container.poll()
+                self.report(pod, obj)
+        for uid in [uid for uid, pod in self.pods.items() if uid not in seen]:
+            for container in self.pods.pop(uid).containers:  # removed behind our back
+                container.signal(signal.SIGKILL)
+
+    def bind(self, namespace: str, name: str) -> None:
+        node = self.nodes[self.next_node % len(self.nodes)]
+        self.next_node += 1
+        body = client.V1Binding(metadata=client.V1ObjectMeta(name=name),
+                                target=client.V1ObjectReference(kind="Node", name=node))
+        # The generated client cannot read the Status it gets back: skip decoding it.
+        with contextlib.suppress(client.ApiException):  # lost a race with a deletion
+            self.core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False)
+
+    def start(self, obj: Any) -> Pod:
+        meta, spec = obj.metadata, obj.spec
+        ip = next(self.free_ips)
+        pod_dir = self.run_dir / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid[:8]}"
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), "LANG": "C.UTF-8",
+                "PYTHONUNBUFFERED": "1", "POD_NAME": meta.name, "POD_NAMESPACE": meta.namespace,
+                "POD_IP": ip, "NODE_NAME": spec.node_name}
+        if spec.automount_service_account_token is not False:
+            base["KUBECONFIG"] = str(self.pod_kubeconfig(obj, pod_dir))
+        fields = {"metadata.name": meta.name, "metadata.namespace": meta.namespace,
+                  "metadata.uid": meta.uid, "status.podIP": ip, "spec.nodeName": spec.node_name,
+                  "spec.serviceAccountName": spec.service_account_name or "default"}
+        containers = []
+        for c in spec.containers:
+            env = dict(base)
+            for item in c.env or []:
+                ref = item.value_from.field_ref if item.value_from else None
+                env[item.name] = fields.get(ref.field_path, "") if ref else item.value or ""
+            argv = [*(c.command or []), *(c.args or [])]
+            containers.append(Container(
+                name=c.name, argv=argv, env=env, cwd=c.working_dir or os.getcwd(),
+                log=pod_dir / f"{c.name}.log", restart_policy=spec.restart_policy or "Always",
+                probe=self.probe(c, ip)))
+        pod = Pod(uid=meta.uid, namespace=meta.namespace, name=meta.name, ip=ip, containers=containers)
+        for container in containers:
+            try:
+                container.start()
+            except OSError as error:  # like a missing image: the pod stays not ready
+                print(f"kubelet: {meta.namespace}/{meta.name} {container.name}: {error}", flush=True)
+        return pod
+
+    def probe(self, c: Any, ip: str) -> Probe | None:
+        get = c.readiness_probe.http_get if c.readiness_probe else None
+        if get is None:
+            return None
+        port = get.port
+        if isinstance(port, str) and not port.isdigit():
+            port = next(p.container_port for p in c.ports or [] if p.name == port)
+        p = c.readiness_probe
+        return Probe(url=f"http://{ip}:{port}{get.path or '/'}", period=p.period_seconds or 10,
+                     initial_delay=p.initial_delay_seconds or 0,
+                     next_at=time.monotonic() + (p.initial_delay_seconds or 0),
+                     success_threshold=p.success_threshold or 1,
+                     failure_threshold=p.failure_threshold or 3)
+
+    def pod_kubeconfig(self, obj: Any, pod_dir: Path) -> Path:
+        """A kubeconfig with a token bound to this pod, as a projected token volume would hold."""
+        meta = obj.metadata
+        account = obj.spec.service_account_name or "default"
+        request = {"spec": {"audiences": [], "expirationSeconds": 86400,
+                            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
+                                               "name": meta.name, "uid": meta.uid}}}
+        token = ""
+        with contextlib.suppress(client.ApiException):  # no such account: the pod is anonymous
+            token = self.core.create_namespaced_service_account_token(
+                account, meta.namespace, request).status.token
+        path = pod_dir / "kubeconfig"
+        path.write_text(
+            "apiVersion: v1\nkind: Config\n"
+            f"clusters: [{{name: c, cluster: {{server: '{self.api_server}', "
+            f"certificate-authority: '{self.ca_file}'}}}}]\n"
+            f"users: [{{name: u, user: {{token: '{token}'}}}}]\n"
+            f"contexts: [{{name: c, context: {{cluster: c, user: u, namespace: {meta.namespace}}}}}]\n"
+            "current-context: c\n")
+        path.chmod(0o600)
+        return path
+
+    def report(self, pod: Pod, obj: Any) -> None:
+        images = {c.name: c.image for c in obj.spec.containers}
+        statuses = [c.status(images.get(c.name, "")) for c in pod.containers]
+        running = any(c.process is not None for c in pod.containers)
+        restarting = any(c.restart_at for c in pod.containers)
+        if running or restarting:
+            phase = "Running"
+        elif all(c.exit_code == 0 for c in pod.containers):
+            phase = "Succeeded"
+        else:
+            phase = "Failed"
+        ready = "True" if all(c.ready for c in pod.containers) else "False"
+        old = {c.type: c for c in obj.status.conditions or []}
+
+        def condition(kind: str, value: str) -> dict[str, Any]:
+            keep = kind in old and old[kind].status == value and old[kind].last_transition_time
+            stamp = old[kind].last_transition_time.strftime("%Y-%m-%dT%H:%M:%SZ") if keep else now()
+            return {"type": kind, "status": value, "lastTransitionTime": stamp}
+
+        status = {
+            "phase": phase, "podIP": pod.ip, "podIPs": [{"ip": pod.ip}], "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}], "containerStatuses": statuses,
+            "startTime": obj.status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if obj.status.start_time else now(),
+            "conditions": [condition("PodScheduled", "True"), condition("Initialized", "True"),
+                           condition("ContainersReady", ready), condition("Ready", ready)],
+        }
+        summary = {"phase": phase, "ready": ready, "containers": [
+            (s["name"], s["ready"], s["restartCount"], s["started"]) for s in statuses]}
+        if summary != pod.last_status:
+            self.core.patch_namespaced_pod_status(pod.name, pod.namespace, {"status": status})
+            pod.last_status = summary
+
+    def kill(self, pod: Pod, grace: int) -> None:
+        """SIGTERM, the grace period, SIGKILL; then remove the pod, as the kubelet does."""
+        for container in pod.containers:
+            container.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(
+            c.process is not None and c.process.poll() is None for c in pod.containers
+        ):
+            time.sleep(0.1)
+        for container in pod.containers:
+            container.signal(signal.SIGKILL)
+            if container.process is not None:
+                container.process.wait()
+        self.remove(pod.namespace, pod.name, pod.uid)  # sync() forgets it once it is gone
+
+    def remove(self, namespace: str, name: str, uid: str) -> None:
+        options = client.V1DeleteOptions(grace_period_seconds=0,
+                                         preconditions=client.V1Preconditions(uid=uid))
+        with contextlib.suppress(client.ApiException):  # already gone
+            self.core.delete_namespaced_pod(name, namespace, body=options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="the test kubelet")
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--node-prefix", default="test-node")
+    args = parser.parse_args(argv)
+    config.load_kube_config(args.kubeconfig)
+    configuration = client.Configuration.get_default_copy()
+    kubelet = Kubelet(nodes=[f"{args.node_prefix}-{i}" for i in range(args.nodes)],
+                      run_dir=args.run_dir, api_server=configuration.host,
+                      ca_file=configuration.ssl_ca_cert)
+    signal.signal(signal.SIGTERM, lambda *_: kubelet.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: kubelet.stop.set())
+    print(f"kubelet: nodes {kubelet.nodes}, pod addresses from {kubelet.network}", flush=True)
+    kubelet.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
