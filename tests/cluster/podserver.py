@@ -16,16 +16,18 @@ from prometheus_client import Counter, Gauge, start_http_server
 
 REQUESTS = Counter("podserver_requests", "HTTP requests served")
 READY = Gauge("podserver_ready", "1 while the readiness endpoint passes")
+ready = threading.Event()
 
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         REQUESTS.inc()
         if self.path == "/ready/off":
-            READY.set(0)
+            ready.clear()
         elif self.path == "/ready/on":
-            READY.set(1)
-        if self.path == "/healthz" and not READY._value.get():
+            ready.set()
+        READY.set(1 if ready.is_set() else 0)
+        if self.path == "/healthz" and not ready.is_set():
             self.reply(503, "not ready\n")
         else:
             self.reply(200, f"{os.environ.get('POD_NAME', '')}\n")
@@ -44,6 +46,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def main() -> None:
     ip = os.environ.get("POD_IP", "127.0.0.1")
+    ready.set()
     READY.set(1)
     start_http_server(int(os.environ.get("METRICS_PORT", "9100")), addr=ip)
     server = ThreadingHTTPServer((ip, int(os.environ.get("HTTP_PORT", "8080"))), Handler)
