@@ -26,17 +26,26 @@ HERE = Path(__file__).resolve().parent
 KUBE_VERSION = "v1.35.4"
 CACHE = Path(os.environ.get("CACHE", Path.home() / ".cache" / "connbalance"))
 VALIDATION = "pkg/apis/core/validation/validation.go"
-LOOPBACK_CHECK = """\tif ip.IsLoopback() {
-\t\tallErrs = append(allErrs, field.Invalid(fldPath, ipAddress, "may not be in the loopback range (127.0.0.0/8, ::1/128)"))
-\t}
-"""
-LOOPBACK_NOTE = "\t// connbalance test cluster: every pod has a loopback IP, so endpoints may too.\n"
+LOOPBACK_CHECK = (
+    "\tif ip.IsLoopback() {\n"
+    "\t\tallErrs = append(allErrs, field.Invalid(fldPath, ipAddress,"
+    ' "may not be in the loopback range (127.0.0.0/8, ::1/128)"))\n'
+    "\t}\n"
+)
+LOOPBACK_NOTE = (
+    "\t// connbalance test cluster: every pod has a loopback IP, so endpoints may too.\n"
+)
 PROGRESS_SECONDS = 20.0
 
 
 def source_hash() -> str:
     digest = hashlib.sha256()
-    files = [HERE / "go.mod", HERE / "go.sum", Path(__file__).resolve(), *sorted(HERE.rglob("*.go"))]
+    files = [
+        HERE / "go.mod",
+        HERE / "go.sum",
+        Path(__file__).resolve(),
+        *sorted(HERE.rglob("*.go")),
+    ]
     for path in files:
         digest.update(str(path.relative_to(HERE)).encode())
         digest.update(path.read_bytes())
@@ -74,7 +83,10 @@ def patched_kubernetes() -> Path:
         return target
     info = subprocess.run(
         ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBE_VERSION}"],
-        check=True, capture_output=True, text=True, cwd=HERE,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=HERE,
     )
     source = Path(json.loads(info.stdout)["Dir"])
     partial = target.with_name(target.name + ".tmp")
@@ -86,7 +98,9 @@ def patched_kubernetes() -> Path:
     validation = partial / VALIDATION
     text = validation.read_text()
     if text.count(LOOPBACK_CHECK) != 1:
-        raise SystemExit(f"build: the loopback check in {VALIDATION} changed upstream; update build.py")
+        raise SystemExit(
+            f"build: the loopback check in {VALIDATION} changed upstream; update build.py"
+        )
     validation.write_text(text.replace(LOOPBACK_CHECK, LOOPBACK_NOTE))
     (partial / ".patched").touch()
     shutil.rmtree(target, ignore_errors=True)
@@ -99,17 +113,31 @@ def build(out: Path) -> None:
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     go_version = next(
-        line.split()[1] for line in (HERE / "go.mod").read_text().splitlines() if line.startswith("go ")
+        line.split()[1]
+        for line in (HERE / "go.mod").read_text().splitlines()
+        if line.startswith("go ")
     )
-    # A workspace adds the patched copy without touching go.mod, which stays what any importer writes.
+    # A workspace adds the patched copy and leaves go.mod as any importer of Kubernetes writes it.
     (work / "go.work").write_text(
-        f"go {go_version}\n\nuse {HERE}\n\nreplace k8s.io/kubernetes {KUBE_VERSION} => {kubernetes}\n"
+        f"go {go_version}\n\nuse {HERE}\n\n"
+        f"replace k8s.io/kubernetes {KUBE_VERSION} => {kubernetes}\n"
     )
     env = {**os.environ, "GOWORK": str(work / "go.work"), "GOFLAGS": "-buildvcs=false"}
     binary = work / "clusterbin"
-    command = ["go", "build", "-v", "-trimpath", "-ldflags", ldflags(), "-o", str(binary),
-               "./cmd/clusterbin"]
-    print(f"build: compiling the control plane into {out} (cold: many minutes on 2 cores)", flush=True)
+    command = [
+        "go",
+        "build",
+        "-v",
+        "-trimpath",
+        "-ldflags",
+        ldflags(),
+        "-o",
+        str(binary),
+        "./cmd/clusterbin",
+    ]
+    print(
+        f"build: compiling the control plane into {out} (cold: many minutes on 2 cores)", flush=True
+    )
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=HERE, env=env, stderr=subprocess.PIPE, text=True)
     compiled = 0
@@ -119,8 +147,11 @@ def build(out: Path) -> None:
     def report() -> None:
         # CI logs must show life during the long cold build.
         while not done.wait(PROGRESS_SECONDS):
-            print(f"build: still compiling, {compiled} packages so far, "
-                  f"{time.monotonic() - started:.0f}s", flush=True)
+            print(
+                f"build: still compiling, {compiled} packages so far, "
+                f"{time.monotonic() - started:.0f}s",
+                flush=True,
+            )
 
     reporter = threading.Thread(target=report, daemon=True)
     reporter.start()

@@ -60,7 +60,7 @@ class Probe:
             return
         self.next_at = time.monotonic() + self.period
         try:
-            with urllib.request.urlopen(self.url, timeout=1.0) as response:  # noqa: S310
+            with urllib.request.urlopen(self.url, timeout=1.0) as response:
                 ok = 200 <= response.status < 400
         except OSError:
             ok = False
@@ -89,8 +89,13 @@ class Container:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,  # its own group: signal it all
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own group: signal it all
             )
         self.started_at, self.exit_code = now(), None
 
@@ -123,12 +128,23 @@ class Container:
         if self.process is not None:
             state: dict[str, Any] = {"running": {"startedAt": self.started_at}}
         else:
-            state = {"terminated": {"exitCode": self.exit_code or 0, "startedAt": self.started_at,
-                                    "finishedAt": now()}}
-        return {"name": self.name, "image": image, "imageID": "", "ready": self.ready,
-                "restartCount": self.restarts, "started": self.process is not None,
-                "containerID": f"process://{self.process.pid}" if self.process else "",
-                "state": state}
+            state = {
+                "terminated": {
+                    "exitCode": self.exit_code or 0,
+                    "startedAt": self.started_at,
+                    "finishedAt": now(),
+                }
+            }
+        return {
+            "name": self.name,
+            "image": image,
+            "imageID": "",
+            "ready": self.ready,
+            "restartCount": self.restarts,
+            "started": self.process is not None,
+            "containerID": f"process://{self.process.pid}" if self.process else "",
+            "state": state,
+        }
 
 
 @dataclass(slots=True)
@@ -156,8 +172,8 @@ class Kubelet:
         self.free_ips = (str(ip) for ip in self.network.hosts() if ip.packed[-1] not in (0, 255))
 
     def claim_slot(self) -> tuple[ipaddress.IPv4Network, Any]:
-        """Hold one /20 of 127.1.0.0/16 for this kubelet's life, so parallel clusters never share IPs."""
-        lock_dir = Path("/tmp/connbalance-cluster-slots")  # noqa: S108 - shared by every run on purpose
+        """Hold a /20 of 127.1.0.0/16 while the kubelet lives: parallel clusters never share IPs."""
+        lock_dir = Path("/tmp/connbalance-cluster-slots")
         lock_dir.mkdir(exist_ok=True)
         for index, network in enumerate(SLOTS.subnets(new_prefix=SLOT_PREFIX)):
             handle = (lock_dir / f"slot-{index}.lock").open("w")
@@ -180,16 +196,34 @@ class Kubelet:
         stamp = now()
         resources = {"cpu": "16", "memory": "64Gi", "pods": "250"}
         status = {
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                            "message": "test kubelet", "lastHeartbeatTime": stamp,
-                            "lastTransitionTime": stamp}],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                          {"type": "Hostname", "address": name}],
-            "capacity": resources, "allocatable": resources,
-            "nodeInfo": {"kubeletVersion": "v1.35.4-test", "containerRuntimeVersion": "process://",
-                         "operatingSystem": "linux", "architecture": "amd64", "osImage": "",
-                         "kernelVersion": "", "kubeProxyVersion": "", "machineID": "",
-                         "systemUUID": "", "bootID": ""},
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "test kubelet",
+                    "lastHeartbeatTime": stamp,
+                    "lastTransitionTime": stamp,
+                }
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": name},
+            ],
+            "capacity": resources,
+            "allocatable": resources,
+            "nodeInfo": {
+                "kubeletVersion": "v1.35.4-test",
+                "containerRuntimeVersion": "process://",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "osImage": "",
+                "kernelVersion": "",
+                "kubeProxyVersion": "",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+            },
         }
         self.core.patch_node_status(name, {"status": status})
         # Admission tainted the new node not-ready; the node lifecycle controller that would lift
@@ -245,8 +279,10 @@ class Kubelet:
     def bind(self, namespace: str, name: str) -> None:
         node = self.nodes[self.next_node % len(self.nodes)]
         self.next_node += 1
-        body = client.V1Binding(metadata=client.V1ObjectMeta(name=name),
-                                target=client.V1ObjectReference(kind="Node", name=node))
+        body = client.V1Binding(
+            metadata=client.V1ObjectMeta(name=name),
+            target=client.V1ObjectReference(kind="Node", name=node),
+        )
         # The generated client cannot read the Status it gets back: skip decoding it.
         with contextlib.suppress(client.ApiException):  # lost a race with a deletion
             self.core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False)
@@ -256,14 +292,26 @@ class Kubelet:
         ip = next(self.free_ips)
         pod_dir = self.run_dir / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid[:8]}"
         pod_dir.mkdir(parents=True, exist_ok=True)
-        base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), "LANG": "C.UTF-8",
-                "PYTHONUNBUFFERED": "1", "POD_NAME": meta.name, "POD_NAMESPACE": meta.namespace,
-                "POD_IP": ip, "NODE_NAME": spec.node_name}
+        base = {
+            "PATH": os.environ["PATH"],
+            "HOME": os.environ.get("HOME", "/"),
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            "POD_NAME": meta.name,
+            "POD_NAMESPACE": meta.namespace,
+            "POD_IP": ip,
+            "NODE_NAME": spec.node_name,
+        }
         if spec.automount_service_account_token is not False:
             base["KUBECONFIG"] = str(self.pod_kubeconfig(obj, pod_dir))
-        fields = {"metadata.name": meta.name, "metadata.namespace": meta.namespace,
-                  "metadata.uid": meta.uid, "status.podIP": ip, "spec.nodeName": spec.node_name,
-                  "spec.serviceAccountName": spec.service_account_name or "default"}
+        fields = {
+            "metadata.name": meta.name,
+            "metadata.namespace": meta.namespace,
+            "metadata.uid": meta.uid,
+            "status.podIP": ip,
+            "spec.nodeName": spec.node_name,
+            "spec.serviceAccountName": spec.service_account_name or "default",
+        }
         containers = []
         for c in spec.containers:
             env = dict(base)
@@ -271,16 +319,27 @@ class Kubelet:
                 ref = item.value_from.field_ref if item.value_from else None
                 env[item.name] = fields.get(ref.field_path, "") if ref else item.value or ""
             argv = [*(c.command or []), *(c.args or [])]
-            containers.append(Container(
-                name=c.name, argv=argv, env=env, cwd=c.working_dir or os.getcwd(),
-                log=pod_dir / f"{c.name}.log", restart_policy=spec.restart_policy or "Always",
-                probe=self.probe(c, ip)))
-        pod = Pod(uid=meta.uid, namespace=meta.namespace, name=meta.name, ip=ip, containers=containers)
+            containers.append(
+                Container(
+                    name=c.name,
+                    argv=argv,
+                    env=env,
+                    cwd=c.working_dir or os.getcwd(),
+                    log=pod_dir / f"{c.name}.log",
+                    restart_policy=spec.restart_policy or "Always",
+                    probe=self.probe(c, ip),
+                )
+            )
+        pod = Pod(
+            uid=meta.uid, namespace=meta.namespace, name=meta.name, ip=ip, containers=containers
+        )
         for container in containers:
             try:
                 container.start()
             except OSError as error:  # like a missing image: the pod stays not ready
-                print(f"kubelet: {meta.namespace}/{meta.name} {container.name}: {error}", flush=True)
+                print(
+                    f"kubelet: {meta.namespace}/{meta.name} {container.name}: {error}", flush=True
+                )
         return pod
 
     def probe(self, c: Any, ip: str) -> Probe | None:
@@ -291,31 +350,46 @@ class Kubelet:
         if isinstance(port, str) and not port.isdigit():
             port = next(p.container_port for p in c.ports or [] if p.name == port)
         p = c.readiness_probe
-        return Probe(url=f"http://{ip}:{port}{get.path or '/'}", period=p.period_seconds or 10,
-                     initial_delay=p.initial_delay_seconds or 0,
-                     next_at=time.monotonic() + (p.initial_delay_seconds or 0),
-                     success_threshold=p.success_threshold or 1,
-                     failure_threshold=p.failure_threshold or 3)
+        return Probe(
+            url=f"http://{ip}:{port}{get.path or '/'}",
+            period=p.period_seconds or 10,
+            initial_delay=p.initial_delay_seconds or 0,
+            next_at=time.monotonic() + (p.initial_delay_seconds or 0),
+            success_threshold=p.success_threshold or 1,
+            failure_threshold=p.failure_threshold or 3,
+        )
 
     def pod_kubeconfig(self, obj: Any, pod_dir: Path) -> Path:
         """A kubeconfig with a token bound to this pod, as a projected token volume would hold."""
         meta = obj.metadata
         account = obj.spec.service_account_name or "default"
-        request = {"spec": {"audiences": [], "expirationSeconds": 86400,
-                            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
-                                               "name": meta.name, "uid": meta.uid}}}
+        request = {
+            "spec": {
+                "audiences": [],
+                "expirationSeconds": 86400,
+                "boundObjectRef": {
+                    "kind": "Pod",
+                    "apiVersion": "v1",
+                    "name": meta.name,
+                    "uid": meta.uid,
+                },
+            }
+        }
         token = ""
         with contextlib.suppress(client.ApiException):  # no such account: the pod is anonymous
             token = self.core.create_namespaced_service_account_token(
-                account, meta.namespace, request).status.token
+                account, meta.namespace, request
+            ).status.token
         path = pod_dir / "kubeconfig"
         path.write_text(
             "apiVersion: v1\nkind: Config\n"
             f"clusters: [{{name: c, cluster: {{server: '{self.api_server}', "
             f"certificate-authority: '{self.ca_file}'}}}}]\n"
             f"users: [{{name: u, user: {{token: '{token}'}}}}]\n"
-            f"contexts: [{{name: c, context: {{cluster: c, user: u, namespace: {meta.namespace}}}}}]\n"
-            "current-context: c\n")
+            "contexts: [{name: c, context: {cluster: c, user: u, "
+            f"namespace: {meta.namespace}}}}}]\n"
+            "current-context: c\n"
+        )
         path.chmod(0o600)
         return path
 
@@ -339,15 +413,29 @@ class Kubelet:
             return {"type": kind, "status": value, "lastTransitionTime": stamp}
 
         status = {
-            "phase": phase, "podIP": pod.ip, "podIPs": [{"ip": pod.ip}], "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}], "containerStatuses": statuses,
+            "phase": phase,
+            "podIP": pod.ip,
+            "podIPs": [{"ip": pod.ip}],
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "containerStatuses": statuses,
             "startTime": obj.status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ")
-            if obj.status.start_time else now(),
-            "conditions": [condition("PodScheduled", "True"), condition("Initialized", "True"),
-                           condition("ContainersReady", ready), condition("Ready", ready)],
+            if obj.status.start_time
+            else now(),
+            "conditions": [
+                condition("PodScheduled", "True"),
+                condition("Initialized", "True"),
+                condition("ContainersReady", ready),
+                condition("Ready", ready),
+            ],
         }
-        summary = {"phase": phase, "ready": ready, "containers": [
-            (s["name"], s["ready"], s["restartCount"], s["started"]) for s in statuses]}
+        summary = {
+            "phase": phase,
+            "ready": ready,
+            "containers": [
+                (s["name"], s["ready"], s["restartCount"], s["started"]) for s in statuses
+            ],
+        }
         if summary != pod.last_status:
             self.core.patch_namespaced_pod_status(pod.name, pod.namespace, {"status": status})
             pod.last_status = summary
@@ -368,8 +456,9 @@ class Kubelet:
         self.remove(pod.namespace, pod.name, pod.uid)  # sync() forgets it once it is gone
 
     def remove(self, namespace: str, name: str, uid: str) -> None:
-        options = client.V1DeleteOptions(grace_period_seconds=0,
-                                         preconditions=client.V1Preconditions(uid=uid))
+        options = client.V1DeleteOptions(
+            grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
+        )
         with contextlib.suppress(client.ApiException):  # already gone
             self.core.delete_namespaced_pod(name, namespace, body=options)
 
@@ -383,9 +472,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config.load_kube_config(args.kubeconfig)
     configuration = client.Configuration.get_default_copy()
-    kubelet = Kubelet(nodes=[f"{args.node_prefix}-{i}" for i in range(args.nodes)],
-                      run_dir=args.run_dir, api_server=configuration.host,
-                      ca_file=configuration.ssl_ca_cert)
+    kubelet = Kubelet(
+        nodes=[f"{args.node_prefix}-{i}" for i in range(args.nodes)],
+        run_dir=args.run_dir,
+        api_server=configuration.host,
+        ca_file=configuration.ssl_ca_cert,
+    )
     signal.signal(signal.SIGTERM, lambda *_: kubelet.stop.set())
     signal.signal(signal.SIGINT, lambda *_: kubelet.stop.set())
     print(f"kubelet: nodes {kubelet.nodes}, pod addresses from {kubelet.network}", flush=True)

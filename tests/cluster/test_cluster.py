@@ -1,0 +1,222 @@
+"""The test cluster behaves like Kubernetes where connbalance depends on it."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from tests.cluster.cluster import Cluster
+
+pytestmark = pytest.mark.cluster
+
+POD_ADDRESSES = ipaddress.ip_network("127.1.0.0/16")
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: servers, namespace: {ns}}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: servers}}}}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}
+  template:
+    metadata:
+      labels: {{app: servers}}
+      annotations: {{prometheus.io/scrape: "true", prometheus.io/port: "9100"}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: server
+        image: connbalance/podserver
+        command: [python, tests/cluster/podserver.py]
+        ports: [{{name: http, containerPort: 8080}}, {{name: metrics, containerPort: 9100}}]
+        readinessProbe:
+          httpGet: {{path: /healthz, port: http}}
+          periodSeconds: 1
+          failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: servers, namespace: {ns}}}
+spec:
+  selector: {{app: servers}}
+  ports: [{{name: http, port: 8080, targetPort: http}}]
+"""
+
+
+def eventually(check: Callable[[], Any], *, what: str, timeout: float = 60.0) -> Any:
+    """The check's first truthy result, polled; fails with ``what`` after the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    pytest.fail(f"not within {timeout:.0f}s: {what}")
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return str(response.read().decode())
+
+
+@pytest.fixture
+def core(cluster: Cluster) -> client.CoreV1Api:
+    return client.CoreV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+
+
+@pytest.fixture
+def servers(cluster: Cluster, namespace: str, core: client.CoreV1Api) -> Iterator[str]:
+    """Three podserver pods behind a Service in ``namespace``, all Ready."""
+    cluster.run_kubectl("apply", "-f", "-", stdin=DEPLOYMENT.format(ns=namespace))
+    cluster.run_kubectl("rollout", "status", "-n", namespace, "deployment/servers", "--timeout=90s")
+    yield namespace
+    cluster.run_kubectl(
+        "delete", "-n", namespace, "deployment/servers", "--wait=false", check=False
+    )
+
+
+def live_pods(core: client.CoreV1Api, namespace: str) -> list[Any]:
+    pods = core.list_namespaced_pod(namespace, label_selector="app=servers").items
+    return [pod for pod in pods if pod.metadata.deletion_timestamp is None]
+
+
+def is_ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def test_kubectl_reports_the_api_server_as_kubernetes_1_35(cluster: Cluster) -> None:
+    version = json.loads(cluster.run_kubectl("version", "-o", "json").stdout)
+    assert version["serverVersion"]["gitVersion"].startswith("v1.35")
+    assert version["clientVersion"]["gitVersion"] == version["serverVersion"]["gitVersion"]
+
+
+def test_a_deployment_of_three_pods_becomes_ready_on_distinct_loopback_addresses(
+    core: client.CoreV1Api, servers: str
+) -> None:
+    pods = live_pods(core, servers)
+    assert len(pods) == 3
+    assert all(is_ready(pod) for pod in pods)
+    addresses = {pod.status.pod_ip for pod in pods}
+    assert len(addresses) == 3
+    assert all(ipaddress.ip_address(ip) in POD_ADDRESSES for ip in addresses)
+    for pod in pods:
+        assert http_get(f"http://{pod.status.pod_ip}:8080/").strip() == pod.metadata.name
+
+
+def test_a_rollout_restart_replaces_the_pods_one_by_one(
+    cluster: Cluster, core: client.CoreV1Api, servers: str
+) -> None:
+    old = {pod.metadata.name for pod in live_pods(core, servers)}
+    cluster.run_kubectl("rollout", "restart", "-n", servers, "deployment/servers")
+    most_live, fewest_ready = 0, 3
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        pods = live_pods(core, servers)
+        most_live = max(most_live, len(pods))
+        fewest_ready = min(fewest_ready, sum(is_ready(pod) for pod in pods))
+        names = {pod.metadata.name for pod in pods}
+        if len(pods) == 3 and not names & old and all(is_ready(pod) for pod in pods):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the rollout did not finish within 90s")
+    # maxSurge 1, maxUnavailable 0: never more than one extra pod, never fewer than 3 ready.
+    assert most_live <= 4
+    assert fewest_ready >= 3
+    # One by one: each new pod was created only once the one before it was Ready.
+    new = sorted(pods, key=lambda pod: pod.metadata.creation_timestamp)
+    for before, after in itertools.pairwise(new):
+        ready_at = next(
+            c.last_transition_time for c in before.status.conditions if c.type == "Ready"
+        )
+        assert after.metadata.creation_timestamp >= ready_at
+    # The old pods were stopped with SIGTERM (the server logs it) and removed.
+    assert not old & {pod.metadata.name for pod in core.list_namespaced_pod(servers).items}
+    for name in old:
+        (log,) = (cluster.run_dir / "pods").glob(f"{servers}_{name}_*/server.log")
+        assert "stopped on SIGTERM" in log.read_text()
+
+
+def test_a_services_endpointslice_follows_pod_readiness(
+    cluster: Cluster, core: client.CoreV1Api, servers: str
+) -> None:
+    discovery = client.DiscoveryV1Api(core.api_client)
+
+    def endpoints() -> dict[str, bool]:
+        slices = discovery.list_namespaced_endpoint_slice(
+            servers, label_selector="kubernetes.io/service-name=servers"
+        ).items
+        return {
+            address: bool(e.conditions.ready)
+            for s in slices
+            for e in s.endpoints or []
+            for address in e.addresses
+        }
+
+    pods = live_pods(core, servers)
+    addresses = {pod.status.pod_ip for pod in pods}
+    eventually(
+        lambda: endpoints() == dict.fromkeys(addresses, True),
+        what="the EndpointSlice lists the three pods as ready",
+    )
+    target = pods[0].status.pod_ip
+    http_get(f"http://{target}:8080/ready/off")
+    expected = {**dict.fromkeys(addresses, True), target: False}
+    eventually(lambda: endpoints() == expected, what="the unready pod's endpoint turns not ready")
+    http_get(f"http://{target}:8080/ready/on")
+    eventually(
+        lambda: endpoints() == dict.fromkeys(addresses, True), what="the endpoint turns ready again"
+    )
+
+
+def test_prometheus_has_samples_from_the_new_pods_metrics(
+    cluster: Cluster, core: client.CoreV1Api, servers: str
+) -> None:
+    cluster.run_kubectl("rollout", "restart", "-n", servers, "deployment/servers")
+    cluster.run_kubectl("rollout", "status", "-n", servers, "deployment/servers", "--timeout=90s")
+    new = {pod.metadata.name for pod in live_pods(core, servers)}
+
+    def scraped() -> set[str]:
+        query = urllib.parse.urlencode({"query": f'podserver_ready{{namespace="{servers}"}} == 1'})
+        answer = json.loads(http_get(f"{cluster.prometheus_url}/api/v1/query?{query}"))
+        return {sample["metric"]["pod"] for sample in answer["data"]["result"]}
+
+    eventually(lambda: new <= scraped(), what=f"Prometheus has samples from {sorted(new)}")
+
+
+def test_kubectl_auth_can_i_answers_from_rbac_for_a_service_account(
+    cluster: Cluster, namespace: str
+) -> None:
+    cluster.run_kubectl("create", "serviceaccount", "reader", "-n", namespace)
+    cluster.run_kubectl(
+        "create", "role", "pod-reader", "-n", namespace, "--verb=get,list,watch", "--resource=pods"
+    )
+    cluster.run_kubectl(
+        "create",
+        "rolebinding",
+        "reader",
+        "-n",
+        namespace,
+        "--role=pod-reader",
+        f"--serviceaccount={namespace}:reader",
+    )
+    account = f"--as=system:serviceaccount:{namespace}:reader"
+
+    def can_i(*args: str) -> str:
+        return cluster.run_kubectl("auth", "can-i", *args, account, check=False).stdout.strip()
+
+    assert can_i("list", "pods", "-n", namespace) == "yes"
+    assert can_i("delete", "pods", "-n", namespace) == "no"
+    assert can_i("list", "secrets", "-n", namespace) == "no"
+    assert can_i("list", "pods", "-n", "kube-system") == "no"
