@@ -1,0 +1,167 @@
+"""The clients: M grpcio channels with one connection each, run as a process of their own.
+
+Each client holds a bidi stream (as a Teleport agent holds its inventory stream), makes a unary
+call every ``ping`` seconds, and when the stream breaks opens it again; reconnecting is left to
+gRPC's own backoff, set small here. ``use_local_subchannel_pool`` keeps one connection per
+channel instead of one shared by all. With ``--random-reconnect MEAN`` each client also drops its
+channel after a random time (uniform in 0.5-1.5 x MEAN) and dials again: the client-side strategy.
+
+Every ``--report`` seconds the process prints one JSON line of counters on stdout; it runs until
+SIGTERM, SIGINT or ``--lifetime`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import grpc
+
+from connbalance.sim.server import HOLD, PING
+
+
+@dataclass(slots=True)
+class Counters:
+    clients: int = 0
+    streams: int = 0  # streams established now (the server answered the first message)
+    calls_ok: int = 0
+    calls_failed: int = 0
+    stream_breaks: int = 0
+    voluntary: int = 0  # channels dropped on purpose (random-reconnect)
+
+
+def channel_options(*, backoff_ms: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.initial_reconnect_backoff_ms", backoff_ms),
+        ("grpc.min_reconnect_backoff_ms", backoff_ms),
+        ("grpc.max_reconnect_backoff_ms", backoff_ms * 5),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+class Client:
+    def __init__(self, *, target: str, counters: Counters, ping: float, backoff_ms: int,
+                 rng: random.Random, reconnect_mean: float | None) -> None:
+        self._target = target
+        self._counters = counters
+        self._ping = ping
+        self._options = channel_options(backoff_ms=backoff_ms)
+        self._rng = rng
+        self._reconnect_mean = reconnect_mean
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            channel = grpc.aio.insecure_channel(self._target, options=self._options)
+            try:
+                await self._use(channel, stop)
+            finally:
+                await channel.close(grace=None)
+
+    def _lifetime(self) -> float | None:
+        if self._reconnect_mean is None:
+            return None
+        return self._reconnect_mean * self._rng.uniform(0.5, 1.5)
+
+    async def _use(self, channel: grpc.aio.Channel, stop: asyncio.Event) -> None:
+        """Use one channel until stop, or until its random lifetime ends (then redial)."""
+        lifetime = self._lifetime()
+        tasks = [asyncio.create_task(self._hold(channel, stop)),
+                 asyncio.create_task(self._pings(channel, stop))]
+        waiter = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([waiter], timeout=lifetime)
+            if not stop.is_set():
+                self._counters.voluntary += 1
+        finally:
+            for task in [*tasks, waiter]:
+                task.cancel()
+            await asyncio.gather(*tasks, waiter, return_exceptions=True)
+
+    async def _hold(self, channel: grpc.aio.Channel, stop: asyncio.Event) -> None:
+        hold = channel.stream_stream(HOLD)
+        while not stop.is_set():
+            call = hold(wait_for_ready=True)
+            established = False
+            try:
+                await call.write(b"hello")
+                while True:
+                    message = await call.read()
+                    if message is grpc.aio.EOF:
+                        break
+                    if not established:
+                        established = True
+                        self._counters.streams += 1
+            except grpc.aio.AioRpcError:
+                pass
+            finally:
+                if established:
+                    self._counters.streams -= 1
+                    self._counters.stream_breaks += 1
+                call.cancel()
+
+    async def _pings(self, channel: grpc.aio.Channel, stop: asyncio.Event) -> None:
+        ping = channel.unary_unary(PING)
+        await asyncio.sleep(self._rng.uniform(0, self._ping))
+        while not stop.is_set():
+            try:
+                await ping(b"ping", timeout=max(2.0, self._ping))
+                self._counters.calls_ok += 1
+            except grpc.aio.AioRpcError:
+                self._counters.calls_failed += 1
+            await asyncio.sleep(self._ping * self._rng.uniform(0.8, 1.2))
+
+
+async def swarm(*, target: str, count: int, ping: float, backoff_ms: int, seed: int,
+                reconnect_mean: float | None, report: float, lifetime: float,
+                ramp: float) -> None:
+    counters = Counters(clients=count)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.call_later(lifetime, stop.set)
+    rng = random.Random(seed)
+    tasks = []
+    for index in range(count):
+        client = Client(target=target, counters=counters, ping=ping, backoff_ms=backoff_ms,
+                        rng=random.Random(rng.random()), reconnect_mean=reconnect_mean)
+        tasks.append(asyncio.create_task(client.run(stop)))
+        if ramp > 0:
+            # Dialling all at once would be a thundering herd no real fleet starts with.
+            await asyncio.sleep(ramp / count)
+        del index
+    while not stop.is_set():
+        print(json.dumps({"t": time.time(), **asdict(counters)}), flush=True)
+        await asyncio.wait([asyncio.create_task(stop.wait())], timeout=report)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(json.dumps({"t": time.time(), **asdict(counters), "done": True}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m connbalance.sim.clients", description=__doc__)
+    parser.add_argument("--target", required=True, help="HOST:PORT of the balancer")
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--ping", type=float, default=1.0, help="seconds between unary calls")
+    parser.add_argument("--backoff-ms", type=int, default=100, help="gRPC's reconnect backoff")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--random-reconnect", type=float, default=None, metavar="MEAN")
+    parser.add_argument("--report", type=float, default=0.5)
+    parser.add_argument("--lifetime", type=float, default=3600.0)
+    parser.add_argument("--ramp", type=float, default=1.0, help="seconds to start all clients")
+    args = parser.parse_args(argv)
+    asyncio.run(swarm(target=args.target, count=args.count, ping=args.ping,
+                      backoff_ms=args.backoff_ms, seed=args.seed,
+                      reconnect_mean=args.random_reconnect, report=args.report,
+                      lifetime=args.lifetime, ramp=args.ramp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
