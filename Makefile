@@ -6,7 +6,8 @@ SHELL := /bin/bash
 # a cold machine rebuilds everything from the package registries.
 CACHE ?= $(HOME)/.cache/connbalance
 PYTHON ?= python3
-PYHASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# Keyed by the dependency lists only, so editing tool settings in pyproject does not rebuild it.
+PYHASH := $(shell sed -n '/^dependencies/,/^\[project.scripts\]/p' pyproject.toml | sha256sum | cut -c1-12)
 VENV ?= $(CACHE)/venv-$(PYHASH)
 VENV_BIN := $(VENV)/bin
 PY := $(VENV_BIN)/python
@@ -32,7 +33,7 @@ system-deps: ## install the Debian packages the tests use (apt-get update first,
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.deps-ok: pyproject.toml
+$(VENV)/.deps-ok:
 	@echo "creating $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
