@@ -4,6 +4,7 @@ from connbalance.model.drain import DRAIN_ANNOTATION, DrainRequest, InvalidDrain
 from connbalance.model.ids import PodName, PolicyName, RequestId
 from connbalance.model.phase import Phase
 from connbalance.model.plan import Drain, Plan
+from connbalance.model.pods import PodLoad, PodState
 from connbalance.model.policy import (
     ActuationSpec,
     BalanceSpec,
@@ -13,7 +14,6 @@ from connbalance.model.policy import (
     SecretKeyRef,
     WorkloadRef,
 )
-from connbalance.model.pods import PodLoad, PodState
 
 __all__ = [
     "DRAIN_ANNOTATION",

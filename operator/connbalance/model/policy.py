@@ -44,59 +44,163 @@ FIELDS: Final[tuple[Setting, ...]] = (
     Setting("metrics.preset", str, "teleport-auth", "What to count per pod.", choices=PRESETS),
     Setting("metrics.query", str, None, "PromQL returning one series per pod (preset custom)."),
     Setting("metrics.podLabel", str, "pod", "The label that names the pod in each series."),
-    Setting("metrics.maxStalenessSeconds", float, 60.0, "Older samples are not acted on.",
-            minimum=1, maximum=3600),
-    Setting("metrics.prometheus.url", str, "http://prometheus-server.monitoring.svc:80",
-            "Prometheus base URL."),
+    Setting(
+        "metrics.maxStalenessSeconds",
+        float,
+        60.0,
+        "Older samples are not acted on.",
+        minimum=1,
+        maximum=3600,
+    ),
+    Setting(
+        "metrics.prometheus.url",
+        str,
+        "http://prometheus-server.monitoring.svc:80",
+        "Prometheus base URL.",
+    ),
     Setting("metrics.prometheus.bearerTokenFile", str, None, "File holding a bearer token."),
     Setting("metrics.prometheus.caFile", str, None, "CA bundle to verify Prometheus with."),
-    Setting("metrics.prometheus.insecureSkipVerify", bool, False,
-            "Skip TLS verification (never in production)."),
-    Setting("metrics.prometheus.timeoutSeconds", float, 10.0, "Query timeout.",
-            minimum=0.1, maximum=300),
-    Setting("balance.tolerance", float, 0.10,
-            "Act when max/mean exceeds 1 + tolerance.", minimum=0.01, maximum=10),
-    Setting("balance.targetTolerance", float, 0.05,
-            "Once acting, go on until max/mean is within 1 + targetTolerance (hysteresis).",
-            minimum=0.0, maximum=10),
-    Setting("balance.maxFractionPerStep", float, 0.25,
-            "At most this share of a pod's load is cycled in one step.", minimum=0.0, maximum=1),
-    Setting("balance.maxConnectionsPerStep", int, 1000,
-            "At most this many connections of one pod are cycled in one step.",
-            minimum=0, maximum=1_000_000),
-    Setting("balance.maxPoolFractionPerStep", float, 0.25,
-            "At most this share of the pool's total load is cycled in one step.",
-            minimum=0.0, maximum=1),
-    Setting("balance.minConnections", int, 10,
-            "Pools with fewer connections in total are left alone.", minimum=0, maximum=10**9),
-    Setting("balance.settleSeconds", float, 30.0,
-            "Every pod must have been Ready this long, and the rollout complete.",
-            minimum=0, maximum=86400),
-    Setting("balance.stepIntervalSeconds", float, 30.0,
-            "Least time between steps, after the drain window, so a fresh scrape is measured.",
-            minimum=1, maximum=86400),
-    Setting("balance.maxSteps", int, 20, "Steps per rebalancing episode before giving up.",
-            minimum=1, maximum=1000),
-    Setting("balance.maxStepsWithoutImprovement", int, 2,
-            "Stop with Converging=False after this many steps that did not lower skew.",
-            minimum=1, maximum=100),
-    Setting("balance.mode", str, "postRollout",
-            "postRollout: act once the pool changed and settled; continuous: whenever skewed.",
-            choices=MODES),
-    Setting("actuation.method", str, "annotation",
-            "annotation: write the request to the pod; http: also POST it to the agent.",
-            choices=METHODS),
-    Setting("actuation.windowSeconds", float, 30.0,
-            "Closes are spread over this window with jitter.", minimum=0, maximum=3600),
-    Setting("actuation.quietMillis", int, 200,
-            "A connection is closed once quiet this long (proxy mode).", minimum=0,
-            maximum=60000),
-    Setting("actuation.deadlineSeconds", float, 90.0,
-            "After this, chosen connections are closed even if busy.", minimum=1, maximum=7200),
-    Setting("actuation.steer", bool, False,
-            "Keep reconnects off shedding pods during the window.", ),
-    Setting("actuation.agentPort", int, 9095, "The agent's HTTP port (method http).",
-            minimum=1, maximum=65535),
+    Setting(
+        "metrics.prometheus.insecureSkipVerify",
+        bool,
+        False,
+        "Skip TLS verification (never in production).",
+    ),
+    Setting(
+        "metrics.prometheus.timeoutSeconds", float, 10.0, "Query timeout.", minimum=0.1, maximum=300
+    ),
+    Setting(
+        "balance.tolerance",
+        float,
+        0.10,
+        "Act when max/mean exceeds 1 + tolerance.",
+        minimum=0.01,
+        maximum=10,
+    ),
+    Setting(
+        "balance.targetTolerance",
+        float,
+        0.05,
+        "Once acting, go on until max/mean is within 1 + targetTolerance (hysteresis).",
+        minimum=0.0,
+        maximum=10,
+    ),
+    Setting(
+        "balance.maxFractionPerStep",
+        float,
+        0.25,
+        "At most this share of a pod's load is cycled in one step.",
+        minimum=0.0,
+        maximum=1,
+    ),
+    Setting(
+        "balance.maxConnectionsPerStep",
+        int,
+        1000,
+        "At most this many connections of one pod are cycled in one step.",
+        minimum=0,
+        maximum=1_000_000,
+    ),
+    Setting(
+        "balance.maxPoolFractionPerStep",
+        float,
+        0.25,
+        "At most this share of the pool's total load is cycled in one step.",
+        minimum=0.0,
+        maximum=1,
+    ),
+    Setting(
+        "balance.minConnections",
+        int,
+        10,
+        "Pools with fewer connections in total are left alone.",
+        minimum=0,
+        maximum=10**9,
+    ),
+    Setting(
+        "balance.settleSeconds",
+        float,
+        30.0,
+        "Every pod must have been Ready this long, and the rollout complete.",
+        minimum=0,
+        maximum=86400,
+    ),
+    Setting(
+        "balance.stepIntervalSeconds",
+        float,
+        30.0,
+        "Least time between steps, after the drain window, so a fresh scrape is measured.",
+        minimum=1,
+        maximum=86400,
+    ),
+    Setting(
+        "balance.maxSteps",
+        int,
+        20,
+        "Steps per rebalancing episode before giving up.",
+        minimum=1,
+        maximum=1000,
+    ),
+    Setting(
+        "balance.maxStepsWithoutImprovement",
+        int,
+        2,
+        "Stop with Converging=False after this many steps that did not lower skew.",
+        minimum=1,
+        maximum=100,
+    ),
+    Setting(
+        "balance.mode",
+        str,
+        "postRollout",
+        "postRollout: act once the pool changed and settled; continuous: whenever skewed.",
+        choices=MODES,
+    ),
+    Setting(
+        "actuation.method",
+        str,
+        "annotation",
+        "annotation: write the request to the pod; http: also POST it to the agent.",
+        choices=METHODS,
+    ),
+    Setting(
+        "actuation.windowSeconds",
+        float,
+        30.0,
+        "Closes are spread over this window with jitter.",
+        minimum=0,
+        maximum=3600,
+    ),
+    Setting(
+        "actuation.quietMillis",
+        int,
+        200,
+        "A connection is closed once quiet this long (proxy mode).",
+        minimum=0,
+        maximum=60000,
+    ),
+    Setting(
+        "actuation.deadlineSeconds",
+        float,
+        90.0,
+        "After this, chosen connections are closed even if busy.",
+        minimum=1,
+        maximum=7200,
+    ),
+    Setting(
+        "actuation.steer",
+        bool,
+        False,
+        "Keep reconnects off shedding pods during the window.",
+    ),
+    Setting(
+        "actuation.agentPort",
+        int,
+        9095,
+        "The agent's HTTP port (method http).",
+        minimum=1,
+        maximum=65535,
+    ),
     Setting("dryRun", bool, False, "Plan and report, but cycle nothing."),
     Setting("paused", bool, False, "Do nothing until unpaused."),
 )
@@ -183,8 +287,12 @@ _PYTHON_NAMES: Final = {
     "dryRun": "dry_run",
 }
 _STRUCTURED: Final = {
-    "selector", "workloadRef", "metrics.prometheus.headers", "metrics.prometheus.bearerTokenSecret",
-    "metrics.prometheus.caSecret", "actuation.tokenSecret",
+    "selector",
+    "workloadRef",
+    "metrics.prometheus.headers",
+    "metrics.prometheus.bearerTokenSecret",
+    "metrics.prometheus.caSecret",
+    "actuation.tokenSecret",
 }
 
 
@@ -210,12 +318,15 @@ def _parse(spec: object, prefix: str) -> Policy:
     prom = _get(spec, "metrics.prometheus") or {}
     groups["metrics"]["headers"] = _headers(prom.get("headers"), f"{prefix}.metrics.prometheus")
     groups["metrics"]["bearer_token_secret"] = _secret(
-        prom.get("bearerTokenSecret"), f"{prefix}.metrics.prometheus.bearerTokenSecret")
+        prom.get("bearerTokenSecret"), f"{prefix}.metrics.prometheus.bearerTokenSecret"
+    )
     groups["metrics"]["ca_secret"] = _secret(
-        prom.get("caSecret"), f"{prefix}.metrics.prometheus.caSecret")
+        prom.get("caSecret"), f"{prefix}.metrics.prometheus.caSecret"
+    )
     actuation = _get(spec, "actuation") or {}
     groups["actuation"]["token_secret"] = _secret(
-        actuation.get("tokenSecret"), f"{prefix}.actuation.tokenSecret")
+        actuation.get("tokenSecret"), f"{prefix}.actuation.tokenSecret"
+    )
     policy = Policy(
         selector=_selector(spec.get("selector"), f"{prefix}.selector"),
         workload_ref=_workload(spec.get("workloadRef"), f"{prefix}.workloadRef"),
@@ -234,17 +345,23 @@ def _check_together(policy: Policy, prefix: str) -> None:
     if metrics.preset == "custom" and not metrics.query:
         raise PolicyError(f"{prefix}.metrics.query", "required when preset is custom")
     if metrics.preset != "custom" and metrics.query:
-        raise PolicyError(f"{prefix}.metrics.query",
-                          f"only used with preset custom (preset is {metrics.preset})")
+        raise PolicyError(
+            f"{prefix}.metrics.query", f"only used with preset custom (preset is {metrics.preset})"
+        )
     if balance.target_tolerance > balance.tolerance:
-        raise PolicyError(f"{prefix}.balance.targetTolerance",
-                          f"must not exceed tolerance ({balance.tolerance:g})")
+        raise PolicyError(
+            f"{prefix}.balance.targetTolerance",
+            f"must not exceed tolerance ({balance.tolerance:g})",
+        )
     if actuation.deadline_seconds < actuation.window_seconds:
-        raise PolicyError(f"{prefix}.actuation.deadlineSeconds",
-                          f"must be at least windowSeconds ({actuation.window_seconds:g})")
+        raise PolicyError(
+            f"{prefix}.actuation.deadlineSeconds",
+            f"must be at least windowSeconds ({actuation.window_seconds:g})",
+        )
     if metrics.insecure_skip_verify and (metrics.ca_file or metrics.ca_secret):
-        raise PolicyError(f"{prefix}.metrics.prometheus.insecureSkipVerify",
-                          "cannot be combined with a CA bundle")
+        raise PolicyError(
+            f"{prefix}.metrics.prometheus.insecureSkipVerify", "cannot be combined with a CA bundle"
+        )
     if not policy.selector:
         raise PolicyError(f"{prefix}.selector", "required: the labels of the pool's pods")
 

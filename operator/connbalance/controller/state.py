@@ -1,0 +1,113 @@
+"""What the controller carries from one tick to the next, and how it is written to status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from connbalance.model import Phase, PodName, PodState, PolicyName, RequestId
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A metav1.Condition, less the timestamps the kube layer adds."""
+
+    type: Literal["Ready", "MetricsAvailable", "Balanced", "Converging"]
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerState:
+    """The controller's memory, persisted by the caller (the resource's status).
+
+    ``episode`` names the current rebalancing run and ``step`` counts its steps; both are also
+    written into every request id, so they can be recovered from the pods if status is lost.
+    ``judged_revision`` is the pool revision last found balanced or given up on: in postRollout
+    mode nothing more is done until the pool changes.
+    """
+
+    phase: Phase = Phase.IDLE
+    episode: str | None = None
+    step: int = 0
+    last_step_at: float | None = None
+    skews: tuple[float, ...] = ()
+    judged_revision: str | None = None
+    skew: float | None = None
+    reason: str = ""
+    last_action: str = ""
+    cycled_total: int = 0
+
+    def to_status(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["phase"] = self.phase.value
+        data["skews"] = list(self.skews)
+        return data
+
+    @classmethod
+    def from_status(cls, data: Mapping[str, Any] | None) -> ControllerState:
+        """Read back what ``to_status`` wrote; anything unreadable starts afresh (safe: the pods
+        still carry the durable facts)."""
+        if not data:
+            return cls()
+        try:
+            return cls(
+                phase=Phase(data.get("phase", Phase.IDLE.value)),
+                episode=data.get("episode"),
+                step=int(data.get("step", 0)),
+                last_step_at=_float_or_none(data.get("last_step_at")),
+                skews=tuple(float(s) for s in data.get("skews", ())),
+                judged_revision=data.get("judged_revision"),
+                skew=_float_or_none(data.get("skew")),
+                reason=str(data.get("reason", "")),
+                last_action=str(data.get("last_action", "")),
+                cycled_total=int(data.get("cycled_total", 0)),
+            )
+        except (TypeError, ValueError):
+            return cls()
+
+    def with_(self, **changes: Any) -> ControllerState:
+        return replace(self, **changes)
+
+
+def _float_or_none(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def request_id(*, episode: str, step: int, pod: PodName) -> RequestId:
+    return RequestId(f"cb.{episode}.{step}.{pod}")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedStep:
+    """The newest step found on the pods for one policy: recovered, not remembered."""
+
+    episode: str
+    step: int
+    issued_at: float
+    pods: tuple[PodName, ...] = field(default=())
+
+
+def newest_step(pods: tuple[PodState, ...], *, policy: PolicyName) -> IssuedStep | None:
+    """The latest step this policy wrote to any pod, read from the pods' drain requests."""
+    best: IssuedStep | None = None
+    for pod in pods:
+        drain = pod.drain
+        if drain is None or drain.policy != policy or drain.issued_at is None:
+            continue
+        parts = drain.id.split(".")
+        if len(parts) < 4 or parts[0] != "cb" or not parts[2].isdigit():
+            continue
+        found = IssuedStep(
+            episode=parts[1],
+            step=int(parts[2]),
+            issued_at=drain.issued_at.timestamp(),
+            pods=(pod.name,),
+        )
+        if best is None or (found.issued_at, found.step) > (best.issued_at, best.step):
+            best = found
+        elif (found.episode, found.step) == (best.episode, best.step):
+            best = replace(best, pods=best.pods + found.pods)
+    return best
