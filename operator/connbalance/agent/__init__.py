@@ -1,0 +1,68 @@
+"""The agent: a sidecar in the server pod that cycles a bounded share of client connections.
+
+Rule: imports ``connbalance.model`` and ``connbalance.ports`` only. Both modes share one engine
+(``engine.py``): deduplicated intake (an id is acted on at most once, even across restarts, via
+the state file), the ``max_fraction`` ceiling, closes spread over the window with jitter, idlest
+connections first, graceful (quiet) closes and forced ones at the deadline, counted apart.
+
+In-process API (stable; the fleet simulator uses it)::
+
+    from connbalance.agent import ProxyAgent, AgentServer, build_http_app
+    from connbalance.model import DrainRequest
+
+    agent = ProxyAgent(listen=("127.0.6.1", 0), upstream=("127.0.6.1", 7000), max_fraction=1.0,
+                       state_file=None, rng=None, registry=None)   # all keyword-only
+    await agent.start()              # inside a running event loop
+    agent.port                       # the bound proxy port
+    agent.connections()              # list[ConnectionInfo]: id, peer, opened_at, last_activity,
+                                     #   idle_seconds, bytes_in, bytes_out, queued
+                                     #   (times are time.monotonic() seconds)
+    agent.active_count()             # int
+    status = await agent.submit(req) # RequestStatus(id, count, cycled, forced, state, reason,
+                                     #   duplicate); returns at once, cycling runs in a task;
+                                     #   state is RequestState.RUNNING, or REJECTED (count over
+                                     #   the ceiling, deadline passed); a repeated id returns
+                                     #   the known status with duplicate=True and does nothing
+    await agent.wait(req.id, timeout=None)   # final RequestStatus (state DONE)
+    await agent.close(["c1", "c7"], graceful=True, quiet_millis=200, deadline_seconds=30.0)
+                                     # -> list[CloseOutcome | None] (GRACEFUL, FORCED, or None
+                                     #   when that id is not open); counted in the metrics
+    agent.refuse_new(seconds)        # steering: reset new client connections for a while
+    agent.status()                   # AgentStatus(mode, active, cycled_total, requests);
+                                     #   .to_wire() is the /status JSON
+    agent.metrics.registry           # its own prometheus_client.CollectorRegistry
+    await agent.stop()
+
+    server = AgentServer(agent, host="127.0.6.1", port=0, token="secret")
+    await server.start(); server.port   # /healthz, /status, /metrics, POST /v1/drain
+    await server.stop()
+    app = build_http_app(agent, token="secret")   # the bare aiohttp.web.Application
+
+``ResetAgent(port=3025, max_fraction=0.25, ...)`` offers the same engine API for reset mode.
+HTTP answers on POST /v1/drain: 202 accepted, 200 duplicate id, 422 rejected (nothing closed),
+400 malformed (``{"error", "field"}``), 401 missing or wrong token. The command line is
+``connbalance agent`` (``connbalance.agent.main:run``).
+"""
+
+from connbalance.agent.engine import (
+    AgentStatus,
+    CloseOutcome,
+    DrainEngine,
+    RequestState,
+    RequestStatus,
+)
+from connbalance.agent.http import AgentServer, build_http_app
+from connbalance.agent.proxy import ProxyAgent
+from connbalance.agent.selection import ConnectionInfo
+
+__all__ = [
+    "AgentServer",
+    "AgentStatus",
+    "CloseOutcome",
+    "ConnectionInfo",
+    "DrainEngine",
+    "ProxyAgent",
+    "RequestState",
+    "RequestStatus",
+    "build_http_app",
+]

@@ -1,0 +1,319 @@
+"""What both modes share: deduplicated intake, the ceiling, the spread schedule, progress, metrics.
+
+A mode (proxy or reset) subclasses ``DrainEngine`` and supplies two things: the connections it can
+see (``connections``) and a way to close one (``_close_one``), which waits for the connection to
+be quiet and closes it gracefully, or closes it anyway at the deadline.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import enum
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from connbalance.agent.metrics import AgentMetrics
+from connbalance.agent.selection import ConnectionInfo, ceiling, pick, spread
+from connbalance.agent.state import SeenRequests
+from connbalance.model import DrainRequest
+
+# How long a slot whose chosen connection vanished on its own may keep looking for another one.
+_REPICK_LIMIT = 64
+DEFAULT_DIRECT_QUIET_MILLIS = 200
+DEFAULT_DIRECT_DEADLINE_SECONDS = 30.0
+
+
+class RequestState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    REJECTED = "rejected"
+
+
+class CloseOutcome(enum.StrEnum):
+    GRACEFUL = "graceful"
+    FORCED = "forced"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStatus:
+    """Where one drain request stands. ``duplicate`` is set on the answer to a repeated id."""
+
+    id: str
+    count: int
+    cycled: int
+    forced: int
+    state: RequestState
+    reason: str = ""
+    duplicate: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "count": self.count,
+            "cycled": self.cycled,
+            "forced": self.forced,
+            "state": self.state.value,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> RequestStatus:
+        return cls(
+            id=str(data["id"]),
+            count=int(data["count"]),
+            cycled=int(data.get("cycled", 0)),
+            forced=int(data.get("forced", 0)),
+            state=RequestState(data.get("state", "done")),
+            reason=str(data.get("reason", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    mode: str
+    active: int
+    cycled_total: int
+    requests: tuple[RequestStatus, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "active": self.active,
+            "cycled_total": self.cycled_total,
+            "requests": [r.to_wire() for r in self.requests],
+        }
+
+
+class DrainEngine(abc.ABC):
+    mode: str = ""
+
+    def __init__(
+        self,
+        *,
+        max_fraction: float,
+        state_file: Path | None = None,
+        rng: random.Random | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if not 0.0 <= max_fraction <= 1.0:
+            raise ValueError(f"max_fraction must be between 0 and 1, not {max_fraction!r}")
+        self.max_fraction = max_fraction
+        self._rng = rng if rng is not None else random.Random()
+        self._seen = SeenRequests(path=state_file)
+        self._statuses: dict[str, RequestStatus] = {}
+        for entry in self._seen.entries():
+            status = RequestStatus.from_wire(entry)
+            if status.state in (RequestState.PENDING, RequestState.RUNNING):
+                # Interrupted by a restart: it may have cycled some, so it is over, never resumed.
+                status = replace(status, state=RequestState.DONE, reason="interrupted by restart")
+            self._statuses[status.id] = status
+        self._claimed: set[str] = set()
+        self._tasks: dict[str, asyncio.Task[RequestStatus]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.cycled_total = 0
+        self.metrics = AgentMetrics(mode=self.mode, active=self.active_count, registry=registry)
+
+    # --- what a mode supplies -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def connections(self) -> list[ConnectionInfo]:
+        """The client connections open now, with their idleness."""
+
+    @abc.abstractmethod
+    async def _close_one(
+        self, conn_id: str, *, quiet_seconds: float, deadline: float
+    ) -> CloseOutcome | None:
+        """Close once quiet for ``quiet_seconds``, or anyway at monotonic ``deadline``.
+
+        None when the connection went away by itself first.
+        """
+
+    def active_count(self) -> int:
+        return len(self.connections())
+
+    # --- intake -------------------------------------------------------------------------------
+
+    async def submit(self, request: DrainRequest) -> RequestStatus:
+        """Act on ``request`` once, ever: a repeated id returns its status and does nothing."""
+        known = self._statuses.get(request.id)
+        if known is not None:
+            self.metrics.count_request("duplicate")
+            return replace(known, duplicate=True)
+        reason = self._refusal(request)
+        if reason:
+            status = RequestStatus(
+                id=request.id,
+                count=request.count,
+                cycled=0,
+                forced=0,
+                state=RequestState.REJECTED,
+                reason=reason,
+            )
+            self._remember(status)
+            self.metrics.count_request("rejected")
+            return status
+        status = RequestStatus(
+            id=request.id, count=request.count, cycled=0, forced=0, state=RequestState.RUNNING
+        )
+        # Written down before the first close, so a crash mid-request never repeats it.
+        self._remember(status)
+        self.metrics.count_request("accepted")
+        self.metrics.last_request.set(time.time())
+        eligible = frozenset(c.id for c in self.connections())
+        task = asyncio.get_running_loop().create_task(
+            self._run(request, eligible), name=f"drain {request.id}"
+        )
+        self._tasks[request.id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(request.id, None))
+        return status
+
+    def _refusal(self, request: DrainRequest) -> str:
+        if request.deadline <= datetime.now(UTC):
+            return "deadline has passed"
+        active = self.active_count()
+        most = ceiling(active=active, max_fraction=self.max_fraction)
+        if request.count > most:
+            return (
+                f"count {request.count} exceeds this agent's ceiling of {most} "
+                f"(--max-fraction {self.max_fraction:g} of {active} active connections)"
+            )
+        return ""
+
+    def _remember(self, status: RequestStatus) -> None:
+        self._statuses[status.id] = status
+        self._seen.record(status.to_wire())
+
+    # --- progress -------------------------------------------------------------------------------
+
+    def request_status(self, request_id: str) -> RequestStatus | None:
+        return self._statuses.get(request_id)
+
+    def status(self) -> AgentStatus:
+        return AgentStatus(
+            mode=self.mode,
+            active=self.active_count(),
+            cycled_total=self.cycled_total,
+            requests=tuple(self._statuses.values()),
+        )
+
+    async def wait(self, request_id: str, *, timeout: float | None = None) -> RequestStatus:
+        """The request's final status, once its last close has happened."""
+        task = self._tasks.get(request_id)
+        if task is not None:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        status = self._statuses.get(request_id)
+        if status is None:
+            raise KeyError(request_id)
+        return status
+
+    # --- cycling ----------------------------------------------------------------------------------
+
+    async def _run(self, request: DrainRequest, eligible: frozenset[str]) -> RequestStatus:
+        loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        deadline = start + (request.deadline - datetime.now(UTC)).total_seconds()
+        offsets = spread(count=request.count, window_seconds=request.window_seconds, rng=self._rng)
+        progress = {"cycled": 0, "forced": 0}
+
+        async def slot(offset: float) -> None:
+            await asyncio.sleep(max(0.0, min(start + offset, deadline) - time.monotonic()))
+            for _ in range(_REPICK_LIMIT):
+                conn = pick(self.connections(), eligible=eligible, claimed=self._claimed)
+                if conn is None:
+                    return
+                self._claimed.add(conn.id)
+                try:
+                    outcome = await self._close_one(
+                        conn.id, quiet_seconds=request.quiet_millis / 1000.0, deadline=deadline
+                    )
+                finally:
+                    self._claimed.discard(conn.id)
+                if outcome is not None:
+                    self._count(outcome)
+                    progress["cycled"] += 1
+                    progress["forced"] += outcome is CloseOutcome.FORCED
+                    self._statuses[request.id] = replace(
+                        self._statuses[request.id],
+                        cycled=progress["cycled"],
+                        forced=progress["forced"],
+                    )
+                    return
+
+        slots = [loop.create_task(slot(offset)) for offset in offsets]
+        try:
+            await asyncio.gather(*slots)
+        finally:
+            for task in slots:
+                task.cancel()
+            final = replace(
+                self._statuses[request.id],
+                cycled=progress["cycled"],
+                forced=progress["forced"],
+                state=RequestState.DONE,
+            )
+            if progress["cycled"] < request.count:
+                final = replace(final, reason="fewer connections left than requested")
+            self._remember(final)
+        return final
+
+    def _count(self, outcome: CloseOutcome) -> None:
+        self.cycled_total += 1
+        self.metrics.count_cycled(forced=outcome is CloseOutcome.FORCED)
+
+    async def close(
+        self,
+        conn_ids: Iterable[str],
+        *,
+        graceful: bool = True,
+        quiet_millis: int = DEFAULT_DIRECT_QUIET_MILLIS,
+        deadline_seconds: float = DEFAULT_DIRECT_DEADLINE_SECONDS,
+    ) -> list[CloseOutcome | None]:
+        """Close these connections now, outside any request (for strategies such as max-age).
+
+        Graceful waits for ``quiet_millis`` of quiet, up to ``deadline_seconds``; otherwise each
+        closes at once and counts as forced. None for an id that is not (or no longer) open.
+        """
+        deadline = time.monotonic() + (deadline_seconds if graceful else 0.0)
+
+        async def one(conn_id: str) -> CloseOutcome | None:
+            if conn_id in self._claimed:
+                return None
+            self._claimed.add(conn_id)
+            try:
+                outcome = await self._close_one(
+                    conn_id, quiet_seconds=quiet_millis / 1000.0, deadline=deadline
+                )
+            finally:
+                self._claimed.discard(conn_id)
+            if outcome is not None:
+                self._count(outcome)
+            return outcome
+
+        return list(await asyncio.gather(*(one(c) for c in conn_ids)))
+
+    async def _cancel_requests(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+__all__ = [
+    "AgentStatus",
+    "CloseOutcome",
+    "DrainEngine",
+    "RequestState",
+    "RequestStatus",
+]

@@ -1,0 +1,323 @@
+"""Proxy mode: an asyncio L4 proxy in front of the server port that can close chosen connections.
+
+Each accepted client connection gets its own upstream connection; bytes are copied both ways with
+flow control (a full write buffer pauses reading on the other side). A graceful close sends FIN to
+both ends once neither direction has carried data for ``quietMillis`` and no buffer holds any;
+at the deadline the connection is closed anyway and counted as forced. No privileges needed.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import fcntl
+import itertools
+import random
+import socket
+import termios
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from connbalance.agent.engine import CloseOutcome, DrainEngine
+from connbalance.agent.selection import ConnectionInfo
+
+# Short, so a forced close still flushes what is in flight; after it the socket is aborted (RST).
+_FORCED_FLUSH_SECONDS = 1.0
+_BACKLOG = 4096
+
+
+class _Pair:
+    """One client connection and its upstream connection."""
+
+    __slots__ = (
+        "_quiet_event",
+        "bytes_in",
+        "bytes_out",
+        "client",
+        "client_eof",
+        "closed",
+        "id",
+        "last_activity",
+        "opened_at",
+        "peer",
+        "upstream",
+        "upstream_eof",
+    )
+
+    def __init__(self, *, conn_id: str, client: asyncio.Transport, peer: tuple[str, int]) -> None:
+        now = time.monotonic()
+        self.id = conn_id
+        self.client = client
+        self.upstream: asyncio.Transport | None = None
+        self.peer = peer
+        self.opened_at = now
+        self.last_activity = now
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.client_eof = False
+        self.upstream_eof = False
+        self.closed = False
+
+    def queued(self) -> int:
+        size = self.client.get_write_buffer_size()
+        if self.upstream is not None:
+            size += self.upstream.get_write_buffer_size()
+        return size
+
+    def unread(self) -> int:
+        """Bytes the kernel holds that the event loop has not read yet, on either socket.
+
+        Checked right before a graceful close: a busy loop can lag behind its sockets, and data
+        that arrived but was not read means the connection is not quiet (closing then would
+        also turn the FIN into a RST).
+        """
+        return _pending(self.client) + (_pending(self.upstream) if self.upstream else 0)
+
+    def info(self, now: float) -> ConnectionInfo:
+        return ConnectionInfo(
+            id=self.id,
+            peer=self.peer,
+            opened_at=self.opened_at,
+            last_activity=self.last_activity,
+            idle_seconds=max(0.0, now - self.last_activity),
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            queued=self.queued(),
+        )
+
+    def close(self) -> None:
+        self.closed = True
+        self.client.close()
+        if self.upstream is not None:
+            self.upstream.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.client.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
+
+
+def _pending(transport: asyncio.Transport) -> int:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+    except (OSError, ValueError):
+        return 0
+    return int(buf[0])
+
+
+class _UpstreamSide(asyncio.Protocol):
+    def __init__(self, agent: ProxyAgent, pair: _Pair) -> None:
+        self._agent = agent
+        self._pair = pair
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._pair.upstream = transport
+
+    def data_received(self, data: bytes) -> None:
+        pair = self._pair
+        pair.last_activity = time.monotonic()
+        pair.bytes_out += len(data)
+        pair.client.write(data)
+
+    def eof_received(self) -> bool:
+        pair = self._pair
+        pair.upstream_eof = True
+        if pair.client_eof:
+            return False
+        with contextlib.suppress(OSError, RuntimeError):
+            pair.client.write_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._agent._forget(self._pair)
+
+    def pause_writing(self) -> None:
+        self._pair.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._pair.client.resume_reading()
+
+
+class _ClientSide(asyncio.Protocol):
+    def __init__(self, agent: ProxyAgent) -> None:
+        self._agent = agent
+        self._pair: _Pair | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        peername = transport.get_extra_info("peername") or ("", 0)
+        # Nothing is read until the upstream connection is there to take it.
+        transport.pause_reading()
+        self._pair = self._agent._accept(transport, (str(peername[0]), int(peername[1])))
+
+    def data_received(self, data: bytes) -> None:
+        pair = self._pair
+        assert pair is not None
+        assert pair.upstream is not None
+        pair.last_activity = time.monotonic()
+        pair.bytes_in += len(data)
+        pair.upstream.write(data)
+
+    def eof_received(self) -> bool:
+        pair = self._pair
+        assert pair is not None
+        pair.client_eof = True
+        if pair.upstream_eof:
+            return False
+        if pair.upstream is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                pair.upstream.write_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._pair is not None:
+            self._agent._forget(self._pair)
+
+    def pause_writing(self) -> None:
+        if self._pair is not None and self._pair.upstream is not None:
+            self._pair.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._pair is not None and self._pair.upstream is not None:
+            self._pair.upstream.resume_reading()
+
+
+class ProxyAgent(DrainEngine):
+    """The proxy-mode agent. Start it inside a running event loop; see the package docstring."""
+
+    mode = "proxy"
+
+    def __init__(
+        self,
+        *,
+        listen: tuple[str, int],
+        upstream: tuple[str, int],
+        max_fraction: float,
+        state_file: Path | None = None,
+        rng: random.Random | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        super().__init__(
+            max_fraction=max_fraction, state_file=state_file, rng=rng, registry=registry
+        )
+        self.listen = listen
+        self.upstream = upstream
+        self._pairs: dict[str, _Pair] = {}
+        self._ids = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._connecting: set[asyncio.Task[None]] = set()
+        self.refused_total = 0
+        self._refuse_until = 0.0
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the proxy has not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ClientSide(self),
+            host=self.listen[0],
+            port=self.listen[1],
+            backlog=_BACKLOG,
+            reuse_address=True,
+        )
+
+    async def stop(self) -> None:
+        await self._cancel_requests()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connecting):
+            task.cancel()
+        for pair in list(self._pairs.values()):
+            pair.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        # Let the transports run their connection_lost callbacks before the loop goes away.
+        await asyncio.sleep(0)
+
+    def refuse_new(self, seconds: float) -> None:
+        """Refuse new client connections for ``seconds`` (steering: reconnects go elsewhere).
+
+        A refused client sees its connection reset at once and retries, which a balancer in front
+        sends to another pod with probability (N-1)/N.
+        """
+        self._refuse_until = max(self._refuse_until, time.monotonic() + seconds)
+
+    def connections(self) -> list[ConnectionInfo]:
+        now = time.monotonic()
+        return [p.info(now) for p in self._pairs.values() if not p.closed]
+
+    def active_count(self) -> int:
+        return sum(1 for p in self._pairs.values() if not p.closed)
+
+    def _accept(self, transport: asyncio.Transport, peer: tuple[str, int]) -> _Pair:
+        pair = _Pair(conn_id=f"c{next(self._ids)}", client=transport, peer=peer)
+        if time.monotonic() < self._refuse_until:
+            self.refused_total += 1
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # Linger 0: the client gets RST rather than a FIN it might read as a served close.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            pair.abort()
+            return pair
+        self._pairs[pair.id] = pair
+        task = asyncio.get_running_loop().create_task(self._connect_upstream(pair))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+        return pair
+
+    async def _connect_upstream(self, pair: _Pair) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(
+                lambda: _UpstreamSide(self, pair), host=self.upstream[0], port=self.upstream[1]
+            )
+        except OSError:
+            # The server is down: the client sees a reset and retries, as it would without us.
+            pair.abort()
+            self._forget(pair)
+            return
+        if pair.closed:
+            pair.abort()
+            return
+        pair.client.resume_reading()
+
+    def _forget(self, pair: _Pair) -> None:
+        if not pair.closed:
+            pair.close()
+        self._pairs.pop(pair.id, None)
+
+    async def _close_one(
+        self, conn_id: str, *, quiet_seconds: float, deadline: float
+    ) -> CloseOutcome | None:
+        pair = self._pairs.get(conn_id)
+        if pair is None or pair.closed:
+            return None
+        while True:
+            if pair.closed:
+                return None
+            now = time.monotonic()
+            quiet_for = now - pair.last_activity
+            if quiet_for >= quiet_seconds and pair.queued() == 0 and pair.unread() == 0:
+                pair.close()
+                return CloseOutcome.GRACEFUL
+            if now >= deadline:
+                pair.close()
+                asyncio.get_running_loop().call_later(_FORCED_FLUSH_SECONDS, pair.abort)
+                return CloseOutcome.FORCED
+            wait = max(quiet_seconds - quiet_for, 0.005)
+            await asyncio.sleep(min(wait, max(deadline - now, 0.0)))

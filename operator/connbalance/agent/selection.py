@@ -1,0 +1,75 @@
+"""Which connections to cycle, how many, and when: pure arithmetic, no I/O, no clock reads."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """One client connection as the agent sees it.
+
+    Times are ``time.monotonic()`` seconds. ``idle_seconds`` is how long both directions have been
+    quiet; ``queued`` is data still waiting in a buffer (kernel queues in reset mode, the proxy's
+    write buffers in proxy mode): a connection with queued data is never idle.
+    """
+
+    id: str
+    peer: tuple[str, int]
+    opened_at: float | None
+    last_activity: float
+    idle_seconds: float
+    bytes_in: int
+    bytes_out: int
+    queued: int = 0
+
+
+def ceiling(*, active: int, max_fraction: float) -> int:
+    """The most one request may cycle: ``max_fraction`` of the active connections, rounded down.
+
+    Rounded down so the ceiling is never exceeded, even by one; the small epsilon keeps
+    ``0.1 * 100`` at 10 in floating point.
+    """
+    if active <= 0 or max_fraction <= 0:
+        return 0
+    return min(active, math.floor(active * max_fraction + 1e-9))
+
+
+def idlest_first(connections: Iterable[ConnectionInfo]) -> list[ConnectionInfo]:
+    """Quiet connections with empty queues first, longest idle first; ties go to the oldest."""
+    return sorted(
+        connections,
+        key=lambda c: (
+            c.queued > 0,
+            -c.idle_seconds,
+            c.opened_at if c.opened_at is not None else math.inf,
+            c.id,
+        ),
+    )
+
+
+def spread(*, count: int, window_seconds: float, rng: random.Random) -> list[float]:
+    """Offsets in seconds, sorted, for ``count`` closes spread over the window with jitter.
+
+    One offset falls at a random point in each of ``count`` equal slices of the window
+    (stratified jitter): closes never bunch up the way independent uniform draws can, and no two
+    agents that got the same request close in lockstep.
+    """
+    if count <= 0:
+        return []
+    if window_seconds <= 0:
+        return [0.0] * count
+    step = window_seconds / count
+    return [step * (i + rng.random()) for i in range(count)]
+
+
+def pick(
+    candidates: Sequence[ConnectionInfo], *, eligible: frozenset[str], claimed: set[str]
+) -> ConnectionInfo | None:
+    """The idlest connection that the request may cycle and nobody is closing already."""
+    for conn in idlest_first(c for c in candidates if c.id in eligible and c.id not in claimed):
+        return conn
+    return None
