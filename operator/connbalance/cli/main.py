@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from connbalance import __version__
-from connbalance.cli import plan as plan_command
+from connbalance.cli.plan import add_parser as add_plan_parser
 from connbalance.cli.errors import EXIT_USAGE, CliError
 
 # Subcommands built by their own packages, each ``run(argv) -> int``. Imported on use, so one
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"connbalance {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    plan_command.add_parser(sub)
+    add_plan_parser(sub)
     for name, (_, help_text) in _DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
