@@ -1,0 +1,174 @@
+"""Drain requests that arrive as the pod's own annotation: through the API, or a downward-API file.
+
+Both sources hand the raw annotation value to the engine, which deduplicates by id; a value that
+did not change since the last look is not even parsed again, so an invalid annotation is logged
+and counted once, not on every poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from connbalance.agent.engine import DrainEngine
+from connbalance.model import DRAIN_ANNOTATION, DrainRequest, InvalidDrainRequest
+
+log = logging.getLogger(__name__)
+
+FILE_POLL_SECONDS = 1.0
+WATCH_TIMEOUT_SECONDS = 60
+WATCH_RETRY_SECONDS = 5.0
+
+
+class AnnotationIntake:
+    """Feeds annotation values to the engine, skipping a value already handled."""
+
+    def __init__(self, *, engine: DrainEngine, source: str) -> None:
+        self._engine = engine
+        self._source = source
+        self._last: str | None = None
+
+    async def offer(self, value: str | None) -> None:
+        if value is None or value == self._last:
+            return
+        self._last = value
+        try:
+            request = DrainRequest.from_json(value)
+        except InvalidDrainRequest as exc:
+            self._engine.metrics.count_request("invalid")
+            log.warning("ignoring %s annotation %s: %s", self._source, DRAIN_ANNOTATION, exc)
+            return
+        status = await self._engine.submit(request)
+        log.info(
+            "%s request %s: %s%s",
+            self._source,
+            status.id,
+            status.state.value,
+            f" ({status.reason})" if status.reason else "",
+        )
+
+
+def parse_downward_annotations(text: str) -> dict[str, str]:
+    """Parse a downward-API annotations file: ``key="value"`` lines, values Go-quoted."""
+    result: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, quoted = line.partition("=")
+        if not sep or len(quoted) < 2 or quoted[0] != '"' or quoted[-1] != '"':
+            continue
+        result[key.strip()] = _go_unquote(quoted[1:-1])
+    return result
+
+
+def _go_unquote(body: str) -> str:
+    simple = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        char = body[i]
+        if char != "\\" or i + 1 >= len(body):
+            out.append(char)
+            i += 1
+            continue
+        code = body[i + 1]
+        if code in simple:
+            out.append(simple[code])
+            i += 2
+        elif code in "xuU":
+            width = {"x": 2, "u": 4, "U": 8}[code]
+            out.append(chr(int(body[i + 2 : i + 2 + width], 16)))
+            i += 2 + width
+        elif code.isdigit():
+            out.append(chr(int(body[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(code)
+            i += 2
+    return "".join(out)
+
+
+async def watch_annotations_file(
+    *, path: Path, engine: DrainEngine, stop: asyncio.Event, poll_seconds: float = FILE_POLL_SECONDS
+) -> None:
+    """Poll the file (the kubelet swaps it through a symlink, so inotify on it is unreliable)."""
+    intake = AnnotationIntake(engine=engine, source=f"file {path}")
+    while not stop.is_set():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        await intake.offer(parse_downward_annotations(text).get(DRAIN_ANNOTATION))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), poll_seconds)
+
+
+async def watch_pod_annotation(
+    *,
+    namespace: str,
+    name: str,
+    engine: DrainEngine,
+    stop: asyncio.Event,
+    api_client: Any = None,
+) -> None:
+    """Watch this pod through the Kubernetes API (get/list/watch on pods is all it needs).
+
+    The official client is synchronous, so the watch runs in a thread and hands annotation
+    values to the loop. ``api_client`` defaults to the in-cluster configuration, else kubeconfig.
+    """
+    from kubernetes import client, config, watch
+
+    if api_client is None:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        api_client = client.ApiClient()
+    core = client.CoreV1Api(api_client)
+    loop = asyncio.get_running_loop()
+    values: asyncio.Queue[str | None] = asyncio.Queue()
+    halt = threading.Event()
+    current: list[Any] = []
+
+    def follow() -> None:
+        while not halt.is_set():
+            watcher = watch.Watch()  # type: ignore[no-untyped-call]
+            current[:] = [watcher]
+            try:
+                for event in watcher.stream(  # type: ignore[no-untyped-call]
+                    core.list_namespaced_pod,
+                    namespace,
+                    field_selector=f"metadata.name={name}",
+                    timeout_seconds=WATCH_TIMEOUT_SECONDS,
+                    _request_timeout=WATCH_TIMEOUT_SECONDS + 10,
+                ):
+                    if halt.is_set():
+                        break
+                    pod = event["object"]
+                    annotations = (pod.metadata.annotations or {}) if pod.metadata else {}
+                    loop.call_soon_threadsafe(values.put_nowait, annotations.get(DRAIN_ANNOTATION))
+            except Exception as exc:  # the API server may be away for a while; keep trying
+                if halt.is_set():
+                    break
+                log.warning("watching pod %s/%s: %s; retrying", namespace, name, exc)
+                halt.wait(WATCH_RETRY_SECONDS)
+
+    intake = AnnotationIntake(engine=engine, source=f"pod {namespace}/{name}")
+    thread = threading.Thread(target=follow, name="pod-annotation-watch", daemon=True)
+    thread.start()
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            getting = asyncio.ensure_future(values.get())
+            done, _ = await asyncio.wait({getting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if getting not in done:
+                getting.cancel()
+                break
+            await intake.offer(getting.result())
+    finally:
+        halt.set()
+        for watcher in current:
+            watcher.stop()
+        stopping.cancel()

@@ -1,0 +1,154 @@
+"""Reset mode: out of the data path, cycle connections by destroying the server's own sockets.
+
+Lists the established sockets on the served port through inet_diag, ranks them by tcp_info
+idleness, and destroys the chosen ones with SOCK_DESTROY (as ``ss -K`` does): the client sees a
+reset and reconnects. Needs CAP_NET_ADMIN in the pod's network namespace; checked at start-up by
+destroying a socket pair of its own on 127.0.0.1, so a missing capability or kernel option fails
+the start, never the first request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import random
+import socket
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from connbalance.agent.engine import CloseOutcome, DrainEngine
+from connbalance.agent.netlink import NetlinkError, SockDiag, TcpSocket
+from connbalance.agent.selection import ConnectionInfo
+
+# Scans are shared by every slot waiting for quiet: one dump per this many seconds at most.
+_SCAN_REUSE_SECONDS = 0.02
+_POLL_FLOOR_SECONDS = 0.01
+
+
+class ResetUnavailable(RuntimeError):
+    """SOCK_DESTROY cannot be used here; the message says why and what to change."""
+
+
+def check_sock_destroy() -> None:
+    """Destroy a socket pair of our own on 127.0.0.1, or raise ResetUnavailable saying why."""
+    listener = socket.socket()
+    client = accepted = None
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        accepted, _ = listener.accept()
+        with SockDiag() as diag:
+            mine = diag.established(port=port)
+            if not mine:
+                raise ResetUnavailable("reset mode: inet_diag does not list this agent's sockets")
+            diag.destroy(mine[0])
+    except NetlinkError as exc:
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            raise ResetUnavailable(
+                "reset mode needs CAP_NET_ADMIN to destroy sockets (SOCK_DESTROY was refused: "
+                f"{exc.strerror}); add NET_ADMIN to the container's capabilities, or use "
+                "--mode proxy"
+            ) from None
+        if exc.errno == errno.EOPNOTSUPP:
+            raise ResetUnavailable(
+                "reset mode needs a kernel with CONFIG_INET_DIAG_DESTROY (SOCK_DESTROY is not "
+                "supported here); use --mode proxy"
+            ) from None
+        raise ResetUnavailable(f"reset mode: SOCK_DESTROY failed: {exc.strerror}") from None
+    except OSError as exc:
+        raise ResetUnavailable(
+            f"reset mode: cannot probe SOCK_DESTROY on 127.0.0.1 ({exc})"
+        ) from None
+    finally:
+        for sock in (accepted, client, listener):
+            if sock is not None:
+                sock.close()
+
+
+class ResetAgent(DrainEngine):
+    """The reset-mode agent for the server listening on ``port`` in this network namespace."""
+
+    mode = "reset"
+
+    def __init__(
+        self,
+        *,
+        port: int,
+        max_fraction: float,
+        state_file: Path | None = None,
+        rng: random.Random | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        super().__init__(
+            max_fraction=max_fraction, state_file=state_file, rng=rng, registry=registry
+        )
+        self.port = port
+        self._diag: SockDiag | None = None
+        self._scan_at = -1.0
+        self._scan: dict[str, TcpSocket] = {}
+        self._first_seen: dict[str, float] = {}
+
+    async def start(self) -> None:
+        check_sock_destroy()
+        self._diag = SockDiag()
+
+    async def stop(self) -> None:
+        await self._cancel_requests()
+        if self._diag is not None:
+            self._diag.close()
+            self._diag = None
+
+    def _sockets(self, *, fresh: bool = False) -> dict[str, TcpSocket]:
+        if self._diag is None:
+            raise RuntimeError("the reset agent has not started")
+        now = time.monotonic()
+        if fresh or now - self._scan_at > _SCAN_REUSE_SECONDS:
+            self._scan = {s.key: s for s in self._diag.established(port=self.port)}
+            self._scan_at = now
+            self._first_seen = {k: self._first_seen.get(k, now) for k in self._scan}
+        return self._scan
+
+    def connections(self) -> list[ConnectionInfo]:
+        sockets = self._sockets()
+        now = self._scan_at
+        return [
+            ConnectionInfo(
+                id=key,
+                peer=s.remote,
+                # First seen by this agent: the kernel does not say when a socket was opened.
+                opened_at=self._first_seen.get(key),
+                last_activity=now - s.idle_ms / 1000.0,
+                idle_seconds=s.idle_ms / 1000.0,
+                bytes_in=s.bytes_received,
+                bytes_out=s.bytes_sent,
+                queued=s.recv_queue + s.send_queue,
+            )
+            for key, s in sockets.items()
+        ]
+
+    async def _close_one(
+        self, conn_id: str, *, quiet_seconds: float, deadline: float
+    ) -> CloseOutcome | None:
+        quiet_ms = quiet_seconds * 1000.0
+        while True:
+            target = self._sockets().get(conn_id)
+            if target is None:
+                return None
+            now = time.monotonic()
+            idle_ms = target.idle_ms + (now - self._scan_at) * 1000.0
+            quiet = idle_ms >= quiet_ms and target.recv_queue == 0 and target.send_queue == 0
+            if quiet or now >= deadline:
+                assert self._diag is not None
+                if not self._diag.destroy(target):
+                    return None
+                self._scan.pop(conn_id, None)
+                return CloseOutcome.GRACEFUL if quiet else CloseOutcome.FORCED
+            wait = max((quiet_ms - idle_ms) / 1000.0, _POLL_FLOOR_SECONDS)
+            await asyncio.sleep(min(wait, max(deadline - now, 0.0)))
+
+
+__all__ = ["ResetAgent", "ResetUnavailable", "check_sock_destroy"]
