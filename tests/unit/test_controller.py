@@ -1,0 +1,222 @@
+"""The controller through its ports: phases, idempotence across restarts, non-convergence."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from connbalance.controller import Controller, ControllerState
+from connbalance.model import Phase, PodName, Policy, PolicyName
+from connbalance.planner import Landing, expected_loads
+from connbalance.ports import MetricsEmpty
+from tests.unit.fakes import AnnotatingActuator, DictLoads, FakeClock, ListEvents, ListFleet
+
+NAME = PolicyName("teleport/auth")
+
+
+def make_policy(**overrides: object) -> Policy:
+    spec: dict[str, object] = {
+        "selector": {"app": "auth"},
+        "balance": {"settleSeconds": 10, "stepIntervalSeconds": 20},
+        "actuation": {"windowSeconds": 10},
+    }
+    for key, value in overrides.items():
+        section, _, leaf = key.partition("__")
+        if leaf:
+            spec.setdefault(section, {})[leaf] = value  # type: ignore[index]
+        else:
+            spec[section] = value
+    return Policy.from_spec(spec)
+
+
+class World:
+    """A pool of three pods whose loads follow the expected landing of what was cycled."""
+
+    def __init__(self, values: dict[str, float], **policy: object) -> None:
+        self.clock = FakeClock()
+        self.fleet = ListFleet.ready(list(values), since=self.clock.now - 1000)
+        self.loads = DictLoads(self.clock, dict(values))
+        self.actuator = AnnotatingActuator(self.fleet)
+        self.events = ListEvents()
+        self.policy = make_policy(**policy)
+        self.state = ControllerState()
+
+    def controller(self) -> Controller:
+        return Controller(name=NAME, policy=self.policy, loads=self.loads, fleet=self.fleet,
+                          actuator=self.actuator, events=self.events, clock=self.clock)
+
+    def tick(self, controller: Controller | None = None):
+        result = asyncio.run((controller or self.controller()).tick(self.state))
+        self.state = result.state
+        return result
+
+    def apply_landing(self) -> None:
+        """Clients of the drains delivered since the last call reconnect, spread uniformly."""
+        sheds = {p: float(r.count) for p, r in self.actuator.delivered[self._applied:]}
+        self._applied = len(self.actuator.delivered)
+        landed = expected_loads({PodName(k): v for k, v in self.loads.values.items()}, sheds,
+                                landing=Landing.UNIFORM)
+        self.loads.values = {k: round(v) for k, v in landed.items()}
+
+    _applied = 0
+
+
+def test_a_balanced_pool_is_left_alone():
+    world = World({"a": 100, "b": 102, "c": 98})
+    result = world.tick()
+    assert result.state.phase is Phase.BALANCED
+    assert world.actuator.delivered == []
+    assert ("Balanced", "True") in {(c.type, c.status) for c in result.conditions}
+
+
+def test_a_skewed_pool_gets_one_step_then_cools_down():
+    world = World({"a": 364, "b": 236, "c": 0})
+    first = world.tick()
+    assert first.state.phase is Phase.REBALANCING
+    assert {p for p, _ in world.actuator.delivered} == {"a", "b"}
+    ids = {r.id for _, r in world.actuator.delivered}
+    assert all(i.startswith(f"cb.{first.state.episode}.1.") for i in ids)
+    world.clock.advance(5)
+    second = world.tick()
+    assert second.state.phase is Phase.COOLING_DOWN
+    assert len(world.actuator.delivered) == 2
+
+
+def test_the_pool_converges_over_several_steps():
+    world = World({"a": 364, "b": 236, "c": 0})
+    for _ in range(40):
+        world.tick()
+        world.apply_landing()
+        world.clock.advance(31)
+        if world.state.phase is Phase.BALANCED:
+            break
+    assert world.state.phase is Phase.BALANCED
+    assert max(world.loads.values.values()) / 200 <= 1.10
+    assert "Balanced" in world.events.reasons()
+
+
+def test_a_restart_that_lost_status_never_issues_the_same_step_again():
+    world = World({"a": 364, "b": 236, "c": 0})
+    world.tick()
+    delivered = list(world.actuator.delivered)
+    world.state = ControllerState()  # the status write was lost with the crash
+    world.clock.advance(1)
+    result = world.tick(world.controller())  # a new process
+    assert world.actuator.delivered == delivered
+    assert result.state.phase is Phase.COOLING_DOWN
+    assert result.state.step == 1  # recovered from the pods' request ids
+
+
+def test_a_step_cut_short_by_a_failed_delivery_is_not_repeated_on_the_pods_it_reached():
+    world = World({"a": 364, "b": 236, "c": 0})
+    world.actuator.fail_on = {"b"}  # a is annotated, then delivery to b fails
+    failed = world.tick()
+    assert failed.state.phase is Phase.DEGRADED
+    assert ("Ready", "False") in {(c.type, c.status) for c in failed.conditions}
+    assert [p for p, _ in world.actuator.delivered] == ["a"]
+    world.actuator.fail_on = set()
+    world.clock.advance(1)
+    retried = world.tick(world.controller())
+    assert retried.state.phase is Phase.COOLING_DOWN  # a's request is on the pod: wait for it
+    assert [p for p, _ in world.actuator.delivered] == ["a"]
+
+
+def test_a_refused_cap_delivers_nothing_at_all():
+    world = World({"a": 364, "b": 236, "c": 0})
+    world.actuator.fail_on = set()
+    # a step whose drains break the per-pod cap is refused before any delivery
+    controller = world.controller()
+    controller._issuer.policy = make_policy(balance__maxConnectionsPerStep=1)
+    result = world.tick(controller)
+    assert result.state.phase is Phase.DEGRADED
+    assert world.actuator.delivered == []
+    assert "DrainRefused" in world.events.reasons()
+
+
+def test_metrics_errors_degrade_and_change_nothing():
+    world = World({"a": 364, "b": 236, "c": 0})
+    world.loads.error = MetricsEmpty("query returned no series")
+    result = world.tick()
+    assert result.state.phase is Phase.DEGRADED
+    assert ("MetricsAvailable", "False", "EmptyResult") in {
+        (c.type, c.status, c.reason) for c in result.conditions}
+    assert world.actuator.delivered == []
+
+
+def test_a_rollout_in_progress_is_waited_out():
+    world = World({"a": 364, "b": 236, "c": 0})
+    world.fleet.rollout_complete = False
+    result = world.tick()
+    assert result.state.phase is Phase.SETTLING
+    assert world.actuator.delivered == []
+
+
+def test_freshly_ready_pods_are_given_the_settle_time():
+    world = World({"a": 364, "b": 236, "c": 0})
+    world.fleet.replace_pod("c", uid="uid-c2", since=world.clock.now - 2)
+    assert world.tick().state.phase is Phase.SETTLING
+    world.clock.advance(10)
+    assert world.tick().state.phase is Phase.REBALANCING
+
+
+def test_steps_that_do_not_help_end_with_converging_false_and_no_churn():
+    world = World({"a": 364, "b": 236, "c": 0})  # loads never move: sticky clients
+    phases = []
+    for _ in range(10):
+        phases.append(world.tick().state.phase)
+        world.clock.advance(31)
+    assert Phase.DEGRADED in phases
+    steps = len({r.id.rsplit(".", 1)[0] for _, r in world.actuator.delivered})
+    assert steps == world.policy.balance.max_steps_without_improvement
+    last = world.tick()
+    assert ("Converging", "False", "NotConverging") in {
+        (c.type, c.status, c.reason) for c in last.conditions} or last.state.phase is Phase.IDLE
+    assert "NotConverging" in world.events.reasons()
+
+
+def test_post_rollout_mode_waits_for_the_next_rollout_once_judged():
+    world = World({"a": 100, "b": 100, "c": 100})
+    assert world.tick().state.phase is Phase.BALANCED
+    world.loads.values = {"a": 364, "b": 236, "c": 0}
+    world.clock.advance(30)
+    assert world.tick().state.phase is Phase.IDLE
+    assert world.actuator.delivered == []
+    world.fleet.replace_pod("c", uid="uid-c2", since=world.clock.now - 60)
+    assert world.tick().state.phase is Phase.REBALANCING
+
+
+def test_continuous_mode_acts_without_a_rollout():
+    world = World({"a": 100, "b": 100, "c": 100}, balance__mode="continuous")
+    world.tick()
+    world.loads.values = {"a": 364, "b": 236, "c": 0}
+    world.clock.advance(30)
+    assert world.tick().state.phase is Phase.REBALANCING
+
+
+def test_dry_run_plans_the_same_but_delivers_nothing():
+    world = World({"a": 364, "b": 236, "c": 0}, dryRun=True)
+    result = world.tick()
+    assert result.plan is not None and result.plan.act
+    assert world.actuator.delivered == []
+    assert result.state.last_action.startswith("dry run: would cycle")
+
+
+def test_paused_does_nothing():
+    world = World({"a": 364, "b": 236, "c": 0}, paused=True)
+    assert world.tick().state.phase is Phase.PAUSED
+    assert world.actuator.delivered == []
+
+
+@pytest.mark.parametrize("field", ["phase", "episode", "step", "skews", "judged_revision"])
+def test_state_survives_its_status_round_trip(field):
+    world = World({"a": 364, "b": 236, "c": 0})
+    state = world.tick().state
+    again = ControllerState.from_status(state.to_status())
+    assert getattr(again, field) == getattr(state, field)
+
+
+def test_unreadable_status_starts_afresh():
+    assert ControllerState.from_status({"step": "many"}) == ControllerState()
+    assert replace(ControllerState(), step=0) == ControllerState.from_status(None)
