@@ -47,21 +47,28 @@ class ListFleet:
 
     @classmethod
     def ready(cls, names: Sequence[str], *, since: float = 0.0) -> ListFleet:
-        return cls([PodState(name=PodName(n), ready=True, ready_since=since, uid=f"uid-{n}")
-                    for n in names])
+        return cls(
+            [
+                PodState(name=PodName(n), ready=True, ready_since=since, uid=f"uid-{n}")
+                for n in names
+            ]
+        )
 
     async def observe(self) -> FleetView:
         uids = ",".join(sorted(p.uid for p in self.pods))
         revision = hashlib.sha256(uids.encode()).hexdigest()[:12]
-        return FleetView(pods=tuple(self.pods), rollout_complete=self.rollout_complete,
-                         revision=revision)
+        return FleetView(
+            pods=tuple(self.pods), rollout_complete=self.rollout_complete, revision=revision
+        )
 
     def annotate(self, name: PodName, request: DrainRequest) -> None:
         self.pods = [replace(p, drain=request) if p.name == name else p for p in self.pods]
 
     def replace_pod(self, name: str, *, uid: str, since: float) -> None:
-        self.pods = [replace(p, uid=uid, ready_since=since, drain=None) if p.name == name else p
-                     for p in self.pods]
+        self.pods = [
+            replace(p, uid=uid, ready_since=since, drain=None) if p.name == name else p
+            for p in self.pods
+        ]
 
 
 @dataclass

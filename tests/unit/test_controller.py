@@ -44,8 +44,15 @@ class World:
         self.state = ControllerState()
 
     def controller(self) -> Controller:
-        return Controller(name=NAME, policy=self.policy, loads=self.loads, fleet=self.fleet,
-                          actuator=self.actuator, events=self.events, clock=self.clock)
+        return Controller(
+            name=NAME,
+            policy=self.policy,
+            loads=self.loads,
+            fleet=self.fleet,
+            actuator=self.actuator,
+            events=self.events,
+            clock=self.clock,
+        )
 
     def tick(self, controller: Controller | None = None):
         result = asyncio.run((controller or self.controller()).tick(self.state))
@@ -54,10 +61,11 @@ class World:
 
     def apply_landing(self) -> None:
         """Clients of the drains delivered since the last call reconnect, spread uniformly."""
-        sheds = {p: float(r.count) for p, r in self.actuator.delivered[self._applied:]}
+        sheds = {p: float(r.count) for p, r in self.actuator.delivered[self._applied :]}
         self._applied = len(self.actuator.delivered)
-        landed = expected_loads({PodName(k): v for k, v in self.loads.values.items()}, sheds,
-                                landing=Landing.UNIFORM)
+        landed = expected_loads(
+            {PodName(k): v for k, v in self.loads.values.items()}, sheds, landing=Landing.UNIFORM
+        )
         self.loads.values = {k: round(v) for k, v in landed.items()}
 
     _applied = 0
@@ -141,7 +149,8 @@ def test_metrics_errors_degrade_and_change_nothing():
     result = world.tick()
     assert result.state.phase is Phase.DEGRADED
     assert ("MetricsAvailable", "False", "EmptyResult") in {
-        (c.type, c.status, c.reason) for c in result.conditions}
+        (c.type, c.status, c.reason) for c in result.conditions
+    }
     assert world.actuator.delivered == []
 
 
@@ -172,7 +181,8 @@ def test_steps_that_do_not_help_end_with_converging_false_and_no_churn():
     assert steps == world.policy.balance.max_steps_without_improvement
     last = world.tick()
     assert ("Converging", "False", "NotConverging") in {
-        (c.type, c.status, c.reason) for c in last.conditions} or last.state.phase is Phase.IDLE
+        (c.type, c.status, c.reason) for c in last.conditions
+    } or last.state.phase is Phase.IDLE
     assert "NotConverging" in world.events.reasons()
 
 
@@ -198,7 +208,8 @@ def test_continuous_mode_acts_without_a_rollout():
 def test_dry_run_plans_the_same_but_delivers_nothing():
     world = World({"a": 364, "b": 236, "c": 0}, dryRun=True)
     result = world.tick()
-    assert result.plan is not None and result.plan.act
+    assert result.plan is not None
+    assert result.plan.act
     assert world.actuator.delivered == []
     assert result.state.last_action.startswith("dry run: would cycle")
 

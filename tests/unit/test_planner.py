@@ -18,8 +18,11 @@ NOW = 50_000.0
 
 def snapshot(values: dict[str, float], *, not_ready: frozenset[str] = frozenset()):
     pods = [
-        PodState(name=PodName(n), ready=n not in not_ready, ready_since=0.0 if n not in not_ready
-                 else None)
+        PodState(
+            name=PodName(n),
+            ready=n not in not_ready,
+            ready_since=0.0 if n not in not_ready else None,
+        )
         for n in values
     ]
     loads = {PodName(n): PodLoad(pod=PodName(n), load=v, timestamp=NOW) for n, v in values.items()}
@@ -109,8 +112,13 @@ def test_the_same_input_gives_the_same_plan_in_any_order(pool, pol, engaged, see
     first = plan(loads=loads, pods=pods, policy=pol, now=NOW, engaged=engaged)
     shuffled = list(pods)
     random.Random(seed).shuffle(shuffled)
-    again = plan(loads=dict(reversed(list(loads.items()))), pods=shuffled, policy=pol, now=NOW,
-                 engaged=engaged)
+    again = plan(
+        loads=dict(reversed(list(loads.items()))),
+        pods=shuffled,
+        policy=pol,
+        now=NOW,
+        engaged=engaged,
+    )
     assert first == again
 
 
@@ -158,8 +166,12 @@ def test_a_single_shedding_pod_sheds_its_excess_times_n_over_n_minus_one():
 
 def test_with_steering_each_cycled_connection_moves_once():
     loads, pods = snapshot({"a": 364, "b": 236, "c": 0})
-    result = plan(loads=loads, pods=pods, now=NOW, policy=policy(
-        maxFractionPerStep=1, maxPoolFractionPerStep=1, steer=True))
+    result = plan(
+        loads=loads,
+        pods=pods,
+        now=NOW,
+        policy=policy(maxFractionPerStep=1, maxPoolFractionPerStep=1, steer=True),
+    )
     # the ceiling is halfway into the target band: 200 * 1.025 = 205
     assert {d.pod: d.count for d in result.drains} == {"a": 159, "b": 31}
     assert result.expected_skew == pytest.approx(1.025)
@@ -167,8 +179,12 @@ def test_with_steering_each_cycled_connection_moves_once():
 
 def test_a_rolling_restart_needs_more_than_its_excess_without_steering():
     loads, pods = snapshot({"a": 364, "b": 236, "c": 0})
-    result = plan(loads=loads, pods=pods, now=NOW, policy=policy(
-        maxFractionPerStep=1, maxPoolFractionPerStep=1))
+    result = plan(
+        loads=loads,
+        pods=pods,
+        now=NOW,
+        policy=policy(maxFractionPerStep=1, maxPoolFractionPerStep=1),
+    )
     assert result.needed == pytest.approx(200)
     assert 2.4 * 200 <= result.total <= 3 * 200
     assert result.expected_skew == pytest.approx(1.025, abs=0.01)
