@@ -40,7 +40,8 @@ def channel_options(*, backoff_ms: int) -> list[tuple[str, int]]:
     return [
         ("grpc.use_local_subchannel_pool", 1),
         ("grpc.initial_reconnect_backoff_ms", backoff_ms),
-        ("grpc.min_reconnect_backoff_ms", backoff_ms),
+        # Not grpc.min_reconnect_backoff_ms: gRPC also uses it as the connect timeout, and a
+        # small one aborts handshakes that are merely slow under load, which then storm.
         ("grpc.max_reconnect_backoff_ms", backoff_ms * 5),
         ("grpc.enable_retries", 0),
     ]
