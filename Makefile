@@ -43,6 +43,7 @@ $(VENV)/.deps-ok:
 .PHONY: venv
 venv: $(VENV)/.deps-ok ## the Python environment, with the package installed from this checkout
 	@# The venv outlives checkouts: point its editable install at this one.
+	@ln -sfn $(VENV) .venv
 	@$(PY) -c 'import connbalance, pathlib, sys; sys.exit(pathlib.Path(connbalance.__file__).parent != pathlib.Path("$(CURDIR)/operator/connbalance"))' 2>/dev/null \
 	  || $(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
