@@ -1,0 +1,64 @@
+"""The Kubernetes ``Actuator``: write the request onto the pod, and with method http also POST it
+to the agent. The annotation is written first: it is the durable record the controller and the
+agent both read, so a lost POST is made good by the agent's annotation watch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from connbalance.model import DRAIN_ANNOTATION, DrainRequest, PodState
+from connbalance.ports import ActuationError
+
+
+class AnnotationActuator:
+    def __init__(self, *, core: Any, namespace: str) -> None:
+        self._core = core
+        self._namespace = namespace
+
+    async def deliver(self, *, pod: PodState, request: DrainRequest) -> None:
+        # The uid makes the patch fail on a replacement pod that took the same name.
+        body = {"metadata": {"uid": pod.uid, "annotations": {DRAIN_ANNOTATION: request.to_json()}}}
+        try:
+            await asyncio.to_thread(
+                self._core.patch_namespaced_pod, pod.name, self._namespace, body
+            )
+        except (ApiException, HTTPError, OSError) as exc:
+            status = f"HTTP {exc.status}" if isinstance(exc, ApiException) else str(exc)
+            raise ActuationError(f"cannot annotate pod {pod.name}: {status}") from exc
+
+
+class HttpActuator:
+    """Annotation first, then ``POST /v1/drain`` to the agent with a bearer token."""
+
+    def __init__(
+        self, *, annotate: AnnotationActuator, port: int, token: str, timeout: float = 5.0
+    ) -> None:
+        self._annotate = annotate
+        self._port = port
+        self._token = token
+        self._timeout = timeout
+
+    async def deliver(self, *, pod: PodState, request: DrainRequest) -> None:
+        await self._annotate.deliver(pod=pod, request=request)
+        if not pod.ip:
+            raise ActuationError(f"pod {pod.name} has no IP to reach its agent")
+        url = f"http://{pod.ip}:{self._port}/v1/drain"
+        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=self._timeout)
+                ) as session,
+                session.post(url, data=json.dumps(request.to_wire()), headers=headers) as response,
+            ):
+                if response.status >= 300:
+                    text = (await response.text())[:200]
+                    raise ActuationError(f"agent {url} answered {response.status}: {text}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ActuationError(f"agent {url} unreachable: {exc}") from exc

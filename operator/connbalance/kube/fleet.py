@@ -1,0 +1,74 @@
+"""The Kubernetes ``Fleet``: the selected pods, and whether their workload's rollout is done."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from connbalance.kube.pods import label_selector, pod_state
+from connbalance.model import WorkloadRef
+from connbalance.ports import FleetError, FleetView
+
+
+class KubeFleet:
+    def __init__(
+        self,
+        *,
+        core: Any,
+        apps: Any,
+        namespace: str,
+        selector: tuple[tuple[str, str], ...],
+        workload: WorkloadRef | None,
+    ) -> None:
+        self._core = core
+        self._apps = apps
+        self._namespace = namespace
+        self._selector = label_selector(selector)
+        self._workload = workload
+
+    async def observe(self) -> FleetView:
+        try:
+            return await asyncio.to_thread(self._observe)
+        except (ApiException, HTTPError, OSError) as exc:
+            raise FleetError(
+                f"cannot list pods {self._selector!r} in {self._namespace}: {_short(exc)}"
+            ) from exc
+
+    def _observe(self) -> FleetView:
+        listed = self._core.list_namespaced_pod(self._namespace, label_selector=self._selector)
+        pods = tuple(sorted((pod_state(p) for p in listed.items), key=lambda p: p.name))
+        terminating = any(p.metadata.deletion_timestamp is not None for p in listed.items)
+        complete = not terminating and self._workload_settled()
+        revision = hashlib.sha256(",".join(sorted(p.uid for p in pods)).encode()).hexdigest()
+        return FleetView(pods=pods, rollout_complete=complete, revision=revision[:16])
+
+    def _workload_settled(self) -> bool:
+        ref = self._workload
+        if ref is None:
+            return True
+        if ref.kind == "StatefulSet":
+            sts = self._apps.read_namespaced_stateful_set(ref.name, self._namespace)
+            st = sts.status
+            return bool(
+                (st.observed_generation or 0) >= (sts.metadata.generation or 0)
+                and st.update_revision == st.current_revision
+                and (st.ready_replicas or 0) == (sts.spec.replicas or 0)
+            )
+        deploy = self._apps.read_namespaced_deployment(ref.name, self._namespace)
+        st, wanted = deploy.status, deploy.spec.replicas or 0
+        return bool(
+            (st.observed_generation or 0) >= (deploy.metadata.generation or 0)
+            and (st.updated_replicas or 0) == wanted
+            and (st.replicas or 0) == wanted
+            and (st.available_replicas or 0) == wanted
+        )
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
