@@ -44,6 +44,7 @@ class Scenario:
     settle: float = 3.0
     step_interval: float = 3.0
     window: float = 2.0
+    max_fraction: float = 0.5  # balance.maxFractionPerStep and maxPoolFractionPerStep
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

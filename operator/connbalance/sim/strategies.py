@@ -162,7 +162,9 @@ class Connbalance(Nothing):
             "selector": {"app": "sim"},
             "metrics": {"maxStalenessSeconds": 10},
             "balance": {"settleSeconds": scenario.settle,
-                        "stepIntervalSeconds": scenario.step_interval},
+                        "stepIntervalSeconds": scenario.step_interval,
+                        "maxFractionPerStep": scenario.max_fraction,
+                        "maxPoolFractionPerStep": scenario.max_fraction},
             "actuation": {"windowSeconds": scenario.window, "quietMillis": 100,
                           "deadlineSeconds": scenario.window + 5, "steer": self.steer},
         })
