@@ -1,0 +1,95 @@
+"""The generated CRD and the status written from a tick (no cluster needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from connbalance.controller import Condition, Controller, ControllerState
+from connbalance.kube.crd import build_crd, render_yaml
+from connbalance.kube.status import conditions, status_patch
+from connbalance.model import Policy, PolicyName
+from connbalance.model.policy import FIELDS
+from tests.unit.fakes import AnnotatingActuator, DictLoads, FakeClock, ListEvents, ListFleet
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_checked_in_crd_is_the_generated_one():
+    assert (ROOT / "manifests" / "crd.yaml").read_text() == render_yaml()
+
+
+def test_every_policy_setting_is_in_the_schema_with_its_bounds():
+    spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for setting in FIELDS:
+        node = spec
+        for part in setting.path.split("."):
+            node = node["properties"][part]
+        if setting.minimum is not None:
+            assert node["minimum"] == setting.minimum, setting.path
+        if setting.default is not None:
+            assert node["default"] == setting.default, setting.path
+        if setting.choices:
+            assert node["enum"] == list(setting.choices)
+
+
+def test_the_schema_defaults_make_a_valid_policy():
+    """What the API server stores after defaulting must parse: walk the schema's defaults."""
+
+    def defaults(node, *, top=False):
+        if node.get("type") != "object" or "properties" not in node:
+            return node.get("default")
+        if not top and "default" not in node:
+            return None  # the API server defaults inside an object only when it is present
+        out = {}
+        for key, child in node["properties"].items():
+            value = defaults(child)
+            if value is not None and value != {}:
+                out[key] = value
+        return out
+
+    spec_schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "spec"
+    ]
+    spec = defaults(spec_schema, top=True)
+    spec["selector"] = {"matchLabels": {"app": "auth"}}
+    policy = Policy.from_spec(spec)
+    assert policy == Policy.from_spec({"selector": {"app": "auth"}})
+
+
+def test_conditions_keep_their_transition_time_until_their_status_changes():
+    earlier = datetime(2026, 1, 1, tzinfo=UTC)
+    later = datetime(2026, 1, 2, tzinfo=UTC)
+    first = conditions([Condition("Balanced", "False", "Skewed")], [], generation=1, now=earlier)
+    same = conditions([Condition("Balanced", "False", "Skewed")], first, generation=2, now=later)
+    flipped = conditions(
+        [Condition("Balanced", "True", "WithinTolerance")], same, generation=2, now=later
+    )
+    assert same[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    assert flipped[0]["lastTransitionTime"] == "2026-01-02T00:00:00Z"
+
+
+def test_a_tick_becomes_a_status_with_per_pod_load_and_the_controller_memory():
+    clock = FakeClock()
+    fleet = ListFleet.ready(["a", "b", "c"], since=clock.now - 1000)
+    policy = Policy.from_spec({"selector": {"app": "x"}, "balance": {"settleSeconds": 10}})
+    controller = Controller(
+        name=PolicyName("ns/x"),
+        policy=policy,
+        loads=DictLoads(clock, {"a": 364, "b": 236, "c": 0}),
+        fleet=fleet,
+        actuator=AnnotatingActuator(fleet),
+        events=ListEvents(),
+        clock=clock,
+    )
+    result = asyncio.run(controller.tick(ControllerState()))
+    status = status_patch(result, policy=PolicyName("ns/x"), generation=3, previous=None)
+    assert status["phase"] == "Rebalancing"
+    assert status["podCount"] == 3
+    assert status["observedGeneration"] == 3
+    assert {p["name"]: p.get("load") for p in status["pods"]} == {"a": 364, "b": 236, "c": 0}
+    assert ControllerState.from_status(status["controller"]) == result.state
+    assert yaml.safe_dump(status)  # plain data, as the API server needs
