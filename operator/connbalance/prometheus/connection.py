@@ -20,7 +20,12 @@ from urllib.parse import urlsplit
 import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
-from urllib3.exceptions import InsecureRequestWarning
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    InsecureRequestWarning,
+    NewConnectionError,
+    ReadTimeoutError,
+)
 from urllib3.util.retry import Retry
 
 from connbalance.ports import MetricsHttpError, MetricsUnreachable
@@ -109,11 +114,12 @@ class Connection:
             )
             try:
                 return client.custom_query(promql)
-            except requests.Timeout as e:
-                raise MetricsUnreachable(
-                    f"Prometheus {self.base_url} did not answer within {self.timeout_seconds:g}s"
-                ) from e
             except requests.RequestException as e:
+                if _timed_out(e):
+                    raise MetricsUnreachable(
+                        f"Prometheus {self.base_url} did not answer within "
+                        f"{self.timeout_seconds:g}s"
+                    ) from e
                 raise MetricsUnreachable(
                     f"Prometheus {self.base_url} is unreachable: {_cause(e)}"
                 ) from e
@@ -126,15 +132,32 @@ class Connection:
                 ) from e
 
 
-def _cause(error: BaseException) -> str:
-    """The innermost reason (connection refused, certificate verify failed), not urllib3's chain."""
-    seen: BaseException = error
-    while True:
+def _chain(error: BaseException) -> list[BaseException]:
+    """requests wraps urllib3's MaxRetryError, which wraps the reason, which wraps the OSError."""
+    chain = [error]
+    while len(chain) < 10:
+        seen = chain[-1]
         nested = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
         nested = nested or getattr(seen, "reason", None)
-        if not isinstance(nested, BaseException) or nested is seen:
+        if not isinstance(nested, BaseException) or nested in chain:
             break
-        seen = nested
+        chain.append(nested)
+    return chain
+
+
+def _timed_out(error: BaseException) -> bool:
+    # With retries off, a read timeout arrives as a ConnectionError, not as requests.Timeout;
+    # and urllib3's NewConnectionError (refused) derives from its ConnectTimeoutError.
+    return any(
+        isinstance(e, requests.Timeout | TimeoutError | ReadTimeoutError)
+        or (isinstance(e, ConnectTimeoutError) and not isinstance(e, NewConnectionError))
+        for e in _chain(error)
+    )
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost reason (connection refused, certificate verify failed), not urllib3's chain."""
+    seen = _chain(error)[-1]
     text = str(seen)
     # urllib3 prefixes "<urllib3.connection.HTTPConnection object at 0x...>: "; keep the reason.
     text = re.sub(r"^<[^>]+>: ", "", text)

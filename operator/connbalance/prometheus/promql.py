@@ -12,9 +12,10 @@ from collections.abc import Iterable, Sequence
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _NOT_LABEL_CHAR = re.compile(r"[^a-zA-Z0-9_]")
-# RE2 treats a backslash before any ASCII punctuation as that literal character, and rejects one
-# before a letter, a digit or a space: escape exactly the punctuation.
-_RE2_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^`{|}~")
+# RE2 treats a backslash before ASCII punctuation as that literal character, and rejects one
+# before a letter, a digit or a space: escape the punctuation, except "-", which is literal outside
+# a character class (and none can open, "[" being escaped): pod names stay readable in queries.
+_RE2_PUNCTUATION = frozenset("!\"#$%&'()*+,./:;<=>?@[\\]^`{|}~")
 _STRING_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
