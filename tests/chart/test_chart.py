@@ -72,7 +72,8 @@ def test_secrets_and_agent_access_are_granted_only_when_asked(helm):
 def test_watch_namespaces_become_flags(helm):
     deployment = next(d for d in render(helm, "watchNamespaces={a,b}") if d["kind"] == "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--namespace=a" in args and "--namespace=b" in args
+    assert "--namespace=a" in args
+    assert "--namespace=b" in args
 
 
 @pytest.mark.parametrize(
