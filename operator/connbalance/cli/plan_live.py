@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from connbalance.cli.errors import EXIT_UNAVAILABLE, CliError
-from connbalance.kube.readiness import read_pods
 from connbalance.model import MetricsSpec, PodLoad, PodName, PodState, Policy
 from connbalance.ports import FleetError, MetricsError
 from connbalance.prometheus import PRESETS, PrometheusLoadSource
@@ -97,6 +96,9 @@ def read_live(args: argparse.Namespace, policy: Policy) -> LiveSnapshot:
         raise LiveError(f"{_flag(str(exc))}: {exc}") from None
     try:
         if args.kubeconfig:
+            # Imported here: the kubernetes client takes longer to import than a plan takes.
+            from connbalance.kube.readiness import read_pods
+
             pods = read_pods(kubeconfig=args.kubeconfig, namespace=namespace, selector=selector)
             ready = [p.name for p in pods if p.ready]
             loads = asyncio.run(source.read(pods=ready))
