@@ -1,12 +1,17 @@
-"""Build the control-plane binary (etcd, kube-apiserver, kube-controller-manager, kubectl) once.
+"""Build the test cluster's binaries once: ``clusterbin`` (etcd, kube-apiserver,
+kube-controller-manager, kubectl) and ``prometheus``.
 
-The output goes to ``$CACHE/cluster-bin/<hash>/`` where the hash covers go.mod, go.sum, every Go
-source here and this file, so a warm machine reuses it and any change rebuilds it. Run as
-``python -m tests.cluster.build``: prints the binary directory on its last line.
+The output goes to ``$CACHE/cluster-bin/<hash>/`` where the hash covers both go.mod and go.sum
+files, every Go source here and this file, so a warm machine reuses it and any change rebuilds it.
+Run as ``python -m tests.cluster.build``: prints the binary directory on its last line.
 
 One change is made to Kubernetes' sources, in a copy outside the module cache: the API server's
 check that an endpoint address is not loopback is dropped, since every pod in this cluster has a
 127.x address and EndpointSlices must be able to list them.
+
+Prometheus is built from its Go module (``prometheus/go.mod``, a ``tool`` line) with only its
+Kubernetes service discovery (build tags ``remove_all_sd,enable_kubernetes_sd``): Debian's
+package is built without Kubernetes discovery, since Debian does not package client-go.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 KUBE_VERSION = "v1.35.4"
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
+PROMETHEUS_TAGS = "remove_all_sd,enable_kubernetes_sd"
 CACHE = Path(os.environ.get("CACHE", Path.home() / ".cache" / "connbalance"))
 VALIDATION = "pkg/apis/core/validation/validation.go"
 LOOPBACK_CHECK = (
@@ -41,9 +48,8 @@ PROGRESS_SECONDS = 20.0
 def source_hash() -> str:
     digest = hashlib.sha256()
     files = [
-        HERE / "go.mod",
-        HERE / "go.sum",
         Path(__file__).resolve(),
+        *(HERE / folder / name for folder in (".", "prometheus") for name in ("go.mod", "go.sum")),
         *sorted(HERE.rglob("*.go")),
     ]
     for path in files:
@@ -56,7 +62,7 @@ def bin_dir() -> Path:
     return CACHE / "cluster-bin" / source_hash()
 
 
-def ldflags() -> str:
+def kube_ldflags() -> str:
     major, minor = KUBE_VERSION.lstrip("v").split(".")[:2]
     flags = ["-s", "-w"]
     # What `kubectl version` and the API server's /version report; the upstream build sets the same.
@@ -122,39 +128,60 @@ def build(out: Path) -> None:
         f"go {go_version}\n\nuse {HERE}\n\n"
         f"replace k8s.io/kubernetes {KUBE_VERSION} => {kubernetes}\n"
     )
-    env = {**os.environ, "GOWORK": str(work / "go.work"), "GOFLAGS": "-buildvcs=false"}
-    binary = work / "clusterbin"
-    command = [
-        "go",
-        "build",
-        "-v",
-        "-trimpath",
-        "-ldflags",
-        ldflags(),
-        "-o",
-        str(binary),
-        "./cmd/clusterbin",
-    ]
-    print(
-        f"build: compiling the control plane into {out} (cold: many minutes on 2 cores)", flush=True
-    )
+    print(f"build: compiling into {out} (cold: many minutes on 2 cores)", flush=True)
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=HERE, env=env, stderr=subprocess.PIPE, text=True)
+    go_build(
+        ["go", "build", "-v", "-trimpath", "-ldflags", kube_ldflags(),
+         "-o", str(work / "clusterbin"), "./cmd/clusterbin"],
+        cwd=HERE,
+        env={**os.environ, "GOWORK": str(work / "go.work"), "GOFLAGS": "-buildvcs=false"},
+    )  # fmt: skip
+    go_build(
+        ["go", "build", "-v", "-trimpath", "-tags", PROMETHEUS_TAGS, "-ldflags",
+         f"-s -w -X github.com/prometheus/common/version.Version={prometheus_version()}",
+         "-o", str(work / "prometheus"), f"{PROMETHEUS_MODULE}/cmd/prometheus"],
+        cwd=HERE / "prometheus",
+        env={**os.environ, "GOWORK": "off", "GOFLAGS": "-buildvcs=false"},
+    )  # fmt: skip
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name in ("clusterbin", "prometheus"):
+        (work / name).rename(tmp / name)
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
+        (tmp / name).symlink_to("clusterbin")
+    tmp.rename(out)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"build: done in {time.monotonic() - started:.0f}s", flush=True)
+
+
+def prometheus_version() -> str:
+    """The release a module version stands for: module v0.310.0 is Prometheus 3.10.0."""
+    for line in (HERE / "prometheus" / "go.mod").read_text().splitlines():
+        words = line.split()
+        if words and words[0] == PROMETHEUS_MODULE:
+            _, minor, patch = words[1].lstrip("v").split(".")
+            return f"{int(minor) // 100}.{int(minor) % 100}.{patch}"
+    raise SystemExit("build: prometheus/go.mod does not require the Prometheus module")
+
+
+def go_build(command: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+    """Run ``go build -v``, printing a line every 20 s so that CI logs show life."""
+    started = time.monotonic()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
     compiled = 0
     log: list[str] = []
     done = threading.Event()
 
     def report() -> None:
-        # CI logs must show life during the long cold build.
         while not done.wait(PROGRESS_SECONDS):
             print(
-                f"build: still compiling, {compiled} packages so far, "
+                f"build: still compiling {command[-1]}, {compiled} packages so far, "
                 f"{time.monotonic() - started:.0f}s",
                 flush=True,
             )
 
-    reporter = threading.Thread(target=report, daemon=True)
-    reporter.start()
+    threading.Thread(target=report, daemon=True).start()
     assert process.stderr is not None
     for line in process.stderr:
         compiled += 1
@@ -163,16 +190,11 @@ def build(out: Path) -> None:
     done.set()
     if status != 0:
         sys.stderr.write("".join(log[-60:]))
-        raise SystemExit(f"build: go build failed with status {status}")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    binary.rename(tmp / "clusterbin")
-    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
-        (tmp / name).symlink_to("clusterbin")
-    tmp.rename(out)
-    shutil.rmtree(work, ignore_errors=True)
-    print(f"build: done in {time.monotonic() - started:.0f}s, {compiled} packages", flush=True)
+        raise SystemExit(f"build: go build {command[-1]} failed with status {status}")
+    print(
+        f"build: {command[-1]}: {compiled} packages in {time.monotonic() - started:.0f}s",
+        flush=True,
+    )
 
 
 def ensure_built() -> Path:

@@ -211,16 +211,14 @@ class Cluster:
         )
 
     def start_prometheus(self, pki: Path) -> None:
-        binary = shutil.which("prometheus")
-        if binary is None:
-            raise RuntimeError("prometheus not found: `make system-deps` installs Debian's package")
+        binary = self.bin_dir / "prometheus"
         config = self.run_dir / "prometheus.yml"
         template = (HERE / "prometheus.yml.in").read_text()
         config.write_text(template.replace("@KUBECONFIG@", str(pki / "prometheus.kubeconfig")))
         self.spawn(
             "prometheus",
             [
-                binary,
+                str(binary),
                 f"--config.file={config}",
                 f"--storage.tsdb.path={self.run_dir / 'prometheus'}",
                 f"--web.listen-address=127.0.0.1:{self.ports['prometheus']}",
