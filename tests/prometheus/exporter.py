@@ -7,14 +7,16 @@ Run as ``python -m tests.prometheus.exporter --address 127.0.5.N --state FILE``.
      "open_fds": 14,                           # process_open_fds, or null
      "age": 0}                                 # seconds: explicit sample timestamps this old
 
-Values may be "NaN", "+Inf" or "-Inf". It exits when its stdin closes (the test ended, or died)
-or after ``--lifetime`` seconds, whichever comes first.
+Values may be "NaN", "+Inf" or "-Inf". With ``--watch-stdin`` it exits when its stdin closes (the
+test ended, or died); it always exits after ``--lifetime`` seconds. In the test cluster it runs as
+a pod's container: ``--address`` defaults to $POD_IP and ``--port`` is the pod's metrics port.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -54,20 +56,27 @@ class StateCollector(Collector):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--address", required=True)
+    parser.add_argument("--address", default=os.environ.get("POD_IP"))
+    parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--lifetime", type=float, default=900.0)
+    parser.add_argument("--watch-stdin", action="store_true")
     args = parser.parse_args()
+    if not args.address:
+        parser.error("--address or $POD_IP is required")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StateCollector(args.state))
-    server = ThreadingHTTPServer((args.address, 0), MetricsHandler.factory(registry))
+    server = ThreadingHTTPServer((args.address, args.port), MetricsHandler.factory(registry))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"port {server.server_address[1]}", flush=True)
-    # Bounded: stdin closes when the test (or pytest) goes away.
-    watcher = threading.Thread(target=sys.stdin.read, daemon=True)
-    watcher.start()
-    watcher.join(timeout=args.lifetime)
+    if args.watch_stdin:
+        # Bounded: stdin closes when the test (or pytest) goes away.
+        watcher = threading.Thread(target=sys.stdin.read, daemon=True)
+        watcher.start()
+        watcher.join(timeout=args.lifetime)
+    else:
+        time.sleep(args.lifetime)
     server.shutdown()
 
 

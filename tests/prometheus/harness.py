@@ -167,7 +167,7 @@ class Exporter:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.prometheus.exporter",
-             "--address", self.address, "--state", str(self.state)],
+             "--address", self.address, "--state", str(self.state), "--watch-stdin"],
             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         assert self.process.stdout is not None

@@ -116,6 +116,15 @@ def test_a_url_that_is_not_http_exits_2_naming_the_flag(capsys: pytest.CaptureFi
     assert "--prometheus" in capsys.readouterr().err
 
 
+def test_a_missing_kubeconfig_exits_2_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["plan", "--prometheus", "http://127.0.5.1:9", "--namespace", "teleport",
+                 "--selector", SELECTOR, "--kubeconfig", str(tmp_path / "none")])
+    assert code == 2
+    assert "--kubeconfig" in capsys.readouterr().err
+
+
 def test_the_namespace_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--prometheus", "http://127.0.5.1:9", "--selector", SELECTOR]) == 2
     assert "--namespace" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -49,9 +50,13 @@ class LiveError(CliError):
 
 @dataclass(frozen=True, slots=True)
 class LiveSnapshot:
+    """What the planner needs. ``policy`` is the one to plan with: the given policy with the
+    flags' metrics settings (``--max-staleness`` among them) applied."""
+
     loads: Mapping[PodName, PodLoad]
     pods: tuple[PodState, ...]
     now: float
+    policy: Policy | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,26 +95,29 @@ def read_live(args: argparse.Namespace, policy: Policy) -> LiveSnapshot:
         raise LiveError("--namespace: required with --prometheus")
     selector = _selector(args, policy)
     metrics = _metrics(args, policy.metrics)
+    effective = replace(policy, selector=selector, metrics=metrics)
     try:
         source = PrometheusLoadSource.from_spec(metrics, namespace=namespace, selector=selector)
     except ValueError as exc:
         raise LiveError(f"{_flag(str(exc))}: {exc}") from None
     try:
         if args.kubeconfig:
+            if not os.path.isfile(args.kubeconfig):
+                raise LiveError(f"--kubeconfig: no such file {args.kubeconfig}")
             # Imported here: the kubernetes client takes longer to import than a plan takes.
             from connbalance.kube.readiness import read_pods
 
             pods = read_pods(kubeconfig=args.kubeconfig, namespace=namespace, selector=selector)
             ready = [p.name for p in pods if p.ready]
             loads = asyncio.run(source.read(pods=ready))
-            return LiveSnapshot(loads=loads, pods=pods, now=time.time())
+            return LiveSnapshot(loads=loads, pods=pods, now=time.time(), policy=effective)
         loads = asyncio.run(source.read_all())
     except (MetricsError, FleetError) as exc:
         raise LiveError(_one_line(f"{exc.reason}: {exc}"), exit_code=EXIT_UNAVAILABLE) from None
     now = time.time()
     since = now - policy.balance.settle_seconds - _SETTLED_MARGIN
     pods = tuple(PodState(name=p, ready=True, ready_since=since) for p in sorted(loads))
-    return LiveSnapshot(loads=loads, pods=pods, now=now)
+    return LiveSnapshot(loads=loads, pods=pods, now=now, policy=effective)
 
 
 def _selector(args: argparse.Namespace, policy: Policy) -> tuple[tuple[str, str], ...]:
