@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-BUFFER = 65536
-
 
 @dataclass(slots=True, eq=False)
 class Backend:
@@ -53,6 +51,82 @@ class BalancerStats:
     ends: list[ConnectionEnd] = field(default_factory=list)
 
 
+class _Pair:
+    """A client connection and the backend connection it was given."""
+
+    __slots__ = ("backend", "client", "ended", "started", "upstream")
+
+    def __init__(self, *, client: asyncio.Transport, backend: Backend, started: float) -> None:
+        self.client = client
+        self.backend = backend
+        self.started = started
+        self.upstream: asyncio.Transport | None = None
+        self.ended = False
+
+    def abort(self) -> None:
+        self.client.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
+
+
+class _ClientSide(asyncio.Protocol):
+    def __init__(self, balancer: FlowHashBalancer) -> None:
+        self._balancer = balancer
+        self.pair: _Pair | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # until the backend connection is there to take the bytes
+        self.pair = self._balancer._accepted(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.pair is not None and self.pair.upstream is not None:
+            self.pair.upstream.write(data)
+
+    def eof_received(self) -> bool:
+        if self.pair is not None:
+            self._balancer._ended(self.pair, by_backend=False)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.pair is not None:
+            self._balancer._ended(self.pair, by_backend=False)
+
+    def pause_writing(self) -> None:
+        if self.pair is not None and self.pair.upstream is not None:
+            self.pair.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.pair is not None and self.pair.upstream is not None:
+            self.pair.upstream.resume_reading()
+
+
+class _BackendSide(asyncio.Protocol):
+    def __init__(self, balancer: FlowHashBalancer, pair: _Pair) -> None:
+        self._balancer = balancer
+        self._pair = pair
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._pair.upstream = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._pair.client.write(data)
+
+    def eof_received(self) -> bool:
+        self._balancer._ended(self._pair, by_backend=True)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._balancer._ended(self._pair, by_backend=True)
+
+    def pause_writing(self) -> None:
+        self._pair.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._pair.client.resume_reading()
+
+
 class FlowHashBalancer:
     def __init__(self, *, host: str, port: int = 0, seed: int = 0, health_interval: float = 0.25,
                  unhealthy_after: int = 2, clock: Callable[[], float] = time.time,
@@ -67,8 +141,13 @@ class FlowHashBalancer:
         self._backends: dict[str, Backend] = {}
         self._server: asyncio.Server | None = None
         self._checker: asyncio.Task[None] | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
+        self._pairs: set[_Pair] = set()
+        self._connecting: set[asyncio.Task[None]] = set()
         self.stats = BalancerStats()
+
+    @property
+    def host(self) -> str:
+        return self._host
 
     @property
     def port(self) -> int:
@@ -80,8 +159,9 @@ class FlowHashBalancer:
         return f"{self._host}:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self._host, self._port,
-                                                  reuse_address=True)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _ClientSide(self), self._host,
+                                                self._port, reuse_address=True, backlog=4096)
         self._checker = asyncio.create_task(self._check_forever())
 
     async def stop(self) -> None:
@@ -91,10 +171,14 @@ class FlowHashBalancer:
                 await self._checker
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-        for task in list(self._pipes):
+        for task in list(self._connecting):
             task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
+        await asyncio.gather(*self._connecting, return_exceptions=True)
+        for pair in list(self._pairs):
+            pair.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+        await asyncio.sleep(0)  # let the transports run connection_lost before the loop ends
 
     def register(self, *, name: str, host: str, port: int, health_port: int) -> None:
         """Put a new incarnation of a backend behind ``name``; it serves once it checks healthy."""
@@ -134,52 +218,59 @@ class FlowHashBalancer:
                                  digest_size=8).digest()
         return open_to_new[int.from_bytes(digest, "big") % len(open_to_new)]
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._pipes.add(task)
-        try:
-            await self._serve(reader, writer)
-        finally:
-            self._pipes.discard(task)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        backend = self.choose(writer.get_extra_info("peername")[:2])
+    def _accepted(self, client: asyncio.Transport) -> _Pair | None:
+        peer = client.get_extra_info("peername") or ("", 0)
+        backend = self.choose((str(peer[0]), int(peer[1])))
         if backend is None:
             self.stats.refused += 1
-            writer.close()
-            return
+            client.abort()
+            return None
+        pair = _Pair(client=client, backend=backend, started=self._clock())
+        task = asyncio.get_running_loop().create_task(self._connect(pair))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+        return pair
+
+    async def _connect(self, pair: _Pair) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(backend.host, backend.port), timeout=1.0)
+            await asyncio.wait_for(loop.create_connection(
+                lambda: _BackendSide(self, pair), pair.backend.host, pair.backend.port),
+                timeout=1.0)
         except (OSError, TimeoutError):
+            # As an NLB does before its health check notices: the client sees a reset, retries.
             self.stats.refused += 1
-            writer.close()
+            pair.ended = True
+            pair.client.abort()
+            return
+        if pair.client.is_closing():
+            pair.ended = True
+            pair.abort()
             return
         self.stats.accepted += 1
-        backend.active += 1
-        started = self._clock()
-        to_backend = asyncio.create_task(_pump(reader, up_writer))
-        to_client = asyncio.create_task(_pump(up_reader, writer))
-        done: set[asyncio.Task[None]] = set()
-        try:
-            done, _ = await asyncio.wait([to_backend, to_client],
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed_by_backend = to_client in done
-            for task in (to_backend, to_client):
-                task.cancel()
-            await asyncio.gather(to_backend, to_client, return_exceptions=True)
-            for side in (writer, up_writer):
-                side.close()
-            backend.active -= 1
-            end = ConnectionEnd(backend=backend.name, at=self._clock(),
-                                in_service=not backend.retired,
-                                closed_by_backend=closed_by_backend,
-                                lifetime=self._clock() - started)
-            self.stats.ends.append(end)
-            if self._on_end is not None:
-                self._on_end(end)
+        pair.backend.active += 1
+        self._pairs.add(pair)
+        pair.client.resume_reading()
+
+    def _ended(self, pair: _Pair, *, by_backend: bool) -> None:
+        """The first side to end ends both; the end is reported once."""
+        if pair.ended:
+            return
+        pair.ended = True
+        pair.client.close()
+        if pair.upstream is not None:
+            pair.upstream.close()
+        if pair not in self._pairs:
+            return
+        self._pairs.discard(pair)
+        pair.backend.active -= 1
+        now = self._clock()
+        end = ConnectionEnd(backend=pair.backend.name, at=now,
+                            in_service=not pair.backend.retired, closed_by_backend=by_backend,
+                            lifetime=now - pair.started)
+        self.stats.ends.append(end)
+        if self._on_end is not None:
+            self._on_end(end)
 
     async def _check_forever(self) -> None:
         while True:
@@ -202,14 +293,6 @@ class FlowHashBalancer:
         except (OSError, TimeoutError):
             return False
         writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
         return True
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        while True:
-            data = await reader.read(BUFFER)
-            if not data:
-                return
-            writer.write(data)
-            await writer.drain()

@@ -38,13 +38,22 @@ class Scenario:
     ping: float = 2.0  # seconds between a client's unary calls
     backoff_ms: int = 100
     sample_interval: float = 0.5
-    net: str = "127.0.6"  # pods on NET.10, NET.11, ...; the balancer on NET.1
+    net: str = "127.0.6"  # a /24 of loopback, by its first three octets
+    block: int = 0  # which 30 addresses of it: runs side by side use different blocks
     client_processes: int = 1
     # The controller's timing, demo-sized.
     settle: float = 3.0
     step_interval: float = 3.0
     window: float = 2.0
     max_fraction: float = 0.5  # balance.maxFractionPerStep and maxPoolFractionPerStep
+
+    def hosts(self) -> tuple[str, list[str]]:
+        """The balancer's address and the pods' (one each, as pods have): NET.(10 + 30 x block)
+        and the addresses after it."""
+        base = 10 + 30 * self.block
+        if self.servers > 29 or not 0 <= self.block <= 7:
+            raise ValueError("at most 29 servers, in blocks 0 to 7")
+        return f"{self.net}.{base}", [f"{self.net}.{base + 1 + i}" for i in range(self.servers)]
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -148,9 +157,9 @@ async def run(scenario: Scenario, strategy: Strategy, *, view: View | None = Non
         if end.in_service:
             cycled_at.append(end.at - t0)
 
-    balancer = FlowHashBalancer(host=f"{scenario.net}.1", seed=scenario.seed, on_end=on_end,
+    balancer_host, hosts = scenario.hosts()
+    balancer = FlowHashBalancer(host=balancer_host, seed=scenario.seed, on_end=on_end,
                                 clock=clock)
-    hosts = [f"{scenario.net}.{10 + i}" for i in range(scenario.servers)]
     fleet = LocalFleet(hosts=hosts, balancer=balancer, clock=clock)
     ctx = Context(scenario=scenario, fleet=fleet, balancer=balancer, t0=t0, clock=clock,
                   view=view)

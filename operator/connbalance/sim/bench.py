@@ -1,0 +1,157 @@
+"""``connbalance bench``: the same scenario for each strategy in turn, side by side.
+
+Writes one JSON document (stdout with ``--json``; always ``OUT/bench.json``), one PNG with a panel
+per strategy (``OUT/bench.png``) and a Markdown table (``OUT/bench.md``); ``--docs`` also copies
+the table and the plot to ``docs/``. Progress goes to stderr, so stdout stays one document.
+
+Field meanings: ``needed`` is the load above the mean when the rollout finished; ``cycled`` the
+connections closed on purpose from the start of the rollout to the end (restarts excluded);
+``time_to_balance_s`` runs from the finished rollout until max/mean stays at or under 1.10 for
+the rest of the run (null if it never does); ``churn_when_balanced`` counts closes made while
+the pool was already balanced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from connbalance.sim import measures, plot
+from connbalance.sim.measures import Record
+from connbalance.sim.report import PlainView
+from connbalance.sim.scenario import Scenario
+from connbalance.sim.scenario import run as run_scenario
+from connbalance.sim.strategies import FACTORIES, NAMES
+
+QUICK = Scenario(servers=3, clients=60, restarts=3, duration=7.0, pause=0.5, warmup=0.5,
+                 ping=1.0, settle=1.0, step_interval=1.0, window=1.0)
+FULL = Scenario(duration=30.0)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="connbalance bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--servers", type=int)
+    p.add_argument("--clients", type=int)
+    p.add_argument("--restarts", type=int, help="pods restarted (default: all)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--duration", type=float, help="seconds after the rollout finished")
+    p.add_argument("--quick", action="store_true", help="a small run, under 90 s in all")
+    p.add_argument("--strategies", default=",".join(NAMES),
+                   help=f"comma-separated, from {', '.join(NAMES)}")
+    p.add_argument("--json", action="store_true", help="print the JSON document on stdout")
+    p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out)")
+    p.add_argument("--docs", action="store_true", help="also write docs/bench.md, docs/bench.png")
+    p.add_argument("--net", default="127.0.7", help="the /24 (first three octets) to use")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="strategies run side by side (default 1; all with --quick)")
+    p.add_argument("--verbose", action="store_true", help="log each run's loads on stderr")
+    return p
+
+
+def scenario_from(args: argparse.Namespace) -> Scenario:
+    base = QUICK if args.quick else FULL
+    changes: dict[str, Any] = {"net": args.net}
+    for field in ("servers", "clients", "seed", "duration"):
+        if getattr(args, field) is not None:
+            changes[field] = getattr(args, field)
+    servers = changes.get("servers", base.servers)
+    changes["restarts"] = servers if args.restarts is None else args.restarts
+    return replace(base, **changes)
+
+
+def document(scenario: Scenario, records: Sequence[Record], *, wall: float) -> dict[str, Any]:
+    return {
+        "scenario": {**scenario.to_json(), "wall_seconds": round(wall, 1),
+                     "machine": machine()},
+        "results": [measures.result(r) for r in records],
+    }
+
+
+def machine() -> str:
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}")
+
+
+def table(doc: dict[str, Any]) -> str:
+    rows = ["| strategy | balanced after | cycled | needed | cycled/needed | failed calls "
+            "| final skew | churn when balanced |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in doc["results"]:
+        ttb = "never" if r["time_to_balance_s"] is None else f"{r['time_to_balance_s']:.1f} s"
+        ratio = "-" if r["cycled_ratio"] is None else f"{r['cycled_ratio']:.2f}"
+        rows.append(f"| {r['strategy']} | {ttb} | {r['cycled']} | {r['needed']} | {ratio} "
+                    f"| {r['failed_calls']} | {r['final_skew']:.2f} "
+                    f"| {r['churn_when_balanced']} |")
+    s = doc["scenario"]
+    rows.append("")
+    rows.append(f"{s['servers']} servers, {s['clients']} clients, rolling restart of "
+                f"{s['restarts']}, {s['duration']:g} s after it, seed {s['seed']}; "
+                f"{s['machine']}; {s['wall_seconds']:g} s in all.")
+    return "\n".join(rows) + "\n"
+
+
+async def _batch(scenario: Scenario, names: Sequence[str], *, verbose: bool) -> list[Record]:
+    """Run these strategies side by side, each on its own addresses."""
+
+    async def one(block: int, name: str) -> Record:
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        view = PlainView(out=sys.stderr, prefix=f"  [{name}] ") if verbose else None
+        record = await run_scenario(replace(scenario, block=block), FACTORIES[name](), view=view)
+        print(f"bench: {name}: {json.dumps(measures.result(record))}", file=sys.stderr,
+              flush=True)
+        return record
+
+    return list(await asyncio.gather(*(one(i, n) for i, n in enumerate(names))))
+
+
+def run(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FACTORIES]
+    if unknown or not names:
+        print(f"connbalance bench: unknown strategy {unknown[0] if unknown else '(none)'}; "
+              f"choose from {', '.join(NAMES)}", file=sys.stderr)
+        return 2
+    scenario = scenario_from(args)
+    if scenario.servers < 2 or not 1 <= scenario.restarts <= scenario.servers:
+        print("connbalance bench: needs 2 servers or more and 1 <= restarts <= servers",
+              file=sys.stderr)
+        return 2
+    parallel = args.parallel or (len(names) if args.quick else 1)
+    if not 1 <= parallel <= 8:
+        print("connbalance bench: --parallel must be between 1 and 8", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    records: list[Record] = []
+    for first in range(0, len(names), parallel):
+        batch = names[first:first + parallel]
+        records += asyncio.run(_batch(scenario, batch, verbose=args.verbose))
+    doc = document(replace(scenario, block=0), records, wall=time.monotonic() - started)
+    doc["scenario"]["parallel"] = parallel
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (args.out / "bench.md").write_text(table(doc))
+    plot.save_panels(records, args.out / "bench.png")
+    if args.docs:
+        Path("docs").mkdir(exist_ok=True)
+        Path("docs/bench.md").write_text(table(doc))
+        plot.save_panels(records, Path("docs/bench.png"))
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(table(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))
