@@ -9,13 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
 SERVICE = "connbalance.test.Inventory"
-_IDENTITY = None  # bytes pass through untouched: no serializer
+# What a robust gRPC client configures (and the gRPC docs recommend): retry a unary call that
+# failed with UNAVAILABLE before any answer came back. An L4 proxy cannot see a call that the
+# client has started but not yet written when the FIN goes out (a window of about a millisecond
+# on an idle machine, more on a busy one); such a call fails on the old connection and is retried
+# on the new one. The Slow method has no retry policy, so calls to it show any failure.
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": SERVICE, "method": "Ping"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
 
 
 def _ident(data: bytes) -> bytes:
@@ -41,6 +64,10 @@ class FleetServer:
         self.unary_calls += 1
         return b"pong"
 
+    async def _slow(self, request: bytes, context) -> bytes:
+        await asyncio.sleep(int(request) / 1000.0)
+        return b"done"
+
     async def start(self) -> None:
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -50,6 +77,9 @@ class FleetServer:
                 ),
                 "Ping": grpc.unary_unary_rpc_method_handler(
                     self._ping, request_deserializer=_ident, response_serializer=_ident
+                ),
+                "Slow": grpc.unary_unary_rpc_method_handler(
+                    self._slow, request_deserializer=_ident, response_serializer=_ident
                 ),
             },
         )
@@ -74,7 +104,8 @@ class FleetClient:
     streams_opened: int = 0
     unary_ok: int = 0
     unary_failed: list[str] = field(default_factory=list)
-    local_ports: list[int] = field(default_factory=list)
+    stream_ended_at: list[float] = field(default_factory=list)
+    unary_failed_at: list[tuple[float, float]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _channel: grpc.aio.Channel | None = None
@@ -90,6 +121,7 @@ class FleetClient:
                 ("grpc.use_local_subchannel_pool", 1),
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 500),
+                ("grpc.service_config", RETRY_SERVICE_CONFIG),
             ],
         )
         self._tasks.append(asyncio.create_task(self._hold_stream()))
@@ -126,8 +158,17 @@ class FleetClient:
                 pass
             finally:
                 call.cancel()
+                self.stream_ended_at.append(time.monotonic())
             if not self._stop.is_set():
                 await asyncio.sleep(0.05)
+
+    async def slow_call(self, millis: int) -> bytes:
+        """One call that the server answers after ``millis``; no retry policy covers it."""
+        assert self._channel is not None
+        slow = self._channel.unary_unary(
+            f"/{SERVICE}/Slow", request_serializer=_ident, response_deserializer=_ident
+        )
+        return bytes(await slow(str(millis).encode(), timeout=30))
 
     async def _unary_loop(self) -> None:
         assert self._channel is not None
@@ -138,11 +179,13 @@ class FleetClient:
         rng = random.Random(self.name)
         while not self._stop.is_set():
             await asyncio.sleep(self.unary_interval * (0.5 + rng.random()))
+            started = time.monotonic()
             try:
                 await ping(b"ping", timeout=10)
                 self.unary_ok += 1
             except grpc.aio.AioRpcError as exc:
                 self.unary_failed.append(f"{exc.code().name}: {exc.details()}")
+                self.unary_failed_at.append((started, time.monotonic()))
 
     async def stop(self) -> None:
         self._stop.set()
@@ -170,3 +213,60 @@ async def start_clients(
 
 async def stop_clients(clients: list[FleetClient]) -> None:
     await asyncio.gather(*(c.stop() for c in clients))
+
+
+class FleetProcess:
+    """Clients in a child process (see fleetproc.py); ``report()`` asks for their totals."""
+
+    def __init__(self, *, target: str, count: int, unary_interval: float = 0.5) -> None:
+        self._argv = [target, str(count), str(unary_interval)]
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, *, timeout: float = 60.0) -> None:
+        import os
+        import sys
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parents[2]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+        }
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.agent.fleetproc",
+            *self._argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=root,
+        )
+        assert self._proc.stdout is not None
+        async with asyncio.timeout(timeout):
+            line = await self._proc.stdout.readline()
+        if line.strip() != b"ready":
+            raise RuntimeError(f"client fleet did not start: {line!r}")
+
+    async def report(self) -> dict[str, Any]:
+        assert self._proc is not None
+        assert self._proc.stdin is not None
+        assert self._proc.stdout is not None
+        self._proc.stdin.write(b"report\n")
+        await self._proc.stdin.drain()
+        async with asyncio.timeout(30):
+            return dict(json.loads(await self._proc.stdout.readline()))
+
+    async def stop(self) -> None:
+        if self._proc is None:
+            return
+        assert self._proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._proc.stdin.write(b"stop\n")
+            await self._proc.stdin.drain()
+        try:
+            async with asyncio.timeout(20):
+                await self._proc.wait()
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()

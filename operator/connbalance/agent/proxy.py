@@ -27,6 +27,8 @@ from connbalance.agent.selection import ConnectionInfo
 # Short, so a forced close still flushes what is in flight; after it the socket is aborted (RST).
 _FORCED_FLUSH_SECONDS = 1.0
 _BACKLOG = 4096
+# How long a gracefully closed client may take to close its side before we drop the socket.
+_LINGER_SECONDS = 5.0
 
 
 class _Pair:
@@ -38,6 +40,7 @@ class _Pair:
         "bytes_out",
         "client",
         "client_eof",
+        "client_spoke_last",
         "closed",
         "id",
         "last_activity",
@@ -60,6 +63,7 @@ class _Pair:
         self.client_eof = False
         self.upstream_eof = False
         self.closed = False
+        self.client_spoke_last = False
 
     def queued(self) -> int:
         size = self.client.get_write_buffer_size()
@@ -86,6 +90,7 @@ class _Pair:
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             queued=self.queued(),
+            client_spoke_last=self.client_spoke_last,
         )
 
     def close(self) -> None:
@@ -93,6 +98,19 @@ class _Pair:
         self.client.close()
         if self.upstream is not None:
             self.upstream.close()
+
+    def finish(self) -> None:
+        """The graceful close: FIN to the client at once, then close both sockets.
+
+        The FIN goes out now (a direct shutdown, the write buffer being empty) rather than on
+        the loop's next turn: every moment between deciding and the FIN is one in which the
+        client may start a call on a connection that is going away.
+        """
+        sock = self.client.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+        self.close()
 
     def abort(self) -> None:
         self.closed = True
@@ -124,14 +142,17 @@ class _UpstreamSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         pair = self._pair
+        if pair.closed:
+            return
         pair.last_activity = time.monotonic()
+        pair.client_spoke_last = False
         pair.bytes_out += len(data)
         pair.client.write(data)
 
     def eof_received(self) -> bool:
         pair = self._pair
         pair.upstream_eof = True
-        if pair.client_eof:
+        if pair.client_eof or pair.closed:
             return False
         with contextlib.suppress(OSError, RuntimeError):
             pair.client.write_eof()
@@ -162,8 +183,11 @@ class _ClientSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         pair = self._pair
         assert pair is not None
+        if pair.closed:
+            return  # a late request on a connection being closed: the client will resend it
         assert pair.upstream is not None
         pair.last_activity = time.monotonic()
+        pair.client_spoke_last = True
         pair.bytes_in += len(data)
         pair.upstream.write(data)
 
@@ -171,7 +195,7 @@ class _ClientSide(asyncio.Protocol):
         pair = self._pair
         assert pair is not None
         pair.client_eof = True
-        if pair.upstream_eof:
+        if pair.upstream_eof or pair.closed:
             return False
         if pair.upstream is not None:
             with contextlib.suppress(OSError, RuntimeError):
@@ -312,8 +336,15 @@ class ProxyAgent(DrainEngine):
                 return None
             now = time.monotonic()
             quiet_for = now - pair.last_activity
-            if quiet_for >= quiet_seconds and pair.queued() == 0 and pair.unread() == 0:
-                pair.close()
+            # The server must have had the last word: silence after a request is a server
+            # still working on it, and closing then fails that call.
+            if (
+                quiet_for >= quiet_seconds
+                and not pair.client_spoke_last
+                and pair.queued() == 0
+                and pair.unread() == 0
+            ):
+                pair.finish()
                 return CloseOutcome.GRACEFUL
             if now >= deadline:
                 pair.close()

@@ -15,7 +15,14 @@ class ConnectionInfo:
     Times are ``time.monotonic()`` seconds. ``idle_seconds`` is how long both directions have been
     quiet; ``queued`` is data still waiting in a buffer (kernel queues in reset mode, the proxy's
     write buffers in proxy mode): a connection with queued data is never idle.
+    ``client_spoke_last`` says the last bytes went from the client to the server: a request is
+    probably waiting for its answer, however long the silence, so the connection is not idle.
     """
+
+    def is_quiet(self, quiet_seconds: float) -> bool:
+        return (
+            self.idle_seconds >= quiet_seconds and self.queued == 0 and not self.client_spoke_last
+        )
 
     id: str
     peer: tuple[str, int]
@@ -25,6 +32,7 @@ class ConnectionInfo:
     bytes_in: int
     bytes_out: int
     queued: int = 0
+    client_spoke_last: bool = False
 
 
 def ceiling(*, active: int, max_fraction: float) -> int:
@@ -39,11 +47,12 @@ def ceiling(*, active: int, max_fraction: float) -> int:
 
 
 def idlest_first(connections: Iterable[ConnectionInfo]) -> list[ConnectionInfo]:
-    """Quiet connections with empty queues first, longest idle first; ties go to the oldest."""
+    """Quiet connections with empty queues and no request pending first, longest idle first;
+    ties go to the oldest."""
     return sorted(
         connections,
         key=lambda c: (
-            c.queued > 0,
+            c.queued > 0 or c.client_spoke_last,
             -c.idle_seconds,
             c.opened_at if c.opened_at is not None else math.inf,
             c.id,

@@ -1,0 +1,364 @@
+"""Proxy mode with real grpcio servers and clients, in-process and over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from connbalance.agent import AgentServer, CloseOutcome, ProxyAgent, RequestState
+from connbalance.model import DrainRequest
+from tests.agent.grpcfleet import FleetClient, FleetServer, start_clients, stop_clients
+from tests.agent.support import HOST, deadline_in, run
+
+TOKEN = "s3cret-token"
+
+
+@dataclass
+class Rig:
+    server: FleetServer
+    agent: ProxyAgent
+    http: AgentServer
+    clients: list[FleetClient]
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.http.port}"
+
+    def ids(self) -> set[str]:
+        return {c.id for c in self.agent.connections()}
+
+    async def settle(self, expected: int, *, timeout: float = 20.0) -> None:
+        """Wait until every client holds a stream again through the proxy."""
+        async with asyncio.timeout(timeout):
+            while self.agent.active_count() != expected or sum(
+                1 for c in self.clients if c.streams_opened == 0
+            ):
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+
+
+@contextlib.asynccontextmanager
+async def rig(
+    n: int, *, max_fraction: float = 0.5, state_file: Path | None = None, unary: float = 0.5
+) -> AsyncIterator[Rig]:
+    server = FleetServer(host=HOST)
+    await server.start()
+    agent = ProxyAgent(
+        listen=(HOST, 0),
+        upstream=(HOST, server.port),
+        max_fraction=max_fraction,
+        state_file=state_file,
+    )
+    await agent.start()
+    http = AgentServer(agent, host=HOST, port=0, token=TOKEN)
+    await http.start()
+    clients = await start_clients(f"{HOST}:{agent.port}", n, unary_interval=unary)
+    try:
+        yield Rig(server=server, agent=agent, http=http, clients=clients)
+    finally:
+        await stop_clients(clients)
+        await http.stop()
+        await agent.stop()
+        await server.stop()
+
+
+def drain(
+    request_id: str, count: int, *, window: float = 1.0, quiet: int = 100, deadline: float = 30.0
+) -> dict[str, object]:
+    return {
+        "id": request_id,
+        "count": count,
+        "windowSeconds": window,
+        "quietMillis": quiet,
+        "deadline": deadline_in(deadline),
+    }
+
+
+def test_a_drain_of_k_out_of_n_cycles_exactly_k_and_no_unary_call_fails():
+    async def scenario() -> None:
+        async with rig(30) as r:
+            before = r.ids()
+            status = await r.agent.submit(DrainRequest.from_wire(drain("k-of-n", 6)))
+            assert status.state is RequestState.RUNNING
+            final = await r.agent.wait("k-of-n", timeout=30)
+            assert (final.state, final.cycled, final.forced) == (RequestState.DONE, 6, 0)
+            await r.settle(30)
+            assert len(before - r.ids()) == 6
+            assert sum(c.reconnects for c in r.clients) == 6
+            assert r.server.streams_opened == 36
+            assert [f for c in r.clients for f in c.unary_failed] == []
+            assert sum(c.unary_ok for c in r.clients) > 0
+
+    run(scenario())
+
+
+def test_an_authorized_post_cycles_10_of_100_within_the_window_and_status_says_done():
+    async def scenario() -> None:
+        async with rig(100) as r, aiohttp.ClientSession() as http:
+            before = r.ids()
+            body = drain("x1", 10, window=2.0, quiet=100, deadline=30.0)
+            async with http.post(f"{r.url}/v1/drain", json=body) as resp:
+                assert resp.status == 401
+            await asyncio.sleep(0.5)
+            assert r.ids() == before
+
+            started = time.monotonic()
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with http.post(f"{r.url}/v1/drain", json=body, headers=headers) as resp:
+                assert resp.status == 202
+                assert (await resp.json())["state"] == "running"
+            final = await r.agent.wait("x1", timeout=30)
+            # Spread over the 2 s window; the last close may wait up to one quiet period more.
+            assert time.monotonic() - started < 2.0 + 1.0
+            assert final.cycled == 10
+            async with http.get(f"{r.url}/status") as resp:
+                status = await resp.json()
+            assert status["mode"] == "proxy"
+            assert status["cycled_total"] == 10
+            assert status["requests"] == [
+                {"id": "x1", "count": 10, "cycled": 10, "forced": 0, "state": "done", "reason": ""}
+            ]
+            await r.settle(100)
+            assert len(before - r.ids()) == 10
+            assert sum(c.reconnects for c in r.clients) == 10
+            assert [f for c in r.clients for f in c.unary_failed] == []
+
+    run(scenario())
+
+
+def test_bad_tokens_bad_json_an_oversized_count_and_a_repeated_id_close_nothing():
+    async def scenario() -> None:
+        async with rig(10, max_fraction=0.5) as r, aiohttp.ClientSession() as http:
+            good = {"Authorization": f"Bearer {TOKEN}"}
+
+            async def post(body: object, headers: dict[str, str]) -> tuple[int, dict]:
+                data = body if isinstance(body, str) else None
+                kwargs = {"data": data} if data is not None else {"json": body}
+                async with http.post(f"{r.url}/v1/drain", headers=headers, **kwargs) as resp:
+                    return resp.status, await resp.json()
+
+            before = r.ids()
+            assert (await post(drain("t1", 1), {}))[0] == 401
+            assert (await post(drain("t2", 1), {"Authorization": "Bearer wrong"}))[0] == 401
+            assert (await post(drain("t3", 1), {"Authorization": TOKEN}))[0] == 401
+            code, answer = await post("{not json", good)
+            assert (code, answer["field"]) == (400, "body")
+            code, answer = await post({"id": "t4", "count": 1, "windowSecond": 1}, good)
+            assert (code, answer["field"]) == (400, "windowSecond")
+            code, answer = await post({"id": "t5", "count": -1}, good)
+            assert (code, answer["field"]) == (400, "count")
+            code, answer = await post(drain("t6", 6), good)
+            assert code == 422
+            assert answer["state"] == "rejected"
+            assert "ceiling of 5" in answer["reason"]
+            code, answer = await post({**drain("t7", 1), "deadline": "2020-01-01T00:00:00Z"}, good)
+            assert (code, answer["state"]) == (422, "rejected")
+            await asyncio.sleep(1.0)
+            assert r.ids() == before
+
+            code, answer = await post(drain("once", 1, window=0.0), good)
+            assert code == 202
+            await r.agent.wait("once", timeout=30)
+            await r.settle(10)
+            after_first = r.ids()
+            assert len(before - after_first) == 1
+            code, answer = await post(drain("once", 1, window=0.0), good)
+            assert (code, answer["duplicate"], answer["cycled"]) == (200, True, 1)
+            await asyncio.sleep(1.0)
+            assert r.ids() == after_first
+            assert r.agent.cycled_total == 1
+
+            async with http.get(f"{r.url}/metrics") as resp:
+                metrics = await resp.text()
+            assert 'connbalance_agent_requests_total{result="unauthorized"} 3.0' in metrics
+            assert 'connbalance_agent_requests_total{result="invalid"} 3.0' in metrics
+            assert 'connbalance_agent_requests_total{result="rejected"} 2.0' in metrics
+            assert 'connbalance_agent_requests_total{result="duplicate"} 1.0' in metrics
+            assert 'connbalance_agent_requests_total{result="accepted"} 1.0' in metrics
+            assert (
+                'connbalance_agent_cycled_connections_total{how="graceful",mode="proxy"} 1.0'
+                in metrics
+            )
+            assert "connbalance_agent_active_connections 10.0" in metrics
+
+    run(scenario())
+
+
+def test_a_connection_that_never_goes_quiet_is_closed_at_the_deadline_and_counted_as_forced():
+    async def scenario() -> None:
+        server = FleetServer(host=HOST)
+        await server.start()
+        agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, server.port), max_fraction=1.0)
+        await agent.start()
+        chatty = FleetClient(
+            target=f"{HOST}:{agent.port}", name="chatty", unary_interval=None, chatty_interval=0.01
+        )
+        await chatty.start()
+        try:
+            await chatty.wait_streaming()
+            request = DrainRequest.from_wire(drain("busy", 1, window=0.0, quiet=2000, deadline=1.5))
+            await agent.submit(request)
+            final = await agent.wait("busy", timeout=30)
+            assert (final.cycled, final.forced) == (1, 1)
+            body = agent.metrics.render().decode()
+            assert (
+                'connbalance_agent_cycled_connections_total{how="forced",mode="proxy"} 1.0' in body
+            )
+            assert (
+                'connbalance_agent_cycled_connections_total{how="graceful",mode="proxy"} 0.0'
+                in body
+            )
+        finally:
+            await chatty.stop()
+            await agent.stop()
+            await server.stop()
+
+    run(scenario())
+
+
+def test_a_request_id_seen_before_a_restart_is_not_acted_on_again(tmp_path):
+    state = tmp_path / "seen.json"
+
+    async def scenario() -> None:
+        async with rig(4, max_fraction=1.0, state_file=state) as r:
+            await r.agent.submit(DrainRequest.from_wire(drain("restart-1", 1, window=0.0)))
+            assert (await r.agent.wait("restart-1", timeout=30)).cycled == 1
+        async with rig(4, max_fraction=1.0, state_file=state) as r:
+            before = r.ids()
+            again = await r.agent.submit(DrainRequest.from_wire(drain("restart-1", 1, window=0.0)))
+            assert again.duplicate
+            assert (again.state, again.cycled) == (RequestState.DONE, 1)
+            await asyncio.sleep(0.5)
+            assert r.ids() == before
+            assert r.agent.status().to_wire()["requests"][0]["id"] == "restart-1"
+
+    run(scenario())
+
+
+def test_direct_closes_report_how_each_connection_went_and_skip_unknown_ids():
+    async def scenario() -> None:
+        async with rig(3, max_fraction=1.0, unary=5.0) as r:
+            target = sorted(r.ids())[0]
+            outcomes = await r.agent.close([target, "no-such"], quiet_millis=50)
+            assert outcomes == [CloseOutcome.GRACEFUL, None]
+            await r.settle(3)
+            assert target not in r.ids()
+            assert sum(c.reconnects for c in r.clients) == 1
+
+    run(scenario())
+
+
+def test_bytes_and_half_closes_pass_through_unchanged():
+    async def scenario() -> None:
+        async def echo_then_close(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            data = await reader.read()  # until the client's FIN
+            writer.write(data[::-1])
+            await writer.drain()
+            writer.close()
+
+        upstream = await asyncio.start_server(echo_then_close, HOST, 0)
+        port = upstream.sockets[0].getsockname()[1]
+        agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, port), max_fraction=1.0)
+        await agent.start()
+        try:
+            reader, writer = await asyncio.open_connection(HOST, agent.port)
+            payload = bytes(range(256)) * 4096
+            writer.write(payload)
+            await writer.drain()
+            writer.write_eof()
+            assert await reader.read() == payload[::-1]
+            writer.close()
+            [info] = agent.connections() or [None]
+            assert info is None or info.bytes_in == len(payload)
+        finally:
+            await agent.stop()
+            upstream.close()
+            await upstream.wait_closed()
+
+    run(scenario())
+
+
+def test_while_steering_new_connections_are_reset_and_later_ones_are_served():
+    async def scenario() -> None:
+        writers: list[asyncio.StreamWriter] = []
+        upstream = await asyncio.start_server(lambda _r, w: writers.append(w), HOST, 0)
+        agent = ProxyAgent(
+            listen=(HOST, 0),
+            upstream=(HOST, upstream.sockets[0].getsockname()[1]),
+            max_fraction=1.0,
+        )
+        await agent.start()
+        try:
+            agent.refuse_new(0.5)
+            loop = asyncio.get_running_loop()
+
+            def connect_and_read() -> bytes:
+                try:
+                    with socket.create_connection((HOST, agent.port), timeout=5) as sock:
+                        sock.settimeout(0.3)
+                        try:
+                            return sock.recv(1) or b"EOF"
+                        except TimeoutError:
+                            return b"open"
+                except ConnectionResetError:
+                    return b"reset"
+
+            assert await loop.run_in_executor(None, connect_and_read) == b"reset"
+            assert agent.refused_total == 1
+            await asyncio.sleep(0.6)
+            assert await loop.run_in_executor(None, connect_and_read) == b"open"
+        finally:
+            await agent.stop()
+            for writer in writers:
+                writer.close()
+            upstream.close()
+            await upstream.wait_closed()
+
+    run(scenario())
+
+
+def test_several_agents_in_one_process_keep_separate_metrics():
+    async def scenario() -> None:
+        first = ProxyAgent(listen=(HOST, 0), upstream=(HOST, 1), max_fraction=1.0)
+        second = ProxyAgent(listen=(HOST, 0), upstream=(HOST, 1), max_fraction=1.0)
+        first.metrics.count_request("invalid")
+        assert b'result="invalid"} 1.0' in first.metrics.render()
+        assert b'result="invalid"} 0.0' in second.metrics.render()
+
+    run(scenario())
+
+
+def test_a_call_the_server_is_still_answering_holds_the_close_back_until_the_answer():
+    async def scenario() -> None:
+        server = FleetServer(host=HOST)
+        await server.start()
+        agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, server.port), max_fraction=1.0)
+        await agent.start()
+        client = FleetClient(target=f"{HOST}:{agent.port}", name="waiting", unary_interval=None)
+        await client.start()
+        try:
+            await client.wait_streaming()
+            call = asyncio.create_task(client.slow_call(1500))
+            await asyncio.sleep(0.4)  # the request is at the server; the connection is silent
+            started = time.monotonic()
+            request = DrainRequest.from_wire(drain("slow", 1, window=0.0, quiet=100, deadline=20))
+            await agent.submit(request)
+            final = await agent.wait("slow", timeout=30)
+            assert await call == b"done"
+            assert (final.cycled, final.forced) == (1, 0)
+            assert time.monotonic() - started >= 1.0
+        finally:
+            await client.stop()
+            await agent.stop()
+            await server.stop()
+
+    run(scenario())
