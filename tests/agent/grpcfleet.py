@@ -154,8 +154,8 @@ class FleetClient:
                         await call.write(b"heartbeat")
                         await call.read()
                         await asyncio.sleep(self.chatty_interval)
-            except grpc.aio.AioRpcError:
-                pass
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                pass  # the connection went: open the stream again
             finally:
                 call.cancel()
                 self.stream_ended_at.append(time.monotonic())

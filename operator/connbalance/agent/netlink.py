@@ -60,10 +60,20 @@ class TcpSocket:
     interface: int
     recv_queue: int
     send_queue: int
-    idle_ms: int
+    last_sent_ms: int
+    last_received_ms: int
     bytes_sent: int
     bytes_received: int
     inode: int
+
+    @property
+    def idle_ms(self) -> int:
+        return min(self.last_sent_ms, self.last_received_ms)
+
+    @property
+    def peer_spoke_last(self) -> bool:
+        """The last data came from the peer: for a server socket, a request not answered yet."""
+        return self.last_received_ms < self.last_sent_ms
 
     @property
     def key(self) -> str:
@@ -190,7 +200,7 @@ def _parse(data: bytes, start: int, end: int) -> TcpSocket:
     _expires, rqueue, wqueue, _uid, inode = _MSG_TAIL.unpack_from(
         data, start + _MSG_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size
     )
-    idle_ms = 0
+    last_sent = last_recv = 0
     sent = received = 0
     attr = start + _MSG_LEN
     while attr + _RTATTR.size <= end:
@@ -200,7 +210,6 @@ def _parse(data: bytes, start: int, end: int) -> TcpSocket:
         if attr_type == INET_DIAG_INFO and attr_len >= _RTATTR.size + 136:
             info = attr + _RTATTR.size
             last_sent, _last_ack, last_recv = _TCPI_TIMES.unpack_from(data, info + 44)
-            idle_ms = min(last_sent, last_recv)
             sent, received = _TCPI_BYTES.unpack_from(data, info + 120)
         attr += (attr_len + 3) & ~3
     return TcpSocket(
@@ -211,7 +220,8 @@ def _parse(data: bytes, start: int, end: int) -> TcpSocket:
         interface=interface,
         recv_queue=rqueue,
         send_queue=wqueue,
-        idle_ms=idle_ms,
+        last_sent_ms=last_sent,
+        last_received_ms=last_recv,
         bytes_sent=sent,
         bytes_received=received,
         inode=inode,

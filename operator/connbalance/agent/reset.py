@@ -126,6 +126,7 @@ class ResetAgent(DrainEngine):
                 bytes_in=s.bytes_received,
                 bytes_out=s.bytes_sent,
                 queued=s.recv_queue + s.send_queue,
+                client_spoke_last=s.peer_spoke_last,
             )
             for key, s in sockets.items()
         ]
@@ -140,7 +141,12 @@ class ResetAgent(DrainEngine):
                 return None
             now = time.monotonic()
             idle_ms = target.idle_ms + (now - self._scan_at) * 1000.0
-            quiet = idle_ms >= quiet_ms and target.recv_queue == 0 and target.send_queue == 0
+            quiet = (
+                idle_ms >= quiet_ms
+                and not target.peer_spoke_last
+                and target.recv_queue == 0
+                and target.send_queue == 0
+            )
             if quiet or now >= deadline:
                 assert self._diag is not None
                 if not self._diag.destroy(target):
