@@ -84,22 +84,24 @@ class ScrapeLoadSource:
             raise MetricsUnreachable(f"pod {pod}: {url}: {exc or type(exc).__name__}") from None
 
     def _figure(self, pod: PodName, text: str) -> float:
+        samples: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]] = {}
         try:
-            families = {f.name: f for f in text_string_to_metric_families(text)}
+            # A name may come back as several families (text split by other metrics): merge.
+            for family in text_string_to_metric_families(text):
+                samples.setdefault(family.name, []).extend(
+                    (tuple(sorted(s.labels.items())), float(s.value)) for s in family.samples)
         except (ValueError, TypeError, IndexError) as exc:
             raise MetricsNotAVector(f"pod {pod}: not Prometheus text format ({exc})") from None
         for name in self._metrics:
-            family = families.get(name)
-            if family is None or not family.samples:
+            series = samples.get(name)
+            if not series:
                 continue
             seen: set[tuple[tuple[str, str], ...]] = set()
             total = 0.0
-            for sample in family.samples:
-                labels = tuple(sorted(sample.labels.items()))
+            for labels, value in series:
                 if labels in seen:
                     raise MetricsDuplicateSeries(f"pod {pod}: {name}{dict(labels)} twice")
                 seen.add(labels)
-                value = float(sample.value)
                 if not math.isfinite(value) or value < 0:
                     raise MetricsInvalidValue(f"pod {pod}: {name} = {value}")
                 total += value

@@ -52,9 +52,9 @@ async def _landings(balancer: FlowHashBalancer, count: int) -> collections.Count
 
 
 async def _fleet(count: int, *, seed: int = 3) -> tuple[FlowHashBalancer, list[Backend]]:
-    balancer = FlowHashBalancer(host=f"{NET}.200", seed=seed, health_interval=0.05)
+    balancer = FlowHashBalancer(host=f"{NET}.230", seed=seed, health_interval=0.05)
     await balancer.start()
-    backends = [Backend(f"b{i}", f"{NET}.{201 + i}") for i in range(count)]
+    backends = [Backend(f"b{i}", f"{NET}.{231 + i}") for i in range(count)]
     for backend in backends:
         await backend.start()
         balancer.register(name=backend.name, host=backend.host, port=backend.port,

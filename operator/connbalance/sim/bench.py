@@ -32,7 +32,7 @@ from connbalance.sim.scenario import Scenario
 from connbalance.sim.scenario import run as run_scenario
 from connbalance.sim.strategies import FACTORIES, NAMES
 
-QUICK = Scenario(servers=3, clients=60, restarts=3, duration=7.0, pause=0.5, warmup=0.5,
+QUICK = Scenario(servers=3, clients=60, restarts=3, duration=10.0, pause=0.5, warmup=0.5,
                  ping=1.0, settle=1.0, step_interval=1.0, window=1.0)
 FULL = Scenario(duration=30.0)
 
@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", action="store_true", help="also write docs/bench.md, docs/bench.png")
     p.add_argument("--net", default="127.0.7", help="the /24 (first three octets) to use")
     p.add_argument("--parallel", type=int, default=None,
-                   help="strategies run side by side (default 1; all with --quick)")
+                   help="strategies run side by side (default 1; 4 with --quick)")
     p.add_argument("--verbose", action="store_true", help="log each run's loads on stderr")
     return p
 
@@ -127,7 +127,8 @@ def run(argv: list[str]) -> int:
         print("connbalance bench: needs 2 servers or more and 1 <= restarts <= servers",
               file=sys.stderr)
         return 2
-    parallel = args.parallel or (len(names) if args.quick else 1)
+    # Side by side, --quick stays well under 90 s even on a busy 2-core machine.
+    parallel = args.parallel or (4 if args.quick else 1)
     if not 1 <= parallel <= 8:
         print("connbalance bench: --parallel must be between 1 and 8", file=sys.stderr)
         return 2

@@ -191,6 +191,10 @@ async def run(scenario: Scenario, strategy: Strategy, *, view: View | None = Non
         ctx.log("rollout", "", "rollout finished")
         await asyncio.sleep(scenario.duration)
         ended = ctx.now()
+        # Three views of the same fact, for the conservation check: streams the clients hold,
+        # connections the agents proxy, streams the servers count (the last sample).
+        held = {"client_streams": clients.counter("streams"),
+                "agent_connections": sum(p.agent.active_count() for p in fleet.pods())}
         failed = clients.counter("calls_failed") - failed_before
         calls = clients.counter("calls_ok") + clients.counter("calls_failed") - calls_before
     finally:
@@ -206,7 +210,8 @@ async def run(scenario: Scenario, strategy: Strategy, *, view: View | None = Non
     return Record(strategy=strategy.name, clients=scenario.clients, samples=tuple(samples),
                   events=tuple(ctx.events), cycled_at=tuple(t for t in cycled_at if t <= ended),
                   rollout_started=rollout_started, rollout_finished=rollout_finished,
-                  ended=ended, failed_calls=failed, calls=calls, refused=balancer.stats.refused)
+                  ended=ended, failed_calls=failed, calls=calls, refused=balancer.stats.refused,
+                  extra=held)
 
 
 async def _sample(ctx: Context, source: ScrapeLoadSource, samples: list[Sample]) -> None:

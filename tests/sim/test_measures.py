@@ -1,0 +1,46 @@
+"""The bench's figures, from hand-made records."""
+
+from __future__ import annotations
+
+from connbalance.sim import measures
+from connbalance.sim.measures import Record, Sample
+
+
+def _record(loads: list[tuple[float, list[float]]], *, cycled_at: tuple[float, ...] = (),
+            rollout: tuple[float, float] = (0.0, 10.0), clients: int = 300) -> Record:
+    samples = tuple(Sample(t=t, loads={f"p{i}": v for i, v in enumerate(values)})
+                    for t, values in loads)
+    return Record(strategy="x", clients=clients, samples=samples, events=(), cycled_at=cycled_at,
+                  rollout_started=rollout[0], rollout_finished=rollout[1],
+                  ended=samples[-1].t, failed_calls=0, calls=0)
+
+
+def test_needed_is_the_load_above_the_mean_once_every_client_is_back():
+    record = _record([(10.0, [150, 100, 0]), (11.0, [180, 120, 0]), (12.0, [180, 120, 0])])
+    assert measures.needed(record) == 100  # at t=11, when all 300 are back: 80 + 20 over 100
+
+
+def test_time_to_balance_counts_from_the_rollout_to_the_last_time_skew_went_under_the_bound():
+    record = _record([(10.0, [200, 100, 0]), (12.0, [120, 100, 80]), (14.0, [130, 100, 70]),
+                      (16.0, [105, 100, 95]), (18.0, [108, 100, 92])])
+    assert measures.time_to_balance(record) == 6.0
+
+
+def test_time_to_balance_is_none_when_the_run_ends_skewed():
+    record = _record([(10.0, [200, 100, 0]), (12.0, [100, 100, 100]), (14.0, [150, 100, 50])])
+    assert measures.time_to_balance(record) is None
+
+
+def test_churn_when_balanced_counts_closes_after_a_balanced_sample_outside_the_rollout():
+    record = _record([(10.0, [200, 100, 0]), (12.0, [100, 100, 100]), (14.0, [100, 100, 100])],
+                     cycled_at=(5.0, 11.0, 12.5, 13.0))
+    assert measures.churn_when_balanced(record) == 2
+    assert measures.cycled(record) == 4
+
+
+def test_result_has_the_documented_fields():
+    record = _record([(10.0, [200, 100, 0]), (12.0, [100, 100, 100])], cycled_at=(11.0,))
+    result = measures.result(record)
+    assert set(result) == {"strategy", "time_to_balance_s", "cycled", "needed", "cycled_ratio",
+                           "failed_calls", "final_skew", "churn_when_balanced"}
+    assert result["cycled_ratio"] == round(1 / 100, 2)
