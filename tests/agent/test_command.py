@@ -1,0 +1,272 @@
+"""``python -m connbalance.agent`` as a process: flags, HTTP, the annotations file, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from connbalance.agent.main import run
+from connbalance.model import DRAIN_ANNOTATION
+from tests.agent.support import deadline_in
+
+HOST = "127.0.4.3"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def agent_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "connbalance.agent", *args]
+
+
+def env() -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("POD_NAME", "POD_NAMESPACE")}
+    return {**clean, "PYTHONPATH": str(ROOT / "operator")}
+
+
+def fails_with(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert run(list(args)) != 0
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--mode", "proxy", "--upstream", "127.0.0.1:1"], "--proxy-listen"),
+        (["--mode", "proxy", "--proxy-listen", "127.0.0.1:0"], "--upstream"),
+        (
+            ["--mode", "proxy", "--upstream", "nonsense", "--proxy-listen", "1.2.3.4:0"],
+            "--upstream",
+        ),
+        (["--mode", "reset"], "--port"),
+        (["--mode", "reset", "--port", "70000"], "--port"),
+        (["--mode", "reset", "--port", "3025", "--max-fraction", "1.5"], "--max-fraction"),
+        (["--mode", "reset", "--port", "3025", "--max-fraction", "0"], "--max-fraction"),
+        (["--mode", "reset", "--port", "3025", "--token-file", "/nonexistent/t"], "--token-file"),
+        (
+            ["--mode", "reset", "--port", "3025", "--state-file", "/nonexistent/s.json"],
+            "--state-file",
+        ),
+        (["--mode", "sideways"], "--mode"),
+    ],
+)
+def test_a_bad_flag_is_refused_with_a_message_naming_it(args, flag, capsys):
+    assert flag in fails_with(capsys, *args)
+
+
+def test_an_unreadable_state_file_stops_the_start_with_a_message_naming_the_flag(tmp_path, capsys):
+    state = tmp_path / "state.json"
+    state.write_text("{ not json")
+    stderr = fails_with(
+        capsys,
+        "--mode",
+        "proxy",
+        "--upstream",
+        f"{HOST}:1",
+        "--proxy-listen",
+        f"{HOST}:0",
+        "--listen",
+        f"{HOST}:0",
+        "--state-file",
+        str(state),
+    )
+    assert "--state-file" in stderr
+
+
+class Running:
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self.proxy_port = 0
+        self.http_port = 0
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        if not self._ready.wait(30):
+            raise AssertionError("agent did not come up:\n" + "".join(self.lines))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            match = re.search(r"agent up: .*?(?::(\d+) ->.*)?HTTP on [^ ]+:(\d+),", line)
+            if match:
+                self.proxy_port = int(match.group(1) or 0)
+                self.http_port = int(match.group(2))
+                self._ready.set()
+
+    def get(self, path: str, *, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(
+            f"http://{HOST}:{self.http_port}{path}", headers=headers or {}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def status(self) -> dict:
+        return json.loads(self.get("/status")[1])
+
+
+@contextmanager
+def running_agent(*args: str) -> Iterator[Running]:
+    proc = subprocess.Popen(
+        agent_command(*args, "--listen", f"{HOST}:0", "--loop", "asyncio"),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env(),
+    )
+    with proc:
+        try:
+            agent = Running(proc)
+            yield agent
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=20)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        agent.reader.join(10)
+        assert code == 0, "".join(agent.lines)
+
+
+@contextmanager
+def silent_upstream() -> Iterator[int]:
+    """A server that accepts and holds connections, saying nothing."""
+    listener = socket.create_server((HOST, 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        for sock in held:
+            sock.close()
+        listener.close()
+
+
+def open_connections(port: int, count: int) -> list[socket.socket]:
+    conns = [socket.create_connection((HOST, port), timeout=5) for _ in range(count)]
+    for conn in conns:
+        conn.settimeout(0.05)
+    return conns
+
+
+def closed(conns: list[socket.socket]) -> int:
+    gone = 0
+    for conn in conns:
+        try:
+            gone += conn.recv(1) == b""
+        except TimeoutError:
+            pass
+        except ConnectionResetError:
+            gone += 1
+    return gone
+
+
+def write_annotation(path: Path, value: dict[str, object]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f'{DRAIN_ANNOTATION}={json.dumps(json.dumps(value))}\nother="x"\n')
+    tmp.replace(path)
+
+
+def wait_until(check, *, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError("timed out")
+        time.sleep(0.1)
+
+
+def test_the_agent_acts_once_on_the_annotations_file_even_across_a_restart(tmp_path):
+    annotations = tmp_path / "annotations"
+    state = tmp_path / "state.json"
+    token = tmp_path / "token"
+    token.write_text("tok\n")
+    args = [
+        "--mode",
+        "proxy",
+        "--proxy-listen",
+        f"{HOST}:0",
+        "--annotations-file",
+        str(annotations),
+        "--state-file",
+        str(state),
+        "--token-file",
+        str(token),
+        "--max-fraction",
+        "0.5",
+    ]
+    request = {
+        "id": "file-1",
+        "count": 2,
+        "windowSeconds": 0.5,
+        "quietMillis": 50,
+        "deadline": deadline_in(60),
+    }
+    with silent_upstream() as upstream:
+        with running_agent(*args, "--upstream", f"{HOST}:{upstream}") as agent:
+            assert agent.get("/healthz") == (200, b"ok\n")
+            conns = open_connections(agent.proxy_port, 6)
+            wait_until(lambda: agent.status()["active"] == 6)
+            write_annotation(annotations, request)
+            wait_until(
+                lambda: (
+                    agent.status()["requests"][:1]
+                    and agent.status()["requests"][0]["state"] == "done"
+                )
+            )
+            assert agent.status()["requests"][0]["cycled"] == 2
+            assert closed(conns) == 2
+            metrics = agent.get("/metrics")[1].decode()
+            assert 'connbalance_agent_requests_total{result="accepted"} 1.0' in metrics
+            for conn in conns:
+                conn.close()
+
+        with running_agent(*args, "--upstream", f"{HOST}:{upstream}") as agent:
+            conns = open_connections(agent.proxy_port, 6)
+            wait_until(lambda: agent.status()["active"] == 6)
+            time.sleep(2.5)  # more than two polls of the file
+            assert closed(conns) == 0
+            assert agent.status()["requests"][0]["id"] == "file-1"
+            assert agent.status()["cycled_total"] == 0
+            for conn in conns:
+                conn.close()
+
+
+@pytest.mark.netadmin
+def test_reset_mode_starts_after_proving_sock_destroy_works(tmp_path):
+    with (
+        socket.create_server((HOST, 0)) as server,
+        running_agent("--mode", "reset", "--port", str(server.getsockname()[1])) as agent,
+    ):
+        assert agent.get("/healthz") == (200, b"ok\n")
+        assert agent.status()["mode"] == "reset"
+        assert agent.get("/v1/drain")[0] == 405
