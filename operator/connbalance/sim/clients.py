@@ -5,6 +5,7 @@ call every ``ping`` seconds, and when the stream breaks opens it again; reconnec
 gRPC's own backoff, set small here. ``use_local_subchannel_pool`` keeps one connection per
 channel instead of one shared by all. With ``--random-reconnect MEAN`` each client also drops its
 channel after a random time (uniform in 0.5-1.5 x MEAN) and dials again: the client-side strategy.
+It starts doing so on SIGUSR1, so the fleet can first settle as it would without it.
 
 Every ``--report`` seconds the process prints one JSON line of counters on stdout; it runs until
 SIGTERM, SIGINT or ``--lifetime`` seconds.
@@ -49,13 +50,15 @@ def channel_options(*, backoff_ms: int) -> list[tuple[str, int]]:
 
 class Client:
     def __init__(self, *, target: str, counters: Counters, ping: float, backoff_ms: int,
-                 rng: random.Random, reconnect_mean: float | None) -> None:
+                 rng: random.Random, reconnect_mean: float | None,
+                 reconnecting: asyncio.Event) -> None:
         self._target = target
         self._counters = counters
         self._ping = ping
         self._options = channel_options(backoff_ms=backoff_ms)
         self._rng = rng
         self._reconnect_mean = reconnect_mean
+        self._reconnecting = reconnecting
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -65,25 +68,26 @@ class Client:
             finally:
                 await channel.close(grace=None)
 
-    def _lifetime(self) -> float | None:
-        if self._reconnect_mean is None:
-            return None
-        return self._reconnect_mean * self._rng.uniform(0.5, 1.5)
-
     async def _use(self, channel: grpc.aio.Channel, stop: asyncio.Event) -> None:
         """Use one channel until stop, or until its random lifetime ends (then redial)."""
-        lifetime = self._lifetime()
         tasks = [asyncio.create_task(self._hold(channel, stop)),
                  asyncio.create_task(self._pings(channel, stop))]
-        waiter = asyncio.create_task(stop.wait())
+        stopping = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait([waiter], timeout=lifetime)
-            if not stop.is_set():
-                self._counters.voluntary += 1
+            if self._reconnect_mean is not None:
+                enabled = asyncio.create_task(self._reconnecting.wait())
+                await asyncio.wait([stopping, enabled], return_when=asyncio.FIRST_COMPLETED)
+                enabled.cancel()
+                lifetime = self._reconnect_mean * self._rng.uniform(0.5, 1.5)
+                await asyncio.wait([stopping], timeout=lifetime)
+                if not stop.is_set():
+                    self._counters.voluntary += 1
+            else:
+                await stopping
         finally:
-            for task in [*tasks, waiter]:
+            for task in [*tasks, stopping]:
                 task.cancel()
-            await asyncio.gather(*tasks, waiter, return_exceptions=True)
+            await asyncio.gather(*tasks, stopping, return_exceptions=True)
 
     async def _hold(self, channel: grpc.aio.Channel, stop: asyncio.Event) -> None:
         hold = channel.stream_stream(HOLD)
@@ -123,16 +127,18 @@ async def swarm(*, target: str, count: int, ping: float, backoff_ms: int, seed: 
                 reconnect_mean: float | None, report: float, lifetime: float,
                 ramp: float) -> None:
     counters = Counters(clients=count)
-    stop = asyncio.Event()
+    stop, reconnecting = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, reconnecting.set)
     loop.call_later(lifetime, stop.set)
     rng = random.Random(seed)
     tasks = []
     for index in range(count):
         client = Client(target=target, counters=counters, ping=ping, backoff_ms=backoff_ms,
-                        rng=random.Random(rng.random()), reconnect_mean=reconnect_mean)
+                        rng=random.Random(rng.random()), reconnect_mean=reconnect_mean,
+                        reconnecting=reconnecting)
         tasks.append(asyncio.create_task(client.run(stop)))
         if ramp > 0:
             # Dialling all at once would be a thundering herd no real fleet starts with.

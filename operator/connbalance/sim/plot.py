@@ -18,24 +18,26 @@ from connbalance.sim.measures import Record
 
 def draw(ax: Any, record: Record) -> None:
     pods = sorted({pod for s in record.samples for pod in s.loads})
-    times = [s.t for s in record.samples]
+    # Time from the finished rollout, so that panels side by side line up.
+    zero = record.rollout_finished
+    times = [s.t - zero for s in record.samples]
     for pod in pods:
         ax.plot(times, [s.loads.get(pod, math.nan) for s in record.samples], label=pod,
                 linewidth=1.5)
     # The mean over every pod, restarting ones included: the level all should come back to.
     ax.plot(times, [s.total / len(pods) for s in record.samples], "k--", linewidth=0.8,
             label="mean")
-    ax.axvspan(record.rollout_started, record.rollout_finished, color="orange", alpha=0.15,
+    ax.axvspan(record.rollout_started - zero, 0.0, color="orange", alpha=0.15,
                label="rolling restart")
     for event in record.events:
         if event.kind in ("drain", "close"):
-            ax.axvline(event.t, color="purple", alpha=0.15, linewidth=0.8)
+            ax.axvline(event.t - zero, color="purple", alpha=0.15, linewidth=0.8)
     result = measures.result(record)
     ttb = result["time_to_balance_s"]
     ax.set_title(f"{record.strategy}: final skew {result['final_skew']:.2f}, "
                  + ("not balanced" if ttb is None else f"balanced in {ttb:.0f}s")
                  + f", cycled {result['cycled']}/{result['needed']}", fontsize=9)
-    ax.set_xlabel("seconds")
+    ax.set_xlabel("seconds after the rollout finished")
     ax.set_ylabel("connections")
     ax.grid(alpha=0.3)
 

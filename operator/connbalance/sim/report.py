@@ -109,7 +109,8 @@ class LiveView:
         log = Table.grid()
         for event in self._events:
             colour = {"drain": "magenta", "restart": "yellow", "phase": "blue"}.get(event.kind, "")
-            log.add_row(Text(f"{event.t:6.1f}s {event.kind:8} {event.text}", style=colour))
+            log.add_row(Text(f"{event.t:6.1f}s {event.kind:8} {event.text}", style=colour,
+                             no_wrap=True, overflow="ellipsis"))
         return Group(head, status, bars, Text("the shaded cell marks the mean", style="dim"), log)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -74,6 +75,7 @@ class Context:
     scenario: Scenario
     fleet: LocalFleet
     balancer: FlowHashBalancer
+    clients: ClientProcesses
     t0: float
     clock: Callable[[], float] = time.time
     latest: Sample | None = None
@@ -132,6 +134,12 @@ class ClientProcesses:
             with contextlib.suppress(ValueError):
                 self._latest[index] = json.loads(line)
 
+    def start_reconnecting(self) -> None:
+        """Tell clients started with a reconnect mean to begin their random redials."""
+        for process in self._processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGUSR1)
+
     def counter(self, key: str) -> int:
         return sum(int(c.get(key, 0)) for c in self._latest.values())
 
@@ -161,10 +169,10 @@ async def run(scenario: Scenario, strategy: Strategy, *, view: View | None = Non
     balancer = FlowHashBalancer(host=balancer_host, seed=scenario.seed, on_end=on_end,
                                 clock=clock)
     fleet = LocalFleet(hosts=hosts, balancer=balancer, clock=clock)
-    ctx = Context(scenario=scenario, fleet=fleet, balancer=balancer, t0=t0, clock=clock,
-                  view=view)
-    samples: list[Sample] = []
     clients = ClientProcesses()
+    ctx = Context(scenario=scenario, fleet=fleet, balancer=balancer, clients=clients, t0=t0,
+                  clock=clock, view=view)
+    samples: list[Sample] = []
     source = ScrapeLoadSource(targets=fleet.metrics_targets, clock=clock)
     sampler: asyncio.Task[None] | None = None
     acting: asyncio.Task[None] | None = None

@@ -48,6 +48,10 @@ class RandomReconnect(Nothing):
     def reconnect_mean(self, scenario: Scenario) -> float | None:
         return scenario.duration / 3
 
+    async def run(self, ctx: Context) -> None:
+        ctx.clients.start_reconnecting()
+        await asyncio.Event().wait()
+
 
 def _close_soon(ctx: Context, pod: Pod, ids: Sequence[str], tasks: set[asyncio.Task[Any]],
                 *, reason: str) -> None:
