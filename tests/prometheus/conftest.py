@@ -44,7 +44,7 @@ class Pool:
             **values: Any) -> Exporter:
         exporter = Exporter(
             pod=pod, namespace=self.namespace, container=container,
-            state=self.run_dir / f"{pod}-{container}.json",
+            state=self.run_dir / f"{self.name}-{pod}-{container}.json",
             labels=AUTH_LABELS if labels is None else labels,
         )
         exporter.set(**values)
@@ -53,7 +53,14 @@ class Pool:
         return exporter
 
     def publish(self) -> None:
+        self.announce()
+        self.wait_scraped()
+
+    def announce(self) -> None:
+        """Hand the targets to Prometheus, which applies them within about 5 s."""
         publish(self.server, self.name, self.exporters)
+
+    def wait_scraped(self) -> None:
         targets = len(self.exporters)
         wait_until(self.server, f'count(up{{namespace="{self.namespace}"}} == 1)',
                    lambda seen: seen.get("") == str(targets))
@@ -66,6 +73,26 @@ class Pool:
         publish(self.server, self.name, [])
         for exporter in self.exporters:
             exporter.stop()
+
+
+def pools(
+    prometheus: PrometheusServer, run_dir: Path, layout: dict[str, list[dict[str, Any]]]
+) -> Iterator[dict[str, Pool]]:
+    """Several pools at once, from ``{name: [Pool.add keywords, ...]}``: all announced together,
+    so they cost one wait for Prometheus's target update between them."""
+    made: dict[str, Pool] = {}
+    try:
+        for name, pods in layout.items():
+            made[name] = Pool(prometheus, run_dir)
+            for pod in pods:
+                made[name].add(**pod)
+            made[name].announce()
+        for each in made.values():
+            each.wait_scraped()
+        yield made
+    finally:
+        for each in made.values():
+            each.close()
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import math
 import re
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ from connbalance.ports import (
     MetricsUnreachable,
 )
 from connbalance.prometheus import Connection, PrometheusLoadSource
-from tests.prometheus.conftest import Pool
+from tests.prometheus.conftest import Pool, pools
 from tests.prometheus.harness import HOST, PrometheusServer
 
 pytestmark = pytest.mark.prometheus
@@ -55,6 +56,40 @@ def figures(loads: Mapping[PodName, PodLoad]) -> dict[str, float]:
     return {pod: load.load for pod, load in loads.items()}
 
 
+PROXY = {"app.kubernetes.io/component": "proxy", "app.kubernetes.io/instance": "teleport"}
+# Pools that no test changes, set up together (see conftest.pools).
+LAYOUT: dict[str, list[dict[str, Any]]] = {
+    "fallback": [dict(pod="auth-a", resources={"node": 70}, open_fds=300),
+                 dict(pod="auth-old", resources=None, open_fds=33)],
+    "sidecar": [dict(pod="auth-a", resources={"node": 70}, open_fds=40),
+                dict(pod="auth-a", container="connbalance-agent", resources=None, open_fds=10),
+                dict(pod="auth-b", resources={"node": 70}, open_fds=25)],
+    # A proxy pod of the same release: no connected resources, so without the selector the
+    # open-fds fallback would count it as a member of the pool.
+    "with-proxy": [dict(pod="auth-a", resources={"node": 80}, open_fds=300),
+                   dict(pod="auth-b", resources={"node": 90}, open_fds=300),
+                   dict(pod="proxy-a", labels=PROXY, resources=None, open_fds=900)],
+    "regex": [dict(pod="auth-a", resources={"node": 5}, open_fds=10),
+              dict(pod="authxb", resources={"node": 7}, open_fds=10)],
+    # Explicit sample timestamps two minutes old, as a federated or remote-written series has:
+    # still inside Prometheus's five-minute lookback, so the instant query returns them.
+    "stale": [dict(pod="auth-a", resources={"node": 50}, open_fds=100),
+              dict(pod="auth-b", resources={"node": 50}, open_fds=100, age=120)],
+    **{
+        name: [dict(pod="auth-a", resources={"node": 50}, open_fds=100),
+               dict(pod="auth-b", resources={"node": value}, open_fds=100)]
+        for name, value in (("nan", "NaN"), ("inf", "+Inf"), ("negative", -3))
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def fixed(
+    prometheus: PrometheusServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Pool]]:
+    yield from pools(prometheus, tmp_path_factory.mktemp("fixed-pools"), LAYOUT)
+
+
 def test_teleport_auth_sums_connected_resources_over_type_per_pod(
     prometheus: PrometheusServer, auth_pool: Pool
 ) -> None:
@@ -67,21 +102,17 @@ def test_teleport_auth_sums_connected_resources_over_type_per_pod(
 
 
 def test_teleport_auth_falls_back_to_open_fds_for_a_pod_without_the_metric(
-    prometheus: PrometheusServer, pool: Pool
+    prometheus: PrometheusServer, fixed: dict[str, Pool]
 ) -> None:
-    pool.add("auth-a", resources={"node": 70}, open_fds=300)
-    pool.add("auth-old", resources=None, open_fds=33)
-    pool.publish()
-    loads = read(source(prometheus.url, pool.namespace), ["auth-a", "auth-old"])
+    loads = read(source(prometheus.url, fixed["fallback"].namespace), ["auth-a", "auth-old"])
     assert figures(loads) == {"auth-a": 70, "auth-old": 33}
 
 
-def test_open_fds_sums_the_containers_of_a_pod(prometheus: PrometheusServer, pool: Pool) -> None:
-    pool.add("auth-a", resources={"node": 70}, open_fds=40)
-    pool.add("auth-a", container="connbalance-agent", resources=None, open_fds=10)
-    pool.add("auth-b", resources={"node": 70}, open_fds=25)
-    pool.publish()
-    loads = read(source(prometheus.url, pool.namespace, preset="open-fds"), ["auth-a", "auth-b"])
+def test_open_fds_sums_the_containers_of_a_pod(
+    prometheus: PrometheusServer, fixed: dict[str, Pool]
+) -> None:
+    src = source(prometheus.url, fixed["sidecar"].namespace, preset="open-fds")
+    loads = read(src, ["auth-a", "auth-b"])
     assert figures(loads) == {"auth-a": 50, "auth-b": 25}
 
 
@@ -94,17 +125,9 @@ def test_named_pods_are_selected_by_name_and_others_are_left_out(
 
 
 def test_without_pod_names_the_selector_is_matched_against_relabelled_pod_labels(
-    prometheus: PrometheusServer, pool: Pool
+    prometheus: PrometheusServer, fixed: dict[str, Pool]
 ) -> None:
-    pool.add("auth-a", resources={"node": 80}, open_fds=300)
-    pool.add("auth-b", resources={"node": 90}, open_fds=300)
-    # A proxy pod of the same release: no connected resources, so without the selector the
-    # open-fds fallback would count it as a member of the pool.
-    pool.add("proxy-a", labels={"app.kubernetes.io/component": "proxy",
-                                "app.kubernetes.io/instance": "teleport"},
-             resources=None, open_fds=900)
-    pool.publish()
-    assert figures(read(source(prometheus.url, pool.namespace), None)) == {
+    assert figures(read(source(prometheus.url, fixed["with-proxy"].namespace), None)) == {
         "auth-a": 80, "auth-b": 90}
 
 
@@ -127,13 +150,10 @@ def test_the_pod_label_can_be_another_label(prometheus: PrometheusServer, auth_p
 
 
 def test_a_regex_character_in_a_pod_name_matches_only_itself(
-    prometheus: PrometheusServer, pool: Pool
+    prometheus: PrometheusServer, fixed: dict[str, Pool]
 ) -> None:
-    pool.add("auth-a", resources={"node": 5}, open_fds=10)
-    pool.add("authxb", resources={"node": 7}, open_fds=10)
-    pool.publish()
     with pytest.raises(MetricsPodMissing, match=r"no series for pod auth\.b \(it has auth-a\)"):
-        read(source(prometheus.url, pool.namespace), ["auth-a", "auth.b"])
+        read(source(prometheus.url, fixed["regex"].namespace), ["auth-a", "auth.b"])
 
 
 @pytest.mark.parametrize(
@@ -243,49 +263,33 @@ def test_two_series_for_one_pod_are_refused(prometheus: PrometheusServer, auth_p
 
 
 def test_two_containers_of_one_pod_under_a_raw_query_are_refused(
-    prometheus: PrometheusServer, pool: Pool
+    prometheus: PrometheusServer, fixed: dict[str, Pool]
 ) -> None:
-    pool.add("auth-a", resources=None, open_fds=40)
-    pool.add("auth-a", container="connbalance-agent", resources=None, open_fds=10)
-    pool.publish()
-    src = source(prometheus.url, pool.namespace, preset="custom",
+    src = source(prometheus.url, fixed["sidecar"].namespace, preset="custom",
                  query="process_open_fds{$matchers}")
     with pytest.raises(MetricsDuplicateSeries, match='container="connbalance-agent"'):
         read(src, None)
 
 
 @pytest.mark.parametrize(
-    ("value", "shown"),
-    [("NaN", "NaN"), ("+Inf", "+Inf"), (-3, "-3")],
-    ids=["nan", "inf", "negative"],
+    ("scenario", "shown"), [("nan", "NaN"), ("inf", "+Inf"), ("negative", "-3")]
 )
 def test_a_value_that_is_not_a_load_is_refused(
-    prometheus: PrometheusServer, pool: Pool, value: object, shown: str
+    prometheus: PrometheusServer, fixed: dict[str, Pool], scenario: str, shown: str
 ) -> None:
-    # Prometheus's API writes these values exactly as ``shown``.
-    pool.add("auth-a", resources={"node": 50}, open_fds=100)
-    bad = pool.add("auth-b", resources={"node": 50}, open_fds=100)
-    pool.publish()
-    bad.set(resources={"node": value}, open_fds=100)
-    pool.scraped("teleport_connected_resources", lambda seen: seen.get("auth-b") == shown)
     with pytest.raises(MetricsInvalidValue, match=f"pod auth-b the value {re.escape(shown)}"):
-        read(source(prometheus.url, pool.namespace), ["auth-a", "auth-b"])
+        read(source(prometheus.url, fixed[scenario].namespace), ["auth-a", "auth-b"])
 
 
 def test_samples_older_than_max_staleness_are_refused(
-    prometheus: PrometheusServer, pool: Pool
+    prometheus: PrometheusServer, fixed: dict[str, Pool]
 ) -> None:
-    pool.add("auth-a", resources={"node": 50}, open_fds=100)
-    # Explicit sample timestamps two minutes old, as a federated or remote-written series has:
-    # still inside Prometheus's five-minute lookback, so the instant query returns it.
-    pool.add("auth-b", resources={"node": 50}, open_fds=100, age=120)
-    pool.publish()
-    pool.scraped("teleport_connected_resources", lambda seen: "auth-b" in seen)
-    src = source(prometheus.url, pool.namespace, max_staleness_seconds=60)
+    namespace = fixed["stale"].namespace
+    src = source(prometheus.url, namespace, max_staleness_seconds=60)
     with pytest.raises(MetricsStale, match=r"pod auth-b is 1[12]\ds old.*\(60s\)") as caught:
         read(src, ["auth-a", "auth-b"])
     assert caught.value.reason == "StaleSamples"
-    relaxed = source(prometheus.url, pool.namespace, max_staleness_seconds=300)
+    relaxed = source(prometheus.url, namespace, max_staleness_seconds=300)
     loads = read(relaxed, ["auth-a", "auth-b"])
     assert 110 < time.time() - loads[PodName("auth-b")].timestamp < 135
 
