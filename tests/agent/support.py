@@ -10,13 +10,17 @@ T = TypeVar("T")
 HOST = "127.0.4.1"
 
 
-def run(coro: Coroutine[Any, Any, T], *, timeout: float = 120.0) -> T:
-    """Run one scenario to completion, bounded in time."""
+def run(coro: Coroutine[Any, Any, T], *, timeout: float = 120.0, loop: str = "asyncio") -> T:
+    """Run one scenario to completion, bounded in time, on the standard loop or uvloop."""
 
     async def bounded() -> T:
         async with asyncio.timeout(timeout):
             return await coro
 
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(bounded())
     return asyncio.run(bounded())
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from connbalance.agent import AgentServer, CloseOutcome, ProxyAgent, RequestState
 from connbalance.model import DrainRequest
@@ -81,7 +82,8 @@ def drain(
     }
 
 
-def test_a_drain_of_k_out_of_n_cycles_exactly_k_and_no_unary_call_fails():
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_drain_of_k_out_of_n_cycles_exactly_k_and_no_unary_call_fails(loop):
     async def scenario() -> None:
         async with rig(30) as r:
             before = r.ids()
@@ -96,7 +98,7 @@ def test_a_drain_of_k_out_of_n_cycles_exactly_k_and_no_unary_call_fails():
             assert [f for c in r.clients for f in c.unary_failed] == []
             assert sum(c.unary_ok for c in r.clients) > 0
 
-    run(scenario())
+    run(scenario(), loop=loop)
 
 
 def test_an_authorized_post_cycles_10_of_100_within_the_window_and_status_says_done():

@@ -18,6 +18,7 @@ import socket
 import termios
 import time
 from pathlib import Path
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 
@@ -35,13 +36,13 @@ class _Pair:
     """One client connection and its upstream connection."""
 
     __slots__ = (
-        "_quiet_event",
         "bytes_in",
         "bytes_out",
         "client",
         "client_eof",
         "client_spoke_last",
         "closed",
+        "early",
         "id",
         "last_activity",
         "opened_at",
@@ -64,6 +65,7 @@ class _Pair:
         self.upstream_eof = False
         self.closed = False
         self.client_spoke_last = False
+        self.early: list[bytes] = []
 
     def queued(self) -> int:
         size = self.client.get_write_buffer_size()
@@ -108,8 +110,14 @@ class _Pair:
         """
         sock = self.client.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_WR)
+            # Through a plain socket object on the same descriptor: uvloop's socket stand-in
+            # has no shutdown().
+            with contextlib.suppress(OSError, ValueError):
+                raw = socket.socket(fileno=sock.fileno())
+                try:
+                    raw.shutdown(socket.SHUT_WR)
+                finally:
+                    raw.detach()
         self.close()
 
     def abort(self) -> None:
@@ -137,8 +145,8 @@ class _UpstreamSide(asyncio.Protocol):
         self._pair = pair
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._pair.upstream = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self._pair.upstream = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         pair = self._pair
@@ -174,7 +182,7 @@ class _ClientSide(asyncio.Protocol):
         self._pair: _Pair | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername") or ("", 0)
         # Nothing is read until the upstream connection is there to take it.
         transport.pause_reading()
@@ -185,10 +193,14 @@ class _ClientSide(asyncio.Protocol):
         assert pair is not None
         if pair.closed:
             return  # a late request on a connection being closed: the client will resend it
-        assert pair.upstream is not None
         pair.last_activity = time.monotonic()
         pair.client_spoke_last = True
         pair.bytes_in += len(data)
+        if pair.upstream is None:
+            # Reading is paused until the upstream is there, but uvloop may still hand over
+            # what it had read in the same turn.
+            pair.early.append(data)
+            return
         pair.upstream.write(data)
 
     def eof_received(self) -> bool:
@@ -318,6 +330,13 @@ class ProxyAgent(DrainEngine):
         if pair.closed:
             pair.abort()
             return
+        assert pair.upstream is not None
+        if pair.early:
+            pair.upstream.write(b"".join(pair.early))
+            pair.early.clear()
+        if pair.client_eof:
+            with contextlib.suppress(OSError, RuntimeError):
+                pair.upstream.write_eof()
         pair.client.resume_reading()
 
     def _forget(self, pair: _Pair) -> None:

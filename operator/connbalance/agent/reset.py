@@ -22,8 +22,11 @@ from connbalance.agent.engine import CloseOutcome, DrainEngine
 from connbalance.agent.netlink import NetlinkError, SockDiag, TcpSocket
 from connbalance.agent.selection import ConnectionInfo
 
-# Scans are shared by every slot waiting for quiet: one dump per this many seconds at most.
+# Scans are shared by every slot waiting for quiet: one dump per this many seconds at most, or
+# per four times what the last one took, so that with tens of thousands of sockets scanning
+# never takes more than a fifth of the loop.
 _SCAN_REUSE_SECONDS = 0.02
+_SCAN_DUTY = 4.0
 _POLL_FLOOR_SECONDS = 0.01
 
 
@@ -89,6 +92,7 @@ class ResetAgent(DrainEngine):
         self.port = port
         self._diag: SockDiag | None = None
         self._scan_at = -1.0
+        self._scan_cost = 0.0
         self._scan: dict[str, TcpSocket] = {}
         self._first_seen: dict[str, float] = {}
 
@@ -106,9 +110,10 @@ class ResetAgent(DrainEngine):
         if self._diag is None:
             raise RuntimeError("the reset agent has not started")
         now = time.monotonic()
-        if fresh or now - self._scan_at > _SCAN_REUSE_SECONDS:
+        if fresh or now - self._scan_at > max(_SCAN_REUSE_SECONDS, _SCAN_DUTY * self._scan_cost):
             self._scan = {s.key: s for s in self._diag.established(port=self.port)}
             self._scan_at = now
+            self._scan_cost = time.monotonic() - now
             self._first_seen = {k: self._first_seen.get(k, now) for k in self._scan}
         return self._scan
 

@@ -1,0 +1,6 @@
+# The agent (issue 4): HAProxy is the peer in its benchmark; iproute2 (ss) is already a base package.
+APT_PACKAGES += haproxy
+
+.PHONY: bench-agent
+bench-agent: system-deps venv ## agent proxy mode vs direct and HAProxy, reset-scan cost: JSON (about 2-3 min)
+	PYTHONPATH=$(CURDIR):$(CURDIR)/operator $(PY) -m tests.agent.bench
