@@ -198,6 +198,9 @@ async def run(scenario: Scenario, strategy: Strategy, *, view: View | None = Non
         rollout_finished = ctx.now()
         ctx.log("rollout", "", "rollout finished")
         await asyncio.sleep(scenario.duration)
+        if acting.done() and not acting.cancelled() and acting.exception() is not None:
+            # A strategy that crashed must not pass for one that chose to do nothing.
+            raise RuntimeError(f"strategy {strategy.name} failed") from acting.exception()
         ended = ctx.now()
         # Three views of the same fact, for the conservation check: streams the clients hold,
         # connections the agents proxy, streams the servers count (the last sample).
