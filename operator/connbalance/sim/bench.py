@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from connbalance.sim import measures, plot
+from connbalance.sim.fleet import AGENT_MODES, agent_mode
 from connbalance.sim.measures import Record
 from connbalance.sim.report import PlainView
 from connbalance.sim.scenario import Scenario
@@ -54,13 +55,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--net", default="127.0.7", help="the /24 (first three octets) to use")
     p.add_argument("--parallel", type=int, default=None,
                    help="strategies run side by side (default 1; 4 with --quick)")
+    p.add_argument("--agent-mode", choices=AGENT_MODES, default="proxy",
+                   help="proxy (default), reset (needs CAP_NET_ADMIN), or auto")
     p.add_argument("--verbose", action="store_true", help="log each run's loads on stderr")
     return p
 
 
 def scenario_from(args: argparse.Namespace) -> Scenario:
     base = QUICK if args.quick else FULL
-    changes: dict[str, Any] = {"net": args.net}
+    changes: dict[str, Any] = {"net": args.net, "agent_mode": agent_mode(args.agent_mode)}
     for field in ("servers", "clients", "seed", "duration"):
         if getattr(args, field) is not None:
             changes[field] = getattr(args, field)
@@ -95,7 +98,8 @@ def table(doc: dict[str, Any]) -> str:
     s = doc["scenario"]
     rows.append("")
     rows.append(f"{s['servers']} servers, {s['clients']} clients, rolling restart of "
-                f"{s['restarts']}, {s['duration']:g} s after it, seed {s['seed']}; "
+                f"{s['restarts']}, {s['duration']:g} s after it, seed {s['seed']}, agent in "
+                f"{s['agent_mode']} mode; "
                 f"{s['machine']}; {s['wall_seconds']:g} s in all.")
     return "\n".join(rows) + "\n"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from connbalance.sim import plot, report
+from connbalance.sim.fleet import AGENT_MODES, agent_mode
 from connbalance.sim.scenario import Scenario, View
 from connbalance.sim.scenario import run as run_scenario
 from connbalance.sim.strategies import FACTORIES
@@ -36,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=Path("out/demo.png"),
                    help="where to write the plot (default out/demo.png)")
     p.add_argument("--docs", action="store_true", help="also write docs/demo.png")
+    p.add_argument("--agent-mode", choices=AGENT_MODES, default="proxy",
+                   help="the agent in front of each server (proxy), or out of the data path "
+                        "(reset: needs CAP_NET_ADMIN); auto picks reset where it works")
     p.add_argument("--no-tty", action="store_true", help="plain log lines instead of a live view")
     return p
 
@@ -52,11 +56,13 @@ def run(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     scenario = Scenario(servers=args.servers, clients=args.clients, restarts=restarts,
-                        seed=args.seed, duration=args.duration)
+                        seed=args.seed, duration=args.duration,
+                        agent_mode=agent_mode(args.agent_mode))
     strategy = FACTORIES[args.strategy]()
     console = Console()
     title = (f"connbalance demo: {args.servers} servers, {args.clients} clients, "
-             f"rolling restart of {restarts}, then {strategy.name}")
+             f"rolling restart of {restarts}, then {strategy.name} "
+             f"(agent in {scenario.agent_mode} mode)")
     if args.no_tty or not console.is_terminal:
         print(title, flush=True)
         record = asyncio.run(run_scenario(scenario, strategy, view=report.PlainView()))

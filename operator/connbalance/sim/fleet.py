@@ -1,4 +1,8 @@
-"""The local fleet: pods made of a server process and the agent in proxy mode in front of it.
+"""The local fleet: pods made of a server process and its agent.
+
+In ``proxy`` mode the agent is an L4 proxy in front of the server and the balancer sends it the
+traffic; in ``reset`` mode (CAP_NET_ADMIN and SOCK_DESTROY) it stays out of the data path and
+destroys chosen server-side sockets, and the balancer talks to the server directly.
 
 ``LocalFleet`` is the ``Fleet`` port for the simulator and ``LocalActuator`` its ``Actuator``:
 the last drain request delivered to a pod is kept on that pod object (the analogue of the
@@ -23,11 +27,24 @@ from prometheus_client import CollectorRegistry
 
 from connbalance.agent.engine import RequestState
 from connbalance.agent.proxy import ProxyAgent
+from connbalance.agent.reset import ResetAgent, ResetUnavailable, check_sock_destroy
 from connbalance.model import DrainRequest, PodName, PodState
 from connbalance.ports import ActuationError, FleetView
 from connbalance.sim.balancer import FlowHashBalancer
 
 START_TIMEOUT = 20.0
+AGENT_MODES = ("proxy", "reset", "auto")
+
+
+def agent_mode(requested: str) -> str:
+    """``auto`` is reset where SOCK_DESTROY works (CAP_NET_ADMIN), proxy elsewhere."""
+    if requested != "auto":
+        return requested
+    try:
+        check_sock_destroy()
+    except ResetUnavailable:
+        return "proxy"
+    return "reset"
 
 
 @dataclass(slots=True, eq=False)
@@ -40,7 +57,7 @@ class Pod:
     process: asyncio.subprocess.Process
     grpc_port: int
     metrics_port: int
-    agent: ProxyAgent
+    agent: ProxyAgent | ResetAgent
     started_at: float
     drain: DrainRequest | None = None
     deleting: bool = False
@@ -52,7 +69,11 @@ class Pod:
 
 class LocalFleet:
     def __init__(self, *, hosts: Sequence[str], balancer: FlowHashBalancer, prefix: str = "sim",
-                 grace: float = 0.5, clock: Callable[[], float] = time.time) -> None:
+                 grace: float = 0.5, agent_mode: str = "proxy",
+                 clock: Callable[[], float] = time.time) -> None:
+        if agent_mode not in ("proxy", "reset"):
+            raise ValueError(f"agent mode must be proxy or reset, not {agent_mode!r}")
+        self._agent_mode = agent_mode
         self._names = [PodName(f"{prefix}-{i}") for i in range(len(hosts))]
         self._hosts = dict(zip(self._names, hosts, strict=True))
         self._balancer = balancer
@@ -139,15 +160,20 @@ class LocalFleet:
             process.kill()
             await process.wait()
             raise RuntimeError(f"server for {name} did not start") from None
-        agent = ProxyAgent(listen=(host, 0), upstream=(host, int(ports["grpc"])),
-                           max_fraction=1.0, registry=CollectorRegistry())
+        grpc_port = int(ports["grpc"])
+        agent: ProxyAgent | ResetAgent
+        if self._agent_mode == "reset":
+            agent = ResetAgent(port=grpc_port, max_fraction=1.0, registry=CollectorRegistry())
+        else:
+            agent = ProxyAgent(listen=(host, 0), upstream=(host, grpc_port), max_fraction=1.0,
+                               registry=CollectorRegistry())
         await agent.start()
         uid = f"{name}-{next(self._uids)}"
-        pod = Pod(name=name, uid=uid, host=host, process=process, grpc_port=int(ports["grpc"]),
+        pod = Pod(name=name, uid=uid, host=host, process=process, grpc_port=grpc_port,
                   metrics_port=int(ports["metrics"]), agent=agent, started_at=self._clock())
         self._pods[name] = pod
-        self._balancer.register(name=name, host=host, port=agent.port,
-                                health_port=pod.grpc_port)
+        data_port = agent.port if isinstance(agent, ProxyAgent) else grpc_port
+        self._balancer.register(name=name, host=host, port=data_port, health_port=grpc_port)
 
     async def _delete(self, name: PodName) -> None:
         pod = self._pods.get(name)

@@ -42,6 +42,7 @@ class Scenario:
     net: str = "127.0.6"  # a /24 of loopback, by its first three octets
     block: int = 0  # which 30 addresses of it: runs side by side use different blocks
     client_processes: int = 1
+    agent_mode: str = "proxy"  # or reset (needs CAP_NET_ADMIN and SOCK_DESTROY)
     # The controller's timing, demo-sized.
     settle: float = 3.0
     step_interval: float = 3.0
@@ -168,7 +169,8 @@ async def run(scenario: Scenario, strategy: Strategy, *, view: View | None = Non
     balancer_host, hosts = scenario.hosts()
     balancer = FlowHashBalancer(host=balancer_host, seed=scenario.seed, on_end=on_end,
                                 clock=clock)
-    fleet = LocalFleet(hosts=hosts, balancer=balancer, clock=clock)
+    fleet = LocalFleet(hosts=hosts, balancer=balancer, agent_mode=scenario.agent_mode,
+                       clock=clock)
     clients = ClientProcesses()
     ctx = Context(scenario=scenario, fleet=fleet, balancer=balancer, clients=clients, t0=t0,
                   clock=clock, view=view)
