@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
+import pytest
+
+from connbalance.agent.reset import ResetUnavailable, check_sock_destroy
+from connbalance.sim import measures
 from connbalance.sim.scenario import Scenario, run
-from connbalance.sim.strategies import Nothing
+from connbalance.sim.strategies import Connbalance, Nothing
 
 SMALL = Scenario(servers=3, clients=30, restarts=3, duration=2.0, pause=0.3, warmup=0.3,
                  ping=0.5, net="127.0.8", block=7)
@@ -24,3 +29,19 @@ def test_conserves_clients_through_a_rolling_restart_and_cycles_nothing_on_its_o
     # Only the restarts broke connections: nothing was closed while its pod was in service.
     assert record.cycled_at == ()
     assert record.calls > 0
+
+
+@pytest.mark.netadmin
+def test_rebalances_with_the_agent_out_of_the_data_path_in_reset_mode():
+    try:
+        check_sock_destroy()
+    except ResetUnavailable as exc:
+        pytest.skip(f"SOCK_DESTROY unavailable on this machine: {exc}")
+    scenario = replace(SMALL, agent_mode="reset", clients=45, duration=8.0, settle=1.0,
+                       step_interval=1.0, window=1.0)
+    record = asyncio.run(run(scenario, Connbalance(steer=True)))
+    assert [e.pod for e in record.events if e.kind == "drain"]
+    assert measures.needed(record) > 0
+    assert measures.time_to_balance(record) is not None
+    assert record.samples[-1].total == 45
+    assert record.extra["client_streams"] == 45
