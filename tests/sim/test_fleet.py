@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from connbalance.agent.reset import ResetUnavailable, check_sock_destroy
-from connbalance.sim import measures
+from connbalance.sim import measures, prom
 from connbalance.sim.scenario import Scenario, run
 from connbalance.sim.strategies import Connbalance, Nothing
 
@@ -45,3 +45,15 @@ def test_rebalances_with_the_agent_out_of_the_data_path_in_reset_mode():
     assert measures.time_to_balance(record) is not None
     assert record.samples[-1].total == 45
     assert record.extra["client_streams"] == 45
+
+
+@pytest.mark.prometheus
+def test_rebalances_reading_load_through_a_real_prometheus():
+    if prom.binary() is None:
+        pytest.skip("no prometheus binary (make system-deps installs Debian's)")
+    scenario = replace(SMALL, metrics="prometheus", clients=45, duration=10.0, settle=1.0,
+                       step_interval=1.0, window=1.0, block=6)
+    record = asyncio.run(run(scenario, Connbalance(steer=True)))
+    assert [e.pod for e in record.events if e.kind == "drain"]
+    assert measures.time_to_balance(record) is not None
+    assert record.samples[-1].total == 45

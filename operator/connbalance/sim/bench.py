@@ -55,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--net", default="127.0.7", help="the /24 (first three octets) to use")
     p.add_argument("--parallel", type=int, default=None,
                    help="strategies run side by side (default 1; 4 with --quick)")
+    p.add_argument("--metrics", choices=("scrape", "prometheus"), default="scrape",
+                   help="how the controller reads load: each pod's /metrics directly (default), "
+                        "or a real Prometheus scraping them (Debian's, from make system-deps)")
     p.add_argument("--agent-mode", choices=AGENT_MODES, default="proxy",
                    help="proxy (default), reset (needs CAP_NET_ADMIN), or auto")
     p.add_argument("--verbose", action="store_true", help="log each run's loads on stderr")
@@ -63,7 +66,8 @@ def parser() -> argparse.ArgumentParser:
 
 def scenario_from(args: argparse.Namespace) -> Scenario:
     base = QUICK if args.quick else FULL
-    changes: dict[str, Any] = {"net": args.net, "agent_mode": agent_mode(args.agent_mode)}
+    changes: dict[str, Any] = {"net": args.net, "agent_mode": agent_mode(args.agent_mode),
+                               "metrics": args.metrics}
     for field in ("servers", "clients", "seed", "duration"):
         if getattr(args, field) is not None:
             changes[field] = getattr(args, field)

@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=Path("out/demo.png"),
                    help="where to write the plot (default out/demo.png)")
     p.add_argument("--docs", action="store_true", help="also write docs/demo.png")
+    p.add_argument("--metrics", choices=("scrape", "prometheus"), default="scrape",
+                   help="how the controller reads load: each pod's /metrics directly (default), "
+                        "or a real Prometheus scraping them (Debian's, from make system-deps)")
     p.add_argument("--agent-mode", choices=AGENT_MODES, default="proxy",
                    help="the agent in front of each server (proxy), or out of the data path "
                         "(reset: needs CAP_NET_ADMIN); auto picks reset where it works")
@@ -57,12 +60,12 @@ def run(argv: list[str]) -> int:
         return 2
     scenario = Scenario(servers=args.servers, clients=args.clients, restarts=restarts,
                         seed=args.seed, duration=args.duration,
-                        agent_mode=agent_mode(args.agent_mode))
+                        agent_mode=agent_mode(args.agent_mode), metrics=args.metrics)
     strategy = FACTORIES[args.strategy]()
     console = Console()
     title = (f"connbalance demo: {args.servers} servers, {args.clients} clients, "
              f"rolling restart of {restarts}, then {strategy.name} "
-             f"(agent in {scenario.agent_mode} mode)")
+             f"(agent in {scenario.agent_mode} mode, load read by {scenario.metrics})")
     if args.no_tty or not console.is_terminal:
         print(title, flush=True)
         record = asyncio.run(run_scenario(scenario, strategy, view=report.PlainView()))

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from connbalance.model import PodName
-from connbalance.ports import MetricsError
+from connbalance.ports import LoadSource, MetricsError
 from connbalance.scrape import ScrapeLoadSource
 from connbalance.sim.balancer import ConnectionEnd, FlowHashBalancer
 from connbalance.sim.fleet import LocalFleet
 from connbalance.sim.measures import Event, Record, Sample
+from connbalance.sim.prom import LocalPrometheus
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class Scenario:
     block: int = 0  # which 30 addresses of it: runs side by side use different blocks
     client_processes: int = 1
     agent_mode: str = "proxy"  # or reset (needs CAP_NET_ADMIN and SOCK_DESTROY)
+    metrics: str = "scrape"  # how the controller reads load: scrape, or prometheus (a real one)
     # The controller's timing, demo-sized.
     settle: float = 3.0
     step_interval: float = 3.0
@@ -53,9 +55,12 @@ class Scenario:
         """The balancer's address and the pods' (one each, as pods have): NET.(10 + 30 x block)
         and the addresses after it."""
         base = 10 + 30 * self.block
-        if self.servers > 29 or not 0 <= self.block <= 7:
-            raise ValueError("at most 29 servers, in blocks 0 to 7")
+        if self.servers > 28 or not 0 <= self.block <= 7:
+            raise ValueError("at most 28 servers, in blocks 0 to 7")
         return f"{self.net}.{base}", [f"{self.net}.{base + 1 + i}" for i in range(self.servers)]
+
+    def prometheus_host(self) -> str:
+        return f"{self.net}.{10 + 30 * self.block + 29}"
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -77,6 +82,7 @@ class Context:
     fleet: LocalFleet
     balancer: FlowHashBalancer
     clients: ClientProcesses
+    loads: LoadSource  # what the controller reads: a direct scrape, or a real Prometheus
     t0: float
     clock: Callable[[], float] = time.time
     latest: Sample | None = None
@@ -172,15 +178,25 @@ async def run(scenario: Scenario, strategy: Strategy, *, view: View | None = Non
     fleet = LocalFleet(hosts=hosts, balancer=balancer, agent_mode=scenario.agent_mode,
                        clock=clock)
     clients = ClientProcesses()
-    ctx = Context(scenario=scenario, fleet=fleet, balancer=balancer, clients=clients, t0=t0,
-                  clock=clock, view=view)
-    samples: list[Sample] = []
+    # The timeline is always scraped directly (fast, every half second); the controller reads
+    # through the source chosen, a real Prometheus included.
     source = ScrapeLoadSource(targets=fleet.metrics_targets, clock=clock)
+    prometheus = None
+    if scenario.metrics == "prometheus":
+        prometheus = LocalPrometheus(host=scenario.prometheus_host(),
+                                     targets=fleet.metrics_targets)
+    scraper = ScrapeLoadSource(targets=fleet.metrics_targets, clock=clock)
+    ctx = Context(scenario=scenario, fleet=fleet, balancer=balancer, clients=clients,
+                  loads=scraper, t0=t0, clock=clock, view=view)
+    samples: list[Sample] = []
     sampler: asyncio.Task[None] | None = None
     acting: asyncio.Task[None] | None = None
     await balancer.start()
     try:
         await fleet.start()
+        if prometheus is not None:
+            await prometheus.start()
+            ctx.loads = prometheus.load_source(clock=clock)
         for name in fleet.names:
             await fleet.wait_ready(name)
         sampler = asyncio.create_task(_sample(ctx, source, samples))
@@ -220,6 +236,9 @@ async def run(scenario: Scenario, strategy: Strategy, *, view: View | None = Non
         await fleet.stop()
         await balancer.stop()
         await source.close()
+        await scraper.close()
+        if prometheus is not None:
+            await prometheus.stop()
     return Record(strategy=strategy.name, clients=scenario.clients, samples=tuple(samples),
                   events=tuple(ctx.events), cycled_at=tuple(t for t in cycled_at if t <= ended),
                   rollout_started=rollout_started, rollout_finished=rollout_finished,

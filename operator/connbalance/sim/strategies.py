@@ -25,7 +25,6 @@ from typing import Any, Final, Literal
 
 from connbalance.controller import Controller, ControllerState
 from connbalance.model import PodName, Policy, PolicyName
-from connbalance.scrape import ScrapeLoadSource
 from connbalance.sim.fleet import LocalActuator, Pod
 from connbalance.sim.scenario import Context, Scenario, Strategy
 
@@ -179,23 +178,18 @@ class Connbalance(Nothing):
             fleet=ctx.fleet, balancer=ctx.balancer, steer=self.steer, clock=ctx.clock,
             on_deliver=lambda pod, req: ctx.log("drain", pod, f"drain {pod}: {req.count}",
                                                 count=req.count))
-        source = ScrapeLoadSource(targets=ctx.fleet.metrics_targets, clock=ctx.clock)
         controller = Controller(name=PolicyName("sim/fleet"), policy=self.policy(ctx.scenario),
-                                loads=source, fleet=ctx.fleet, actuator=actuator, events=sink,
+                                loads=ctx.loads, fleet=ctx.fleet, actuator=actuator, events=sink,
                                 clock=ctx.clock)
         state = ControllerState()
-        try:
-            while True:
-                result = await controller.tick(state)
-                if result.state.phase != state.phase:
-                    ctx.log("phase", "", f"phase {result.state.phase.value}: "
-                            f"{result.state.reason}")
-                state = result.state
-                ctx.status["phase"] = state.phase.value
-                # The controller re-reads everything each tick: ticking often costs only reads.
-                await asyncio.sleep(min(result.requeue_after, 0.5))
-        finally:
-            await source.close()
+        while True:
+            result = await controller.tick(state)
+            if result.state.phase != state.phase:
+                ctx.log("phase", "", f"phase {result.state.phase.value}: {result.state.reason}")
+            state = result.state
+            ctx.status["phase"] = state.phase.value
+            # The controller re-reads everything each tick: ticking often costs only reads.
+            await asyncio.sleep(min(result.requeue_after, 0.5))
 
 
 class _Events:
