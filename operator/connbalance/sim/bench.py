@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
-from connbalance.sim import measures, plot
+from connbalance.sim import measures
 from connbalance.sim.fleet import AGENT_MODES, agent_mode
 from connbalance.sim.measures import Record
 from connbalance.sim.report import PlainView
@@ -197,11 +197,18 @@ def run(argv: list[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(doc, indent=2) + "\n")
     (args.out / "bench.md").write_text(table(doc))
-    plot.save_panels(records, args.out / "bench.png")
     if args.docs:
         Path("docs").mkdir(exist_ok=True)
         Path("docs/bench.md").write_text(docs_page(doc))
-        plot.save_panels(records, Path("docs/bench.png"))
+    try:
+        from connbalance.sim import plot  # matplotlib comes with the bench extra
+    except ImportError:
+        print("no plot: matplotlib is missing (pip install 'connbalance[bench]')",
+              file=sys.stderr)
+    else:
+        plot.save_panels(records, args.out / "bench.png")
+        if args.docs:
+            plot.save_panels(records, Path("docs/bench.png"))
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

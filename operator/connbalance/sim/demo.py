@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from connbalance.sim import plot, report
+from connbalance.sim import report
 from connbalance.sim.fleet import AGENT_MODES, agent_mode
 from connbalance.sim.scenario import Scenario, View
 from connbalance.sim.scenario import run as run_scenario
@@ -76,6 +76,12 @@ def run(argv: list[str]) -> int:
     print()
     for line in report.summary(record):
         print(line)
+    try:
+        from connbalance.sim import plot  # matplotlib comes with the bench extra
+    except ImportError:
+        print("no plot: matplotlib is missing (pip install 'connbalance[bench]')",
+              file=sys.stderr)
+        return 0
     targets = [args.plot] + ([Path("docs/demo.png")] if args.docs else [])
     for target in targets:
         plot.save_one(record, target)

@@ -29,9 +29,12 @@ def draw(ax: Any, record: Record) -> None:
             label="mean")
     ax.axvspan(record.rollout_started - zero, 0.0, color="orange", alpha=0.15,
                label="rolling restart")
+    labelled = False
     for event in record.events:
         if event.kind in ("drain", "close"):
-            ax.axvline(event.t - zero, color="purple", alpha=0.15, linewidth=0.8)
+            ax.axvline(event.t - zero, color="purple", alpha=0.3, linewidth=0.8,
+                       label=None if labelled else "closes asked")
+            labelled = True
     result = measures.result(record)
     ttb = result["time_to_balance_s"]
     ax.set_title(f"{record.strategy}: final skew {result['final_skew']:.2f}, "
