@@ -15,8 +15,8 @@ In-process API (stable; the fleet simulator uses it)::
     await agent.start()              # inside a running event loop
     agent.port                       # the bound proxy port
     agent.connections()              # list[ConnectionInfo]: id, peer, opened_at, last_activity,
-                                     #   idle_seconds, bytes_in, bytes_out, queued
-                                     #   (times are time.monotonic() seconds)
+                                     #   idle_seconds, bytes_in, bytes_out, queued,
+                                     #   client_spoke_last (times are time.monotonic() seconds)
     agent.active_count()             # int
     status = await agent.submit(req) # RequestStatus(id, count, cycled, forced, state, reason,
                                      #   duplicate); returns at once, cycling runs in a task;
@@ -38,7 +38,13 @@ In-process API (stable; the fleet simulator uses it)::
     await server.stop()
     app = build_http_app(agent, token="secret")   # the bare aiohttp.web.Application
 
-``ResetAgent(port=3025, max_fraction=0.25, ...)`` offers the same engine API for reset mode.
+``ResetAgent(port=3025, max_fraction=0.25, ...)`` (in ``connbalance.agent.reset``) offers the
+same engine API for reset mode; its ``start()`` raises ``ResetUnavailable`` when SOCK_DESTROY
+cannot be used.
+
+A connection is quiet, and may be closed gracefully, when neither direction carried data for
+``quietMillis``, no buffer holds any, and the server had the last word (silence after a client's
+request is a server still answering it). Otherwise it is closed at the deadline, counted forced.
 HTTP answers on POST /v1/drain: 202 accepted, 200 duplicate id, 422 rejected (nothing closed),
 400 malformed (``{"error", "field"}``), 401 missing or wrong token. The command line is
 ``connbalance agent`` (``connbalance.agent.main:run``).

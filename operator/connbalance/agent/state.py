@@ -1,10 +1,9 @@
 """The request ids this agent has seen, kept in a small JSON file so a restart never acts twice.
 
-The file lives on an emptyDir: it survives container restarts, not pod deletion (a new pod has new
-connections, so acting on an old id there would be harmless but is still refused while the
-annotation stays put, since the annotation watch replays it once and the file then records it).
-Writes go to a temporary file then ``os.replace`` so a crash leaves the old file or the new one,
-never half of one.
+In Kubernetes the file lives on an emptyDir, which outlives container restarts. An id is written
+down before its first close, so a crash mid-request leaves it recorded (and reported as
+interrupted), never repeated. Writes go to a temporary file then ``os.replace``: a crash leaves
+the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
