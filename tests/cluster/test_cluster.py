@@ -142,7 +142,10 @@ def test_a_rollout_restart_replaces_the_pods_one_by_one(
         )
         assert after.metadata.creation_timestamp >= ready_at
     # The old pods were stopped with SIGTERM (the server logs it) and removed.
-    assert not old & {pod.metadata.name for pod in core.list_namespaced_pod(servers).items}
+    eventually(
+        lambda: not old & {pod.metadata.name for pod in core.list_namespaced_pod(servers).items},
+        what="the old pods are removed",
+    )
     for name in old:
         (log,) = (cluster.run_dir / "pods").glob(f"{servers}_{name}_*/server.log")
         assert "stopped on SIGTERM" in log.read_text()
