@@ -364,3 +364,20 @@ def test_a_call_the_server_is_still_answering_holds_the_close_back_until_the_ans
             await server.stop()
 
     run(scenario())
+
+
+def test_two_requests_running_at_once_share_one_ceiling():
+    async def scenario() -> None:
+        async with rig(10, max_fraction=0.5) as r:
+            first = await r.agent.submit(DrainRequest.from_wire(drain("a", 3, window=3.0)))
+            second = await r.agent.submit(DrainRequest.from_wire(drain("b", 3, window=3.0)))
+            assert first.state is RequestState.RUNNING
+            assert second.state is RequestState.REJECTED
+            assert "3 of them held by running requests" in second.reason
+            third = await r.agent.submit(DrainRequest.from_wire(drain("c", 2, window=3.0)))
+            assert third.state is RequestState.RUNNING
+            await r.agent.wait("a", timeout=30)
+            await r.agent.wait("c", timeout=30)
+            assert r.agent.cycled_total == 5
+
+    run(scenario())

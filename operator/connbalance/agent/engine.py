@@ -182,10 +182,15 @@ class DrainEngine(abc.ABC):
             return "deadline has passed"
         active = self.active_count()
         most = ceiling(active=active, max_fraction=self.max_fraction)
-        if request.count > most:
+        # Requests still running hold part of the ceiling until they finish.
+        pending = sum(
+            s.count - s.cycled for s in self._statuses.values() if s.state is RequestState.RUNNING
+        )
+        if request.count > most - pending:
+            held = f", {pending} of them held by running requests" if pending else ""
             return (
                 f"count {request.count} exceeds this agent's ceiling of {most} "
-                f"(--max-fraction {self.max_fraction:g} of {active} active connections)"
+                f"(--max-fraction {self.max_fraction:g} of {active} active connections{held})"
             )
         return ""
 
