@@ -77,7 +77,8 @@ def main() -> None:
         watcher.join(timeout=args.lifetime)
     else:
         time.sleep(args.lifetime)
-    server.shutdown()
+    # No shutdown(): it waits out serve_forever's poll; the serving thread is a daemon.
+    server.server_close()
 
 
 if __name__ == "__main__":
