@@ -30,7 +30,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-SLOTS = ipaddress.ip_network("127.1.0.0/16")
+SLOTS = ipaddress.IPv4Network("127.1.0.0/16")
 SLOT_PREFIX = 20  # 16 clusters at once (parallel test runs), 4094 pod IPs each
 LOOP_SECONDS = 0.3
 HEARTBEAT_SECONDS = 10.0
@@ -47,7 +47,6 @@ class Probe:
 
     url: str
     period: float
-    initial_delay: float
     success_threshold: int
     failure_threshold: int
     next_at: float = 0.0
@@ -88,15 +87,11 @@ class Container:
 
     def start(self) -> None:
         with self.log.open("ab") as log:
+            # A session of its own: signals reach the whole process group.
             self.process = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                cwd=self.cwd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own group: signal it all
-            )
+                self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
         self.started_at, self.exit_code = now(), None
 
     def poll(self) -> None:
@@ -125,26 +120,18 @@ class Container:
         return self.process is not None and (self.probe is None or self.probe.ready)
 
     def status(self, image: str) -> dict[str, Any]:
-        if self.process is not None:
-            state: dict[str, Any] = {"running": {"startedAt": self.started_at}}
-        else:
+        started = {"startedAt": self.started_at}
+        state: dict[str, Any] = {"running": started}
+        if self.process is None:
             state = {
-                "terminated": {
-                    "exitCode": self.exit_code or 0,
-                    "startedAt": self.started_at,
-                    "finishedAt": now(),
-                }
+                "terminated": {**started, "exitCode": self.exit_code or 0, "finishedAt": now()}
             }
         return {
-            "name": self.name,
-            "image": image,
-            "imageID": "",
-            "ready": self.ready,
-            "restartCount": self.restarts,
-            "started": self.process is not None,
+            "name": self.name, "image": image, "imageID": "", "ready": self.ready,
+            "restartCount": self.restarts, "started": self.process is not None,
             "containerID": f"process://{self.process.pid}" if self.process else "",
             "state": state,
-        }
+        }  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -155,7 +142,7 @@ class Pod:
     ip: str
     containers: list[Container]
     stopping: bool = False
-    last_status: dict[str, Any] = field(default_factory=dict)
+    last_status: list[Any] = field(default_factory=list)
 
 
 class Kubelet:
@@ -187,43 +174,20 @@ class Kubelet:
 
     def register_nodes(self) -> None:
         for name in self.nodes:
-            body = {"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}
+            body: Any = {"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}
             with contextlib.suppress(client.ApiException):
                 self.core.create_node(body)
             self.heartbeat(name)
 
     def heartbeat(self, name: str) -> None:
-        stamp = now()
+        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady"}
         resources = {"cpu": "16", "memory": "64Gi", "pods": "250"}
         status = {
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "KubeletReady",
-                    "message": "test kubelet",
-                    "lastHeartbeatTime": stamp,
-                    "lastTransitionTime": stamp,
-                }
-            ],
-            "addresses": [
-                {"type": "InternalIP", "address": "127.0.0.1"},
-                {"type": "Hostname", "address": name},
-            ],
+            "conditions": [{**ready, "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
             "capacity": resources,
             "allocatable": resources,
-            "nodeInfo": {
-                "kubeletVersion": "v1.35.4-test",
-                "containerRuntimeVersion": "process://",
-                "operatingSystem": "linux",
-                "architecture": "amd64",
-                "osImage": "",
-                "kernelVersion": "",
-                "kubeProxyVersion": "",
-                "machineID": "",
-                "systemUUID": "",
-                "bootID": "",
-            },
+            "nodeInfo": {"kubeletVersion": "v1.35.4-test", "containerRuntimeVersion": "process://"},
         }
         self.core.patch_node_status(name, {"status": status})
         # Admission tainted the new node not-ready; the node lifecycle controller that would lift
@@ -248,7 +212,8 @@ class Kubelet:
 
     def sync(self) -> None:
         seen = set()
-        for obj in self.core.list_pod_for_all_namespaces().items:
+        pods: list[Any] = self.core.list_pod_for_all_namespaces().items
+        for obj in pods:
             meta, spec = obj.metadata, obj.spec
             seen.add(meta.uid)
             if not spec.node_name:
@@ -293,25 +258,17 @@ class Kubelet:
         pod_dir = self.run_dir / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid[:8]}"
         pod_dir.mkdir(parents=True, exist_ok=True)
         base = {
-            "PATH": os.environ["PATH"],
-            "HOME": os.environ.get("HOME", "/"),
-            "LANG": "C.UTF-8",
-            "PYTHONUNBUFFERED": "1",
-            "POD_NAME": meta.name,
-            "POD_NAMESPACE": meta.namespace,
-            "POD_IP": ip,
-            "NODE_NAME": spec.node_name,
-        }
+            "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1", "POD_NAME": meta.name, "POD_NAMESPACE": meta.namespace,
+            "POD_IP": ip, "NODE_NAME": spec.node_name,
+        }  # fmt: skip
         if spec.automount_service_account_token is not False:
             base["KUBECONFIG"] = str(self.pod_kubeconfig(obj, pod_dir))
         fields = {
-            "metadata.name": meta.name,
-            "metadata.namespace": meta.namespace,
-            "metadata.uid": meta.uid,
-            "status.podIP": ip,
-            "spec.nodeName": spec.node_name,
+            "metadata.name": meta.name, "metadata.namespace": meta.namespace,
+            "metadata.uid": meta.uid, "status.podIP": ip, "spec.nodeName": spec.node_name,
             "spec.serviceAccountName": spec.service_account_name or "default",
-        }
+        }  # fmt: skip
         containers = []
         for c in spec.containers:
             env = dict(base)
@@ -319,28 +276,18 @@ class Kubelet:
                 ref = item.value_from.field_ref if item.value_from else None
                 env[item.name] = fields.get(ref.field_path, "") if ref else item.value or ""
             argv = [*(c.command or []), *(c.args or [])]
-            containers.append(
-                Container(
-                    name=c.name,
-                    argv=argv,
-                    env=env,
-                    cwd=c.working_dir or os.getcwd(),
-                    log=pod_dir / f"{c.name}.log",
-                    restart_policy=spec.restart_policy or "Always",
-                    probe=self.probe(c, ip),
-                )
-            )
-        pod = Pod(
-            uid=meta.uid, namespace=meta.namespace, name=meta.name, ip=ip, containers=containers
-        )
+            containers.append(Container(
+                name=c.name, argv=argv, env=env, cwd=c.working_dir or os.getcwd(),
+                log=pod_dir / f"{c.name}.log", restart_policy=spec.restart_policy or "Always",
+                probe=self.probe(c, ip),
+            ))  # fmt: skip
         for container in containers:
             try:
                 container.start()
-            except OSError as error:  # like a missing image: the pod stays not ready
-                print(
-                    f"kubelet: {meta.namespace}/{meta.name} {container.name}: {error}", flush=True
-                )
-        return pod
+            except OSError as error:  # like a missing image: the pod does not run
+                print(f"kubelet: {meta.namespace}/{meta.name}: {error}", flush=True)
+        return Pod(uid=meta.uid, namespace=meta.namespace, name=meta.name, ip=ip,
+                   containers=containers)  # fmt: skip
 
     def probe(self, c: Any, ip: str) -> Probe | None:
         get = c.readiness_probe.http_get if c.readiness_probe else None
@@ -351,35 +298,23 @@ class Kubelet:
             port = next(p.container_port for p in c.ports or [] if p.name == port)
         p = c.readiness_probe
         return Probe(
-            url=f"http://{ip}:{port}{get.path or '/'}",
-            period=p.period_seconds or 10,
-            initial_delay=p.initial_delay_seconds or 0,
+            url=f"http://{ip}:{port}{get.path or '/'}", period=p.period_seconds or 10,
             next_at=time.monotonic() + (p.initial_delay_seconds or 0),
-            success_threshold=p.success_threshold or 1,
-            failure_threshold=p.failure_threshold or 3,
-        )
+            success_threshold=p.success_threshold or 1, failure_threshold=p.failure_threshold or 3,
+        )  # fmt: skip
 
     def pod_kubeconfig(self, obj: Any, pod_dir: Path) -> Path:
         """A kubeconfig with a token bound to this pod, as a projected token volume would hold."""
         meta = obj.metadata
         account = obj.spec.service_account_name or "default"
-        request = {
-            "spec": {
-                "audiences": [],
-                "expirationSeconds": 86400,
-                "boundObjectRef": {
-                    "kind": "Pod",
-                    "apiVersion": "v1",
-                    "name": meta.name,
-                    "uid": meta.uid,
-                },
-            }
-        }
-        token = ""
+        bound = {"kind": "Pod", "apiVersion": "v1", "name": meta.name, "uid": meta.uid}
+        request: Any = {"spec": {"expirationSeconds": 86400, "boundObjectRef": bound}}
+        token: Any = ""
         with contextlib.suppress(client.ApiException):  # no such account: the pod is anonymous
-            token = self.core.create_namespaced_service_account_token(
+            answer: Any = self.core.create_namespaced_service_account_token(
                 account, meta.namespace, request
-            ).status.token
+            )
+            token = answer.status.token
         path = pod_dir / "kubeconfig"
         path.write_text(
             "apiVersion: v1\nkind: Config\n"
@@ -412,30 +347,15 @@ class Kubelet:
             stamp = old[kind].last_transition_time.strftime("%Y-%m-%dT%H:%M:%SZ") if keep else now()
             return {"type": kind, "status": value, "lastTransitionTime": stamp}
 
+        start = obj.status.start_time
         status = {
-            "phase": phase,
-            "podIP": pod.ip,
-            "podIPs": [{"ip": pod.ip}],
-            "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}],
-            "containerStatuses": statuses,
-            "startTime": obj.status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ")
-            if obj.status.start_time
-            else now(),
-            "conditions": [
-                condition("PodScheduled", "True"),
-                condition("Initialized", "True"),
-                condition("ContainersReady", ready),
-                condition("Ready", ready),
-            ],
-        }
-        summary = {
-            "phase": phase,
-            "ready": ready,
-            "containers": [
-                (s["name"], s["ready"], s["restartCount"], s["started"]) for s in statuses
-            ],
-        }
+            "phase": phase, "podIP": pod.ip, "podIPs": [{"ip": pod.ip}], "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}], "containerStatuses": statuses,
+            "startTime": start.strftime("%Y-%m-%dT%H:%M:%SZ") if start else now(),
+            "conditions": [condition("PodScheduled", "True"), condition("Initialized", "True"),
+                           condition("ContainersReady", ready), condition("Ready", ready)],
+        }  # fmt: skip
+        summary = [phase, ready, *((s["ready"], s["restartCount"], s["started"]) for s in statuses)]
         if summary != pod.last_status:
             self.core.patch_namespaced_pod_status(pod.name, pod.namespace, {"status": status})
             pod.last_status = summary
@@ -470,13 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--node-prefix", default="test-node")
     args = parser.parse_args(argv)
-    config.load_kube_config(args.kubeconfig)
+    config.load_kube_config(args.kubeconfig)  # type: ignore[no-untyped-call]
     configuration = client.Configuration.get_default_copy()
     kubelet = Kubelet(
         nodes=[f"{args.node_prefix}-{i}" for i in range(args.nodes)],
         run_dir=args.run_dir,
         api_server=configuration.host,
-        ca_file=configuration.ssl_ca_cert,
+        ca_file=str(configuration.ssl_ca_cert),
     )
     signal.signal(signal.SIGTERM, lambda *_: kubelet.stop.set())
     signal.signal(signal.SIGINT, lambda *_: kubelet.stop.set())

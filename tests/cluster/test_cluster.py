@@ -72,7 +72,8 @@ def http_get(url: str) -> str:
 
 @pytest.fixture
 def core(cluster: Cluster) -> client.CoreV1Api:
-    return client.CoreV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+    return client.CoreV1Api(api)
 
 
 @pytest.fixture
@@ -87,8 +88,14 @@ def servers(cluster: Cluster, namespace: str, core: client.CoreV1Api) -> Iterato
 
 
 def live_pods(core: client.CoreV1Api, namespace: str) -> list[Any]:
-    pods = core.list_namespaced_pod(namespace, label_selector="app=servers").items
+    pods: list[Any] = core.list_namespaced_pod(namespace, label_selector="app=servers").items
     return [pod for pod in pods if pod.metadata.deletion_timestamp is None]
+
+
+def all_pod_names(core: client.CoreV1Api, namespace: str) -> set[str]:
+    """Every pod's name, terminating ones too."""
+    pods: list[Any] = core.list_namespaced_pod(namespace).items
+    return {pod.metadata.name for pod in pods}
 
 
 def is_ready(pod: Any) -> bool:
@@ -142,10 +149,7 @@ def test_a_rollout_restart_replaces_the_pods_one_by_one(
         )
         assert after.metadata.creation_timestamp >= ready_at
     # The old pods were stopped with SIGTERM (the server logs it) and removed.
-    eventually(
-        lambda: not old & {pod.metadata.name for pod in core.list_namespaced_pod(servers).items},
-        what="the old pods are removed",
-    )
+    eventually(lambda: not old & all_pod_names(core, servers), what="the old pods are removed")
     for name in old:
         (log,) = (cluster.run_dir / "pods").glob(f"{servers}_{name}_*/server.log")
         assert "stopped on SIGTERM" in log.read_text()
@@ -157,7 +161,7 @@ def test_a_services_endpointslice_follows_pod_readiness(
     discovery = client.DiscoveryV1Api(core.api_client)
 
     def endpoints() -> dict[str, bool]:
-        slices = discovery.list_namespaced_endpoint_slice(
+        slices: list[Any] = discovery.list_namespaced_endpoint_slice(
             servers, label_selector="kubernetes.io/service-name=servers"
         ).items
         return {
