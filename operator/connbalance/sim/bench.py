@@ -33,7 +33,7 @@ from connbalance.sim.scenario import Scenario
 from connbalance.sim.scenario import run as run_scenario
 from connbalance.sim.strategies import FACTORIES, NAMES
 
-QUICK = Scenario(servers=3, clients=60, restarts=3, duration=10.0, pause=0.5, warmup=0.5,
+QUICK = Scenario(servers=3, clients=60, restarts=3, duration=12.0, pause=0.5, warmup=0.5,
                  ping=1.0, settle=1.0, step_interval=1.0, window=1.0)
 FULL = Scenario(duration=30.0)
 
