@@ -72,6 +72,7 @@ def test_plan_exits_3_when_prometheus_has_no_series_for_the_pool(
     assert done.returncode == 3
     assert len(done.stderr.splitlines()) == 1
     assert "EmptyResult" in done.stderr
+    assert "--kubeconfig" in done.stderr
     assert prometheus.url in done.stderr
 
 

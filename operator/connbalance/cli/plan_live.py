@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from connbalance.cli.errors import EXIT_UNAVAILABLE, CliError
 from connbalance.model import MetricsSpec, PodLoad, PodName, PodState, Policy
-from connbalance.ports import FleetError, MetricsError
+from connbalance.ports import FleetError, MetricsEmpty, MetricsError
 from connbalance.prometheus import PRESETS, PrometheusLoadSource
 
 # Without a kubeconfig nothing says when pods became Ready: date it before any settle time.
@@ -113,7 +113,13 @@ def read_live(args: argparse.Namespace, policy: Policy) -> LiveSnapshot:
             return LiveSnapshot(loads=loads, pods=pods, now=time.time(), policy=effective)
         loads = asyncio.run(source.read_all())
     except (MetricsError, FleetError) as exc:
-        raise LiveError(_one_line(f"{exc.reason}: {exc}"), exit_code=EXIT_UNAVAILABLE) from None
+        hint = ""
+        if isinstance(exc, MetricsEmpty) and not args.kubeconfig:
+            hint = (" (without --kubeconfig the selector is matched against pod labels copied onto"
+                    " the metrics, app.kubernetes.io/x as app_kubernetes_io_x; with --kubeconfig"
+                    " pods are selected by name)")
+        message = _one_line(f"{exc.reason}: {exc}{hint}")
+        raise LiveError(message, exit_code=EXIT_UNAVAILABLE) from None
     now = time.time()
     since = now - policy.balance.settle_seconds - _SETTLED_MARGIN
     pods = tuple(PodState(name=p, ready=True, ready_since=since) for p in sorted(loads))
