@@ -34,9 +34,10 @@ from typing import Any
 
 HOST = "127.0.4.10"
 ROOT = Path(__file__).resolve().parents[2]
-ROUND_TRIPS = 20_000
-WARMUP = 2_000
-BULK_BYTES = 512 * 1024 * 1024
+ROUNDS = 3
+ROUND_TRIPS = 10_000
+WARMUP = 1_000
+BULK_BYTES = 256 * 1024 * 1024
 CHUNK = 256 * 1024
 # A proxy holding N client connections holds 2N sockets. This sandbox caps descriptors at 20,000
 # per process (RLIMIT_NOFILE, no CAP_SYS_RESOURCE to raise it), so the proxies hold 9,900 and the
@@ -269,12 +270,26 @@ def idle_rss(port: int, pid: int) -> dict[str, float]:
     }
 
 
-def measure_path(echo: int, sink: int, pid: int, *, rss: bool) -> dict[str, Any]:
-    result: dict[str, Any] = dict(latency(echo))
-    result["throughput_mb_s"] = round(throughput(sink), 1)
-    if rss:
-        result.update(idle_rss(echo, pid))
-    return {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
+def measure_paths(fronts: dict[str, tuple[int, int, int]]) -> dict[str, dict[str, Any]]:
+    """Latency and throughput in interleaved rounds (medians), then memory one path at a time.
+
+    Interleaving spreads whatever else the machine is doing evenly over the paths compared.
+    """
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in fronts}
+    for _ in range(ROUNDS):
+        for name, (echo, sink, _pid) in fronts.items():
+            sample = latency(echo)
+            sample["throughput_mb_s"] = throughput(sink)
+            rounds[name].append(sample)
+    result: dict[str, dict[str, Any]] = {}
+    for name, (echo, _sink, pid) in fronts.items():
+        merged: dict[str, Any] = {
+            key: round(statistics.median(r[key] for r in rounds[name]), 2)
+            for key in rounds[name][0]
+        }
+        merged.update(idle_rss(echo, pid))
+        result[name] = merged
+    return result
 
 
 def scans(port: int) -> dict[str, Any]:
@@ -337,20 +352,23 @@ def main() -> int:
             "load_average_1m_at_start": round(os.getloadavg()[0], 2),
         },
         "setup": {
-            "round_trips": ROUND_TRIPS,
+            "rounds": ROUNDS,
+            "round_trips_per_round": ROUND_TRIPS,
             "bulk_mib": BULK_BYTES >> 20,
             "idle_connections": IDLE_CONNECTIONS,
             "haproxy_threads": 1,
         },
     }
-    paths: dict[str, dict[str, Any]] = {}
-    with upstream() as (server, (echo, sink)):
-        paths["direct"] = measure_path(echo, sink, server.pid, rss=True)
-        with haproxy(echo, sink) as (proc, (h_echo, h_sink)):
-            paths["haproxy"] = measure_path(h_echo, h_sink, proc.pid, rss=True)
+    with contextlib.ExitStack() as stack:
+        server, (echo, sink) = stack.enter_context(upstream())
+        fronts: dict[str, tuple[int, int, int]] = {"direct": (echo, sink, server.pid)}
+        proc, (h_echo, h_sink) = stack.enter_context(haproxy(echo, sink))
+        fronts["haproxy"] = (h_echo, h_sink, proc.pid)
         for loop in ("asyncio", "uvloop"):
-            with agent(echo, loop) as (proc, a_echo), agent(sink, loop) as (_, a_sink):
-                paths[f"agent_{loop}"] = measure_path(a_echo, a_sink, proc.pid, rss=True)
+            proc, a_echo = stack.enter_context(agent(echo, loop))
+            _, a_sink = stack.enter_context(agent(sink, loop))
+            fronts[f"agent_{loop}"] = (a_echo, a_sink, proc.pid)
+        paths = measure_paths(fronts)
         held = [socket.create_connection((HOST, echo)) for _ in range(SCAN_SOCKETS)]
         try:
             time.sleep(1.0)
