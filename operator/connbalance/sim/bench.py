@@ -34,8 +34,9 @@ from connbalance.sim.scenario import run as run_scenario
 from connbalance.sim.strategies import FACTORIES, NAMES
 
 QUICK = Scenario(servers=3, clients=60, restarts=3, duration=12.0, pause=0.5, warmup=0.5,
-                 ping=1.0, settle=1.0, step_interval=1.0, window=1.0)
+                 ping=2.0, settle=1.0, step_interval=1.0, window=1.0)
 FULL = Scenario(duration=30.0)
+STAGGER = 0.7  # seconds between the starts of runs side by side
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", action="store_true", help="also write docs/bench.md, docs/bench.png")
     p.add_argument("--net", default="127.0.7", help="the /24 (first three octets) to use")
     p.add_argument("--parallel", type=int, default=None,
-                   help="strategies run side by side (default 1; 4 with --quick)")
+                   help="strategies run side by side (default 1; all with --quick)")
     p.add_argument("--metrics", choices=("scrape", "prometheus"), default="scrape",
                    help="how the controller reads load: each pod's /metrics directly (default), "
                         "or a real Prometheus scraping them (Debian's, from make system-deps)")
@@ -112,6 +113,8 @@ async def _batch(scenario: Scenario, names: Sequence[str], *, verbose: bool) -> 
     """Run these strategies side by side, each on its own addresses."""
 
     async def one(block: int, name: str) -> Record:
+        # Staggered: a fleet's processes starting all at once would starve each other.
+        await asyncio.sleep(STAGGER * block)
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
         view = PlainView(out=sys.stderr, prefix=f"  [{name}] ") if verbose else None
         record = await run_scenario(replace(scenario, block=block), FACTORIES[name](), view=view)
@@ -182,8 +185,8 @@ def run(argv: list[str]) -> int:
         print("connbalance bench: needs 2 servers or more and 1 <= restarts <= servers",
               file=sys.stderr)
         return 2
-    # Side by side, --quick stays well under 90 s even on a busy 2-core machine.
-    parallel = args.parallel or (4 if args.quick else 1)
+    # All side by side, --quick stays well under 90 s even on a busy 2-core machine.
+    parallel = args.parallel or (len(names) if args.quick else 1)
     if not 1 <= parallel <= 8:
         print("connbalance bench: --parallel must be between 1 and 8", file=sys.stderr)
         return 2
