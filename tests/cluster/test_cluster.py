@@ -227,3 +227,28 @@ def test_kubectl_auth_can_i_answers_from_rbac_for_a_service_account(
     assert can_i("delete", "pods", "-n", namespace) == "no"
     assert can_i("list", "secrets", "-n", namespace) == "no"
     assert can_i("list", "pods", "-n", "kube-system") == "no"
+
+
+def test_a_pods_process_talks_to_the_api_server_as_its_service_account(
+    cluster: Cluster, core: client.CoreV1Api, namespace: str
+) -> None:
+    pod = f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: whoami, namespace: {namespace}}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: none
+    command: [kubectl, auth, whoami, -o, "jsonpath={{.status.userInfo.username}}"]
+"""
+    cluster.run_kubectl("apply", "-f", "-", stdin=pod)
+
+    def phase() -> str:
+        return str(core.read_namespaced_pod("whoami", namespace).status.phase)  # type: ignore[union-attr]
+
+    assert eventually(lambda: phase() in ("Succeeded", "Failed") and phase(), what="whoami ends")
+    (log,) = (cluster.run_dir / "pods").glob(f"{namespace}_whoami_*/main.log")
+    assert log.read_text() == f"system:serviceaccount:{namespace}:default"
+    assert phase() == "Succeeded"
