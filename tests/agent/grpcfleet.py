@@ -13,7 +13,6 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 
@@ -213,60 +212,3 @@ async def start_clients(
 
 async def stop_clients(clients: list[FleetClient]) -> None:
     await asyncio.gather(*(c.stop() for c in clients))
-
-
-class FleetProcess:
-    """Clients in a child process (see fleetproc.py); ``report()`` asks for their totals."""
-
-    def __init__(self, *, target: str, count: int, unary_interval: float = 0.5) -> None:
-        self._argv = [target, str(count), str(unary_interval)]
-        self._proc: asyncio.subprocess.Process | None = None
-
-    async def start(self, *, timeout: float = 60.0) -> None:
-        import os
-        import sys
-        from pathlib import Path
-
-        root = Path(__file__).resolve().parents[2]
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-        }
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.agent.fleetproc",
-            *self._argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-            cwd=root,
-        )
-        assert self._proc.stdout is not None
-        async with asyncio.timeout(timeout):
-            line = await self._proc.stdout.readline()
-        if line.strip() != b"ready":
-            raise RuntimeError(f"client fleet did not start: {line!r}")
-
-    async def report(self) -> dict[str, Any]:
-        assert self._proc is not None
-        assert self._proc.stdin is not None
-        assert self._proc.stdout is not None
-        self._proc.stdin.write(b"report\n")
-        await self._proc.stdin.drain()
-        async with asyncio.timeout(30):
-            return dict(json.loads(await self._proc.stdout.readline()))
-
-    async def stop(self) -> None:
-        if self._proc is None:
-            return
-        assert self._proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self._proc.stdin.write(b"stop\n")
-            await self._proc.stdin.drain()
-        try:
-            async with asyncio.timeout(20):
-                await self._proc.wait()
-        except TimeoutError:
-            self._proc.kill()
-            await self._proc.wait()
