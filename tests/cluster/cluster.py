@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,9 +255,9 @@ class Cluster:
         self.pids[name] = process.pid
         self.save()
 
-    def wait(self, what: str, ready: object) -> None:
-        assert callable(ready)
-        deadline = time.monotonic() + START_TIMEOUT
+    def wait(self, what: str, ready: Callable[[], bool]) -> None:
+        started = time.monotonic()
+        deadline = started + START_TIMEOUT
         while time.monotonic() < deadline:
             for process in self.processes:
                 if process.poll() is not None:
@@ -265,6 +266,7 @@ class Cluster:
                     raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
             try:
                 if ready():
+                    print(f"cluster: {what} after {time.monotonic() - started:.1f}s", flush=True)
                     return
             except OSError:
                 pass
