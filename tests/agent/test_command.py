@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -270,3 +271,27 @@ def test_reset_mode_starts_after_proving_sock_destroy_works(tmp_path):
         assert agent.get("/healthz") == (200, b"ok\n")
         assert agent.status()["mode"] == "reset"
         assert agent.get("/v1/drain")[0] == 405
+
+
+@pytest.mark.netadmin
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_reset_mode_without_cap_net_admin_fails_at_start_saying_what_is_missing():
+    done = subprocess.run(
+        [
+            "setpriv",
+            "--bounding-set",
+            "-net_admin",
+            "--inh-caps",
+            "-net_admin",
+            "--",
+            *agent_command("--mode", "reset", "--port", "3025", "--listen", f"{HOST}:0"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(),
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "CAP_NET_ADMIN" in done.stderr
+    assert "--mode proxy" in done.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import random
 import socket
 import time
@@ -53,8 +54,8 @@ def check_sock_destroy() -> None:
         if exc.errno in (errno.EPERM, errno.EACCES):
             raise ResetUnavailable(
                 "reset mode needs CAP_NET_ADMIN to destroy sockets (SOCK_DESTROY was refused: "
-                f"{exc.strerror}); add NET_ADMIN to the container's capabilities, or use "
-                "--mode proxy"
+                f"{os.strerror(exc.errno)}); add NET_ADMIN to the container's capabilities, or "
+                "use --mode proxy"
             ) from None
         if exc.errno == errno.EOPNOTSUPP:
             raise ResetUnavailable(
