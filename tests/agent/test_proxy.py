@@ -381,3 +381,25 @@ def test_two_requests_running_at_once_share_one_ceiling():
             assert r.agent.cycled_total == 5
 
     run(scenario())
+
+
+def test_an_oversized_body_is_refused_as_malformed():
+    async def scenario() -> None:
+        agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, 1), max_fraction=1.0)
+        http = AgentServer(agent, host=HOST, port=0, token=TOKEN)
+        await http.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                body = '{"id": "big", "count": 1, "policy": "' + "x" * 100_000 + '"}'
+                async with session.post(
+                    f"http://{HOST}:{http.port}/v1/drain",
+                    data=body,
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                ) as resp:
+                    assert resp.status == 400
+                    assert (await resp.json())["field"] == "body"
+            assert agent.status().requests == ()
+        finally:
+            await http.stop()
+
+    run(scenario())

@@ -149,3 +149,18 @@ def test_when_no_socket_goes_quiet_the_deadline_destroys_one_anyway_and_counts_i
             await server.stop()
 
     run(scenario())
+
+
+def test_a_dual_stack_server_sees_ipv4_clients_as_plain_addresses_and_can_destroy_them():
+    with socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection((HOST, port)) as client:
+            served, _ = listener.accept()
+            with served, SockDiag() as diag:
+                [found] = diag.established(port=port)
+                assert found.family == socket.AF_INET6
+                assert found.remote == client.getsockname()
+                assert diag.destroy(found)
+                client.settimeout(5)
+                with pytest.raises(ConnectionResetError):
+                    client.recv(1)
