@@ -255,8 +255,12 @@ class DrainEngine(abc.ABC):
                     return
 
         slots = [loop.create_task(slot(offset)) for offset in offsets]
+        reason = "fewer connections left than requested"
         try:
             await asyncio.gather(*slots)
+        except asyncio.CancelledError:
+            reason = "interrupted by shutdown"
+            raise
         finally:
             for task in slots:
                 task.cancel()
@@ -267,7 +271,7 @@ class DrainEngine(abc.ABC):
                 state=RequestState.DONE,
             )
             if progress["cycled"] < request.count:
-                final = replace(final, reason="fewer connections left than requested")
+                final = replace(final, reason=reason)
             self._remember(final)
         return final
 
