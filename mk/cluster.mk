@@ -5,7 +5,7 @@ TEST_PREREQS += cluster-build
 CLUSTER_RUN ?= $(CACHE)/cluster-run
 
 .PHONY: cluster-build
-cluster-build: venv ## build the control-plane binary (cached by source hash; cold: many minutes)
+cluster-build: venv ## build clusterbin and prometheus for the test cluster (cached by source hash; cold: ~20+ min)
 	@CACHE=$(CACHE) $(PY) -m tests.cluster.build
 
 .PHONY: cluster-up

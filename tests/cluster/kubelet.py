@@ -35,6 +35,7 @@ SLOT_PREFIX = 20  # 16 clusters at once (parallel test runs), 4094 pod IPs each
 LOOP_SECONDS = 0.3
 HEARTBEAT_SECONDS = 10.0
 RESTART_DELAY_SECONDS = 1.0
+SHUTDOWN_GRACE = 5.0  # for every pod's processes at once when the kubelet itself stops
 
 
 def now() -> str:
@@ -206,9 +207,8 @@ class Kubelet:
                 self.sync()
             except (client.ApiException, OSError) as error:  # the API server may be restarting
                 print(f"kubelet: sync failed: {error}", flush=True)
-        for pod in self.pods.values():
-            for container in pod.containers:
-                container.signal(signal.SIGTERM)
+        # Pod processes have sessions of their own: nothing else would stop them.
+        stop_processes([c for pod in self.pods.values() for c in pod.containers], SHUTDOWN_GRACE)
 
     def sync(self) -> None:
         seen = set()
@@ -361,18 +361,8 @@ class Kubelet:
             pod.last_status = summary
 
     def kill(self, pod: Pod, grace: int) -> None:
-        """SIGTERM, the grace period, SIGKILL; then remove the pod, as the kubelet does."""
-        for container in pod.containers:
-            container.signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(
-            c.process is not None and c.process.poll() is None for c in pod.containers
-        ):
-            time.sleep(0.1)
-        for container in pod.containers:
-            container.signal(signal.SIGKILL)
-            if container.process is not None:
-                container.process.wait()
+        """Stop the processes within the grace period, then remove the pod, as the kubelet does."""
+        stop_processes(pod.containers, grace)
         self.remove(pod.namespace, pod.name, pod.uid)  # sync() forgets it once it is gone
 
     def remove(self, namespace: str, name: str, uid: str) -> None:
@@ -381,6 +371,21 @@ class Kubelet:
         )
         with contextlib.suppress(client.ApiException):  # already gone
             self.core.delete_namespaced_pod(name, namespace, body=options)
+
+
+def stop_processes(containers: list[Container], grace: float) -> None:
+    """SIGTERM, up to ``grace`` seconds for them to exit, SIGKILL for the rest."""
+    for container in containers:
+        container.signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(
+        c.process is not None and c.process.poll() is None for c in containers
+    ):
+        time.sleep(0.1)
+    for container in containers:
+        container.signal(signal.SIGKILL)
+        if container.process is not None:
+            container.process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
