@@ -107,7 +107,9 @@ def plan(cluster: Cluster, namespace: str, *extra: str) -> dict[str, Any]:
     return result
 
 
-def test_readiness_comes_from_the_api_server(cluster: Cluster, auth_pods: str) -> None:
+def test_readiness_comes_from_the_api_server(
+    cluster: Cluster, auth_pods: str, tmp_path: Path
+) -> None:
     pods = {p.name: p for p in read_pods(kubeconfig=str(cluster.kubeconfig),
                                          namespace=auth_pods, selector=tuple(LABELS.items()))}
     assert sorted(pods) == ["auth-a", "auth-b", "auth-c", "auth-d"]
@@ -117,22 +119,26 @@ def test_readiness_comes_from_the_api_server(cluster: Cluster, auth_pods: str) -
         assert pods[name].ready
         assert since is not None
         assert time.time() - 120 < since <= time.time()
-    # Just Ready: under the default settleSeconds (30), so the plan waits.
-    result = plan(cluster, auth_pods)
+    # Ready for seconds, not an hour: the plan waits (without --kubeconfig it would act).
+    result = plan(cluster, auth_pods, "--policy", policy_file(tmp_path, settle=3600))
     assert result["act"] is False
-    assert "settleSeconds" in result["reason"]
+    assert "settleSeconds 3600" in result["reason"]
+
+
+def policy_file(directory: Path, *, settle: float) -> str:
+    path = directory / "policy.yaml"
+    path.write_text(json.dumps({
+        "apiVersion": "connbalance.io/v1alpha1", "kind": "ConnectionBalancer",
+        "metadata": {"name": "auth"},
+        "spec": {"selector": LABELS, "balance": {"settleSeconds": settle}},
+    }))
+    return str(path)
 
 
 def test_a_settled_pool_is_planned_without_the_pod_that_is_not_ready(
     cluster: Cluster, auth_pods: str, tmp_path: Path
 ) -> None:
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(json.dumps({
-        "apiVersion": "connbalance.io/v1alpha1", "kind": "ConnectionBalancer",
-        "metadata": {"name": "auth"},
-        "spec": {"selector": LABELS, "balance": {"settleSeconds": 0}},
-    }))
-    result = plan(cluster, auth_pods, "--policy", str(policy))
+    result = plan(cluster, auth_pods, "--policy", policy_file(tmp_path, settle=0))
     assert result["act"] is True
     assert result["mean"] == pytest.approx(80)
     assert {d["pod"] for d in result["drains"]} == {"auth-a", "auth-b"}
