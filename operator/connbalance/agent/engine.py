@@ -126,6 +126,14 @@ class DrainEngine(abc.ABC):
     # --- what a mode supplies -------------------------------------------------------------
 
     @abc.abstractmethod
+    async def start(self) -> None:
+        """Begin serving (proxy) or watching (reset); call inside the running loop."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Cancel running requests and release sockets."""
+
+    @abc.abstractmethod
     def connections(self) -> list[ConnectionInfo]:
         """The client connections open now, with their idleness."""
 

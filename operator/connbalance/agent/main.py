@@ -201,7 +201,6 @@ async def _serve(args: argparse.Namespace, *, token: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    assert isinstance(agent, ProxyAgent | ResetAgent)
     await agent.start()
     server = AgentServer(agent, host=args.listen[0], port=args.listen[1], token=token or None)
     tasks: list[asyncio.Task[None]] = []
@@ -221,9 +220,9 @@ async def _serve(args: argparse.Namespace, *, token: str) -> None:
                 )
             )
         where = (
-            f"port {args.port}"
-            if args.mode == "reset"
-            else (f"{args.proxy_listen[0]}:{agent.port} -> {args.upstream[0]}:{args.upstream[1]}")
+            f"{args.proxy_listen[0]}:{agent.port} -> {args.upstream[0]}:{args.upstream[1]}"
+            if isinstance(agent, ProxyAgent)
+            else f"port {args.port}"
         )
         log.info(
             "agent up: mode %s, %s, HTTP on %s:%d, max fraction %g, HTTP intake %s",

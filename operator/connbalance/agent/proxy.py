@@ -2,8 +2,9 @@
 
 Each accepted client connection gets its own upstream connection; bytes are copied both ways with
 flow control (a full write buffer pauses reading on the other side). A graceful close sends FIN to
-both ends once neither direction has carried data for ``quietMillis`` and no buffer holds any;
-at the deadline the connection is closed anyway and counted as forced. No privileges needed.
+both ends once neither direction has carried data for ``quietMillis``, no buffer holds any, and
+the server had the last word; at the deadline the connection is closed anyway and counted as
+forced. No privileges needed.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from connbalance.agent.selection import ConnectionInfo
 # Short, so a forced close still flushes what is in flight; after it the socket is aborted (RST).
 _FORCED_FLUSH_SECONDS = 1.0
 _BACKLOG = 4096
-# How long a gracefully closed client may take to close its side before we drop the socket.
-_LINGER_SECONDS = 5.0
 
 
 class _Pair:
