@@ -47,7 +47,7 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def rig(
-    n: int, *, max_fraction: float = 0.5, state_file: Path | None = None, unary: float = 0.5
+    n: int, *, max_fraction: float = 0.5, state_file: Path | None = None, unary: float | None = 0.5
 ) -> AsyncIterator[Rig]:
     server = FleetServer(host=HOST)
     await server.start()
@@ -401,5 +401,26 @@ def test_an_oversized_body_is_refused_as_malformed():
             assert agent.status().requests == ()
         finally:
             await http.stop()
+
+    run(scenario())
+
+
+def test_closes_are_spread_over_the_window_not_done_at_once():
+    async def scenario() -> None:
+        async with rig(10, max_fraction=1.0, unary=None) as r:
+            request = DrainRequest.from_wire(drain("spread", 5, window=2.0, quiet=20))
+            await r.agent.submit(request)
+            seen = []
+            for _ in range(5):
+                await asyncio.sleep(0.4)
+                status = r.agent.request_status("spread")
+                assert status is not None
+                seen.append(status.cycled)
+            final = await r.agent.wait("spread", timeout=30)
+            assert final.cycled == 5
+            # One close per 0.4 s slice of the window: never all at once, never bunched.
+            assert seen[0] <= 1
+            assert 1 <= seen[2] <= 3
+            assert seen == sorted(seen)
 
     run(scenario())
