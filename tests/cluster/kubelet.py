@@ -19,6 +19,7 @@ import datetime
 import fcntl
 import ipaddress
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -36,6 +37,17 @@ LOOP_SECONDS = 0.3
 HEARTBEAT_SECONDS = 10.0
 RESTART_DELAY_SECONDS = 1.0
 SHUTDOWN_GRACE = 5.0  # for every pod's processes at once when the kubelet itself stops
+
+
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """``$(VAR)`` in command and args, as the kubelet expands them: from the container's
+    environment, ``$$`` for a literal ``$``, unknown references left as written."""
+    return _REFERENCE.sub(
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text
+    )
 
 
 def now() -> str:
@@ -275,7 +287,7 @@ class Kubelet:
             for item in c.env or []:
                 ref = item.value_from.field_ref if item.value_from else None
                 env[item.name] = fields.get(ref.field_path, "") if ref else item.value or ""
-            argv = [*(c.command or []), *(c.args or [])]
+            argv = [expand(arg, env) for arg in [*(c.command or []), *(c.args or [])]]
             containers.append(Container(
                 name=c.name, argv=argv, env=env, cwd=c.working_dir or os.getcwd(),
                 log=pod_dir / f"{c.name}.log", restart_policy=spec.restart_policy or "Always",
