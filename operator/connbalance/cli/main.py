@@ -8,8 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from connbalance import __version__
-from connbalance.cli.plan import add_parser as add_plan_parser
 from connbalance.cli.errors import EXIT_USAGE, CliError
+from connbalance.cli.plan import add_parser as add_plan_parser
 
 # Subcommands built by their own packages, each ``run(argv) -> int``. Imported on use, so one
 # that is missing or broken never stops the others.

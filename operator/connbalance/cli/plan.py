@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError("--loads and --prometheus cannot be combined")
         snapshot = live.read_live(args, policy)
         loads, pods, now = snapshot.loads, snapshot.pods, snapshot.now
+        policy = snapshot.policy or policy  # the flags applied over the policy file
     elif args.loads:
         loads, pods = read_loads(args.loads)
         now = _NOW
