@@ -168,7 +168,9 @@ def docs_page(doc: dict[str, Any]) -> str:
         "late time by luck); *needed* is the load above the mean when the rollout finished; "
         "*cycled* counts connections closed on purpose from the start of the rollout (the "
         "restarts' own excluded); *churn when balanced* counts closes made while the pool was "
-        "already balanced.\n\n" + WHY
+        "already balanced. Figures come from one run, on a machine that may be shared: a "
+        "strategy that only wanders around 1.10 (max-age, random-reconnect) can land either "
+        "side of it from one run to the next.\n\n" + WHY
     )
 
 
