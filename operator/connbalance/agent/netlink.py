@@ -35,13 +35,13 @@ _RTATTR = struct.Struct("=HH")
 _REQ = struct.Struct("=BBBxI")
 _SOCKID = struct.Struct(">HH16s16s")
 _SOCKID_TAIL = struct.Struct("=I8s")
-_MSG_HEAD = struct.Struct("=BBBB")
-_MSG_TAIL = struct.Struct("=IIIII")
-_MSG_LEN = _MSG_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size + _MSG_TAIL.size
-# tcp_info: last_data_sent, last_ack_sent, last_data_recv at bytes 44-56 (milliseconds ago);
+# inet_diag_msg in one go (a scan parses ten thousand): family, 3 skipped, the socket id (ports in
+# network order), expires skipped, queues, uid skipped, inode.
+_MSG = struct.Struct("=B3xHH16s16sI8s4xII4xI")
+# tcp_info from byte 44: last_data_sent, last_ack_sent, last_data_recv (milliseconds ago), then
 # bytes_acked and bytes_received at 120 and 128.
-_TCPI_TIMES = struct.Struct("=III")
-_TCPI_BYTES = struct.Struct("=QQ")
+_TCPI = struct.Struct("=III64xQQ")
+_TCPI_OFFSET = 44
 _RECV_BUFFER = 1 << 20
 
 
@@ -57,8 +57,10 @@ class TcpSocket(NamedTuple):
     """
 
     family: int
-    local: tuple[str, int]
-    remote: tuple[str, int]
+    src: bytes
+    sport: int
+    dst: bytes
+    dport: int
     cookie: bytes
     interface: int
     recv_queue: int
@@ -68,6 +70,14 @@ class TcpSocket(NamedTuple):
     bytes_sent: int
     bytes_received: int
     inode: int
+
+    @property
+    def local(self) -> tuple[str, int]:
+        return _unpack_address(self.family, self.src), self.sport
+
+    @property
+    def remote(self) -> tuple[str, int]:
+        return _unpack_address(self.family, self.dst), self.dport
 
     @property
     def idle_ms(self) -> int:
@@ -80,13 +90,8 @@ class TcpSocket(NamedTuple):
 
     @property
     def key(self) -> str:
-        """Stable for the socket's life: the cookie, as the kernel names the socket."""
-        return f"{self.remote[0]}:{self.remote[1]}#{self.cookie.hex()}"
-
-
-def _pack_address(family: int, host: str) -> bytes:
-    packed = socket.inet_pton(family, host)
-    return packed.ljust(16, b"\0")
+        """Stable for the socket's life and never reused: the kernel's cookie for it."""
+        return self.cookie.hex()
 
 
 def _unpack_address(family: int, raw: bytes) -> str:
@@ -161,12 +166,7 @@ class SockDiag:
         """Destroy one socket (both ends see a reset). False when it is already gone."""
         payload = (
             _REQ.pack(target.family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF)
-            + _SOCKID.pack(
-                target.local[1],
-                target.remote[1],
-                _pack_address(target.family, _wire_host(target.family, target.local[0])),
-                _pack_address(target.family, _wire_host(target.family, target.remote[0])),
-            )
+            + _SOCKID.pack(target.sport, target.dport, target.src, target.dst)
             + _SOCKID_TAIL.pack(target.interface, target.cookie)
         )
         seq = next(self._seq)
@@ -188,45 +188,46 @@ class SockDiag:
         self._sock.sendto(header + payload, (0, 0))
 
 
-def _wire_host(family: int, host: str) -> str:
-    # An AF_INET6 socket reports its v4-mapped peers as plain IPv4 here; give the kernel the
-    # mapped form back.
-    if family == socket.AF_INET6 and ":" not in host:
-        return f"::ffff:{host}"
-    return host
+_info_at = [_MSG.size]
 
 
 def _parse(data: bytes, start: int, end: int) -> TcpSocket:
-    family, _state, _timer, _retrans = _MSG_HEAD.unpack_from(data, start)
-    sport, dport, src, dst = _SOCKID.unpack_from(data, start + _MSG_HEAD.size)
-    interface, cookie = _SOCKID_TAIL.unpack_from(data, start + _MSG_HEAD.size + _SOCKID.size)
-    _expires, rqueue, wqueue, _uid, inode = _MSG_TAIL.unpack_from(
-        data, start + _MSG_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size
+    family, sport, dport, src, dst, interface, cookie, rqueue, wqueue, inode = _MSG.unpack_from(
+        data, start
     )
-    last_sent = last_recv = 0
-    sent = received = 0
-    attr = start + _MSG_LEN
+    last_sent = last_recv = sent = received = 0
+    attr = start + _MSG.size
+    # Every socket of a dump carries the same attributes in the same order: try where tcp_info
+    # was in the last one before walking them.
+    guess = start + _info_at[0]
+    if guess + _RTATTR.size <= end:
+        attr_len, attr_type = _RTATTR.unpack_from(data, guess)
+        if attr_type == INET_DIAG_INFO and attr_len >= _RTATTR.size + _TCPI_OFFSET + _TCPI.size:
+            attr = guess
     while attr + _RTATTR.size <= end:
         attr_len, attr_type = _RTATTR.unpack_from(data, attr)
         if attr_len < _RTATTR.size:
             break
-        if attr_type == INET_DIAG_INFO and attr_len >= _RTATTR.size + 136:
-            info = attr + _RTATTR.size
-            last_sent, _last_ack, last_recv = _TCPI_TIMES.unpack_from(data, info + 44)
-            sent, received = _TCPI_BYTES.unpack_from(data, info + 120)
+        if attr_type == INET_DIAG_INFO and attr_len >= _RTATTR.size + _TCPI_OFFSET + _TCPI.size:
+            last_sent, _ack, last_recv, sent, received = _TCPI.unpack_from(
+                data, attr + _RTATTR.size + _TCPI_OFFSET
+            )
+            _info_at[0] = attr - start
             break
         attr += (attr_len + 3) & ~3
     return TcpSocket(
-        family=family,
-        local=(_unpack_address(family, src), sport),
-        remote=(_unpack_address(family, dst), dport),
-        cookie=cookie,
-        interface=interface,
-        recv_queue=rqueue,
-        send_queue=wqueue,
-        last_sent_ms=last_sent,
-        last_received_ms=last_recv,
-        bytes_sent=sent,
-        bytes_received=received,
-        inode=inode,
+        family,
+        src,
+        socket.ntohs(sport),
+        dst,
+        socket.ntohs(dport),
+        cookie,
+        interface,
+        rqueue,
+        wqueue,
+        last_sent,
+        last_recv,
+        sent,
+        received,
+        inode,
     )
