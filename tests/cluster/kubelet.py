@@ -15,27 +15,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import fcntl
 import ipaddress
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
 
+from tests.cluster.processes import Container, Probe, now, stop_processes
+
 SLOTS = ipaddress.IPv4Network("127.1.0.0/16")
 SLOT_PREFIX = 20  # 16 clusters at once (parallel test runs), 4094 pod IPs each
 LOOP_SECONDS = 0.3
 HEARTBEAT_SECONDS = 10.0
-RESTART_DELAY_SECONDS = 1.0
 SHUTDOWN_GRACE = 5.0  # for every pod's processes at once when the kubelet itself stops
 
 
@@ -48,103 +46,6 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _REFERENCE.sub(
         lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text
     )
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(slots=True)
-class Probe:
-    """Readiness from an HTTP GET probe, counted as the kubelet does."""
-
-    url: str
-    period: float
-    success_threshold: int
-    failure_threshold: int
-    next_at: float = 0.0
-    successes: int = 0
-    failures: int = 0
-    ready: bool = False
-
-    def tick(self) -> None:
-        if time.monotonic() < self.next_at:
-            return
-        self.next_at = time.monotonic() + self.period
-        try:
-            with urllib.request.urlopen(self.url, timeout=1.0) as response:
-                ok = 200 <= response.status < 400
-        except OSError:
-            ok = False
-        self.successes, self.failures = (self.successes + 1, 0) if ok else (0, self.failures + 1)
-        if ok and self.successes >= self.success_threshold:
-            self.ready = True
-        if not ok and self.failures >= self.failure_threshold:
-            self.ready = False
-
-
-@dataclass(slots=True)
-class Container:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str
-    log: Path
-    restart_policy: str
-    probe: Probe | None
-    process: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    started_at: str = ""
-    exit_code: int | None = None
-    restart_at: float = 0.0
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            # A session of its own: signals reach the whole process group.
-            self.process = subprocess.Popen(
-                self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-        self.started_at, self.exit_code = now(), None
-
-    def poll(self) -> None:
-        """Notice an exit; restart as the pod's restartPolicy says, one second later."""
-        if self.process is not None and self.process.poll() is not None:
-            self.exit_code, self.process = self.process.returncode, None
-            if self.restart_policy == "Always" or (
-                self.restart_policy == "OnFailure" and self.exit_code != 0
-            ):
-                self.restart_at = time.monotonic() + RESTART_DELAY_SECONDS
-        if self.process is None and self.restart_at and time.monotonic() >= self.restart_at:
-            self.restart_at, self.restarts = 0.0, self.restarts + 1
-            if self.probe is not None:
-                self.probe.ready = False
-            self.start()
-        if self.process is not None and self.probe is not None:
-            self.probe.tick()
-
-    def signal(self, signum: int) -> None:
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signum)
-
-    @property
-    def ready(self) -> bool:
-        return self.process is not None and (self.probe is None or self.probe.ready)
-
-    def status(self, image: str) -> dict[str, Any]:
-        started = {"startedAt": self.started_at}
-        state: dict[str, Any] = {"running": started}
-        if self.process is None:
-            state = {
-                "terminated": {**started, "exitCode": self.exit_code or 0, "finishedAt": now()}
-            }
-        return {
-            "name": self.name, "image": image, "imageID": "", "ready": self.ready,
-            "restartCount": self.restarts, "started": self.process is not None,
-            "containerID": f"process://{self.process.pid}" if self.process else "",
-            "state": state,
-        }  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -302,15 +203,17 @@ class Kubelet:
                    containers=containers)  # fmt: skip
 
     def probe(self, c: Any, ip: str) -> Probe | None:
-        get = c.readiness_probe.http_get if c.readiness_probe else None
-        if get is None:
-            return None
-        port = get.port
-        if isinstance(port, str) and not port.isdigit():
-            port = next(p.container_port for p in c.ports or [] if p.name == port)
+        """The readiness probe (HTTP GET or TCP; exec and gRPC probes are not run: ready)."""
         p = c.readiness_probe
+        action = p and (p.http_get or p.tcp_socket)
+        if not action:
+            return None
+        port = action.port
+        if isinstance(port, str) and not port.isdigit():
+            port = next(x.container_port for x in c.ports or [] if x.name == port)
+        url = f"http://{ip}:{port}{p.http_get.path or '/'}" if p.http_get else f"tcp://{ip}:{port}"
         return Probe(
-            url=f"http://{ip}:{port}{get.path or '/'}", period=p.period_seconds or 10,
+            url=url, period=p.period_seconds or 10,
             next_at=time.monotonic() + (p.initial_delay_seconds or 0),
             success_threshold=p.success_threshold or 1, failure_threshold=p.failure_threshold or 3,
         )  # fmt: skip
@@ -383,21 +286,6 @@ class Kubelet:
         )
         with contextlib.suppress(client.ApiException):  # already gone
             self.core.delete_namespaced_pod(name, namespace, body=options)
-
-
-def stop_processes(containers: list[Container], grace: float) -> None:
-    """SIGTERM, up to ``grace`` seconds for them to exit, SIGKILL for the rest."""
-    for container in containers:
-        container.signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(
-        c.process is not None and c.process.poll() is None for c in containers
-    ):
-        time.sleep(0.1)
-    for container in containers:
-        container.signal(signal.SIGKILL)
-        if container.process is not None:
-            container.process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
