@@ -110,6 +110,7 @@ class OutsideBalancer:
         asyncio.run_coroutine_threadsafe(self.balancer.stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
 
 @contextmanager

@@ -234,18 +234,13 @@ def test_the_operator_balances_a_pool_after_a_rolling_restart(cluster, namespace
                 "actuation": {"windowSeconds": 2, "quietMillis": 100, "deadlineSeconds": 10},
             }
             kubectl(cluster, "apply", "-f", "-", stdin=balancer_manifest(namespace, **spec))
-            status = lambda: json.loads(
-                kubectl(  # noqa: E731
-                    cluster,
-                    "get",
-                    "connectionbalancer",
-                    "auth",
-                    "-n",
-                    namespace,
-                    "-o",
-                    "json",
-                ).stdout
-            ).get("status", {})
+
+            def status() -> dict[str, Any]:
+                got = kubectl(
+                    cluster, "get", "connectionbalancer", "auth", "-n", namespace, "-o", "json"
+                )
+                return dict(json.loads(got.stdout).get("status", {}))
+
             eventually(
                 lambda: status().get("phase") == "Balanced",
                 what="the operator judges the fresh pool balanced",
