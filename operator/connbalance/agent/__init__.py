@@ -40,7 +40,8 @@ In-process API (stable; the fleet simulator uses it)::
 
 ``ResetAgent(port=3025, max_fraction=0.25, ...)`` (in ``connbalance.agent.reset``) offers the
 same engine API for reset mode; its ``start()`` raises ``ResetUnavailable`` when SOCK_DESTROY
-cannot be used.
+cannot be used. Connection ids: ``c<N>`` in proxy mode, the kernel's socket cookie (hex) in reset
+mode, where ``opened_at`` is when the agent first saw the socket.
 
 A connection is quiet, and may be closed gracefully, when neither direction carried data for
 ``quietMillis``, no buffer holds any, and the server had the last word (silence after a client's
