@@ -11,6 +11,7 @@ import abc
 import asyncio
 import contextlib
 import enum
+import logging
 import random
 import time
 from collections.abc import Iterable
@@ -25,6 +26,8 @@ from connbalance.agent.metrics import AgentMetrics
 from connbalance.agent.selection import ConnectionInfo, ceiling, pick, spread
 from connbalance.agent.state import SeenRequests
 from connbalance.model import DrainRequest
+
+log = logging.getLogger(__name__)
 
 # How long a slot whose chosen connection vanished on its own may keep looking for another one.
 _REPICK_LIMIT = 64
@@ -121,6 +124,7 @@ class DrainEngine(abc.ABC):
         self._tasks: dict[str, asyncio.Task[RequestStatus]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.cycled_total = 0
+        self._warned_no_steer = False
         self.metrics = AgentMetrics(mode=self.mode, active=self.active_count, registry=registry)
 
     # --- what a mode supplies -------------------------------------------------------------
@@ -183,7 +187,18 @@ class DrainEngine(abc.ABC):
         )
         self._tasks[request.id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(request.id, None))
+        if request.steer:
+            # A little past the window, so the last closes of the window also land elsewhere.
+            self.steer(request.window_seconds + 1.0)
         return status
+
+    def steer(self, seconds: float) -> None:
+        """Keep new client connections off this pod for ``seconds``. Modes that cannot (reset
+        mode is out of the data path) say so once; the planner's steered estimate then
+        under-sheds, which costs steps but never overshoots."""
+        if not self._warned_no_steer:
+            self._warned_no_steer = True
+            log.warning("%s mode cannot refuse new connections: steer is ignored", self.mode)
 
     def _refusal(self, request: DrainRequest) -> str:
         if request.deadline <= datetime.now(UTC):

@@ -283,6 +283,9 @@ class ProxyAgent(DrainEngine):
         # Let the transports run their connection_lost callbacks before the loop goes away.
         await asyncio.sleep(0)
 
+    def steer(self, seconds: float) -> None:
+        self.refuse_new(seconds)
+
     def refuse_new(self, seconds: float) -> None:
         """Refuse new client connections for ``seconds`` (steering: reconnects go elsewhere).
 

@@ -110,6 +110,7 @@ class DrainIssuer:
                         deadline=issued_at + timedelta(seconds=actuation.deadline_seconds),
                         policy=self.name,
                         issued_at=issued_at,
+                        steer=actuation.steer,
                     ),
                 )
             )

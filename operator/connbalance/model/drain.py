@@ -4,9 +4,10 @@ Wire form (the annotation ``connbalance.io/drain`` and the body of ``POST /v1/dr
 
     {"id": "cb.default.web.3f2a9c1e.2.web-0", "count": 40, "windowSeconds": 30,
      "quietMillis": 200, "deadline": "2026-11-30T08:00:00Z", "policy": "default/web",
-     "issuedAt": "2026-11-30T07:59:00Z"}
+     "issuedAt": "2026-11-30T07:59:00Z", "steer": true}
 
-``id`` and ``count`` are required; the rest have the defaults below. Unknown keys are rejected so
+``id`` and ``count`` are required; the rest have the defaults below. With ``steer`` the agent also
+refuses new connections for the window, so cycled clients reconnect to other pods. Unknown keys are rejected so
 that a typo never silently changes what is cycled.
 """
 
@@ -31,7 +32,9 @@ MAX_COUNT = 1_000_000
 MAX_WINDOW_SECONDS = 3600.0
 MAX_QUIET_MILLIS = 60_000
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$")
-_KEYS = frozenset({"id", "count", "windowSeconds", "quietMillis", "deadline", "policy", "issuedAt"})
+_KEYS = frozenset(
+    {"id", "count", "windowSeconds", "quietMillis", "deadline", "policy", "issuedAt", "steer"}
+)
 
 
 class InvalidDrainRequest(ValueError):
@@ -52,6 +55,7 @@ class DrainRequest:
     deadline: datetime
     policy: str = ""
     issued_at: datetime | None = None
+    steer: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -64,6 +68,8 @@ class DrainRequest:
         }
         if self.issued_at is not None:
             wire["issuedAt"] = _format_time(self.issued_at)
+        if self.steer:
+            wire["steer"] = True
         return wire
 
     def to_json(self) -> str:
@@ -103,6 +109,9 @@ class DrainRequest:
         if not isinstance(policy, str):
             raise InvalidDrainRequest("policy", "must be a string")
         issued_at = _time(data, "issuedAt") if "issuedAt" in data else None
+        steer = data.get("steer", False)
+        if not isinstance(steer, bool):
+            raise InvalidDrainRequest("steer", "must be true or false")
         if "deadline" in data:
             deadline = _time(data, "deadline")
         else:
@@ -116,6 +125,7 @@ class DrainRequest:
             deadline=deadline,
             policy=policy,
             issued_at=issued_at,
+            steer=steer,
         )
 
 

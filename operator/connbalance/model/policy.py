@@ -190,8 +190,10 @@ FIELDS: Final[tuple[Setting, ...]] = (
     Setting(
         "actuation.steer",
         bool,
-        False,
-        "Keep reconnects off shedding pods during the window.",
+        True,
+        "Keep reconnects off shedding pods for the window (the agent refuses new connections "
+        "there, in proxy mode), so each cycled connection moves once. Where nothing steers, "
+        "steps under-shed and take longer, but never overshoot.",
     ),
     Setting(
         "actuation.agentPort",
@@ -255,7 +257,7 @@ class ActuationSpec:
     window_seconds: float = 30.0
     quiet_millis: int = 200
     deadline_seconds: float = 90.0
-    steer: bool = False
+    steer: bool = True
     agent_port: int = 9095
     token_secret: SecretKeyRef | None = None
 

@@ -42,6 +42,7 @@ class ConnectionEnd:
     in_service: bool  # the backend was still registered: a deliberate close, not a restart
     closed_by_backend: bool
     lifetime: float
+    served: bool = True  # the backend sent something: a pod that resets on arrival never does
 
 
 @dataclass(slots=True)
@@ -54,7 +55,7 @@ class BalancerStats:
 class _Pair:
     """A client connection and the backend connection it was given."""
 
-    __slots__ = ("backend", "client", "ended", "started", "upstream")
+    __slots__ = ("backend", "client", "ended", "served", "started", "upstream")
 
     def __init__(self, *, client: asyncio.Transport, backend: Backend, started: float) -> None:
         self.client = client
@@ -62,6 +63,7 @@ class _Pair:
         self.started = started
         self.upstream: asyncio.Transport | None = None
         self.ended = False
+        self.served = False
 
     def abort(self) -> None:
         self.client.abort()
@@ -111,6 +113,7 @@ class _BackendSide(asyncio.Protocol):
         self._pair.upstream = transport
 
     def data_received(self, data: bytes) -> None:
+        self._pair.served = True
         self._pair.client.write(data)
 
     def eof_received(self) -> bool:
@@ -267,7 +270,7 @@ class FlowHashBalancer:
         now = self._clock()
         end = ConnectionEnd(backend=pair.backend.name, at=now,
                             in_service=not pair.backend.retired, closed_by_backend=by_backend,
-                            lifetime=now - pair.started)
+                            lifetime=now - pair.started, served=pair.served)
         self.stats.ends.append(end)
         if self._on_end is not None:
             self._on_end(end)

@@ -48,8 +48,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--duration", type=float, help="seconds after the rollout finished")
     p.add_argument("--quick", action="store_true", help="a small run, under 90 s in all")
-    p.add_argument("--strategies", default=",".join(NAMES),
-                   help=f"comma-separated, from {', '.join(NAMES)}")
+    p.add_argument("--strategies", default=None,
+                   help=f"comma-separated, from {', '.join(NAMES)} (default: all; with --quick "
+                        "all but connbalance-uniform, to keep the side-by-side run light)")
     p.add_argument("--json", action="store_true", help="print the JSON document on stdout")
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out)")
     p.add_argument("--docs", action="store_true", help="also write docs/bench.md, docs/bench.png")
@@ -176,7 +177,9 @@ def docs_page(doc: dict[str, Any]) -> str:
 
 def run(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+    chosen = args.strategies or ",".join(
+        n for n in NAMES if not (args.quick and n == "connbalance-uniform"))
+    names = [n.strip() for n in chosen.split(",") if n.strip()]
     unknown = [n for n in names if n not in FACTORIES]
     if unknown or not names:
         print(f"connbalance bench: unknown strategy {unknown[0] if unknown else '(none)'}; "

@@ -169,7 +169,9 @@ async def run(scenario: Scenario, strategy: Strategy, *, view: View | None = Non
     cycled_at: list[float] = []
 
     def on_end(end: ConnectionEnd) -> None:
-        if end.in_service:
+        # A connection a steering pod reset on arrival was refused, not cycled: its client
+        # never had a stream on it (a gRPC server speaks first, so a served one carried bytes).
+        if end.in_service and end.served:
             cycled_at.append(end.at - t0)
 
     balancer_host, hosts = scenario.hosts()

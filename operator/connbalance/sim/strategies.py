@@ -10,8 +10,9 @@ random-reconnect's, which the clients make themselves.
   threshold and shed rate).
 - ``wazuh``: when max/mean exceeds 1 + 0.1, pods above the mean close a chunk of their excess
   while every pod but the idlest is out of rotation, so reconnects land on the idle one.
-- ``connbalance`` and ``connbalance-steer``: the real controller and planner, through the local
-  Fleet and Actuator; the second with ``actuation.steer``.
+- ``connbalance``, ``connbalance-steer`` and ``connbalance-uniform``: the real controller and
+  planner, through the local Fleet and Actuator: steering by the agent (the default), by the
+  balancer, or none.
 """
 
 from __future__ import annotations
@@ -154,11 +155,18 @@ class Wazuh(Nothing):
 
 
 class Connbalance(Nothing):
-    """The operator's core: the same Controller and planner as in a cluster."""
+    """The operator's core: the same Controller and planner as in a cluster.
 
-    def __init__(self, *, steer: bool) -> None:
+    ``connbalance`` runs the product's defaults: the agent of a shedding pod refuses new
+    connections for the window, so a cycled client's retry goes elsewhere. ``connbalance-steer``
+    steers at the balancer instead (a readiness gate: the pod leaves the endpoints for the window).
+    ``connbalance-uniform`` turns steering off: reconnects land anywhere, the shedding pod included.
+    """
+
+    def __init__(self, *, steer: bool, via_balancer: bool, name: str) -> None:
         self.steer = steer
-        self.name = "connbalance-steer" if steer else "connbalance"
+        self.via_balancer = via_balancer
+        self.name = name
 
     def policy(self, scenario: Scenario) -> Policy:
         return Policy.from_spec({
@@ -175,7 +183,7 @@ class Connbalance(Nothing):
     async def run(self, ctx: Context) -> None:
         sink = _Events(ctx)
         actuator = LocalActuator(
-            fleet=ctx.fleet, balancer=ctx.balancer, steer=self.steer, clock=ctx.clock,
+            fleet=ctx.fleet, balancer=ctx.balancer, steer=self.via_balancer, clock=ctx.clock,
             on_deliver=lambda pod, req: ctx.log("drain", pod, f"drain {pod}: {req.count}",
                                                 count=req.count))
         controller = Controller(name=PolicyName("sim/fleet"), policy=self.policy(ctx.scenario),
@@ -206,7 +214,10 @@ FACTORIES: Final[dict[str, Callable[[], Strategy]]] = {
     "random-reconnect": RandomReconnect,
     "piko": Piko,
     "wazuh": Wazuh,
-    "connbalance": lambda: Connbalance(steer=False),
-    "connbalance-steer": lambda: Connbalance(steer=True),
+    "connbalance": lambda: Connbalance(steer=True, via_balancer=False, name="connbalance"),
+    "connbalance-steer": lambda: Connbalance(steer=True, via_balancer=True,
+                                             name="connbalance-steer"),
+    "connbalance-uniform": lambda: Connbalance(steer=False, via_balancer=False,
+                                               name="connbalance-uniform"),
 }
 NAMES: Final = tuple(FACTORIES)
