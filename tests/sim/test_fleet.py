@@ -11,7 +11,7 @@ from connbalance.agent.reset import ResetUnavailable, check_sock_destroy
 from connbalance.sim import measures, prom
 from connbalance.sim.measures import Record
 from connbalance.sim.scenario import Scenario, run
-from connbalance.sim.strategies import Connbalance, Nothing
+from connbalance.sim.strategies import FACTORIES, Nothing
 
 SMALL = Scenario(servers=3, clients=30, restarts=3, duration=2.0, pause=0.3, warmup=0.3,
                  ping=0.5, net="127.0.8", block=7)
@@ -40,7 +40,7 @@ def test_rebalances_with_the_agent_out_of_the_data_path_in_reset_mode():
         pytest.skip(f"SOCK_DESTROY unavailable on this machine: {exc}")
     scenario = replace(SMALL, agent_mode="reset", clients=45, duration=8.0, settle=1.0,
                        step_interval=1.0, window=1.0)
-    record = asyncio.run(run(scenario, Connbalance(steer=True)))
+    record = asyncio.run(run(scenario, FACTORIES["connbalance-steer"]()))
     _assert_the_controller_lowered_the_skew(record, clients=45)
 
 
@@ -50,7 +50,7 @@ def test_rebalances_reading_load_through_a_real_prometheus():
         pytest.skip("no prometheus binary (make system-deps installs Debian's)")
     scenario = replace(SMALL, metrics="prometheus", clients=45, duration=10.0, settle=1.0,
                        step_interval=1.0, window=1.0, block=6)
-    record = asyncio.run(run(scenario, Connbalance(steer=True)))
+    record = asyncio.run(run(scenario, FACTORIES["connbalance-steer"]()))
     _assert_the_controller_lowered_the_skew(record, clients=45)
 
 
