@@ -6,6 +6,7 @@ goes to ``status.controller`` and comes back on the next tick; the durable facts
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -23,7 +24,14 @@ from connbalance.kube.actuator import AnnotationActuator, HttpActuator
 from connbalance.kube.crd import GROUP, PLURAL, VERSION
 from connbalance.kube.fleet import KubeFleet
 from connbalance.kube.status import conditions, status_patch
-from connbalance.model import Phase, Policy, PolicyError, PolicyName, SecretKeyRef
+from connbalance.model import (
+    MetricsSpec,
+    Phase,
+    Policy,
+    PolicyError,
+    PolicyName,
+    SecretKeyRef,
+)
 from connbalance.ports import Actuator
 from connbalance.prometheus import PrometheusLoadSource
 
@@ -63,13 +71,35 @@ def read_secret(core: Any, namespace: str, ref: SecretKeyRef, field_path: str) -
     return base64.b64decode(data).decode().strip()
 
 
+@functools.cache
+def _private_dir() -> str:
+    """A directory only this process can write, made once: never a predictable shared path."""
+    return tempfile.mkdtemp(prefix="connbalance-")
+
+
 def _ca_file(bundle: str) -> str:
     digest = hashlib.sha256(bundle.encode()).hexdigest()[:16]
-    path = os.path.join(tempfile.gettempdir(), f"connbalance-ca-{digest}.pem")
+    path = os.path.join(_private_dir(), f"ca-{digest}.pem")
     if not os.path.exists(path):
-        with open(path, "w", encoding="utf-8") as out:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
             out.write(bundle)
     return path
+
+
+@functools.lru_cache(maxsize=256)
+def _load_source(
+    metrics: MetricsSpec,
+    namespace: str,
+    selector: tuple[tuple[str, str], ...],
+    token: str | None,
+    ca: str | None,
+) -> PrometheusLoadSource:
+    """One source per distinct setting, kept across ticks: building one checks files and warns
+    about skip-verify, which should happen once, not every few seconds."""
+    return PrometheusLoadSource.from_spec(
+        metrics, namespace=namespace, selector=selector, bearer_token=token, ca_file=ca
+    )
 
 
 def build_controller(
@@ -89,9 +119,7 @@ def build_controller(
             read_secret(core, namespace, metrics.ca_secret, "spec.metrics.prometheus.caSecret")
         )
     try:
-        loads = PrometheusLoadSource.from_spec(
-            metrics, namespace=namespace, selector=policy.selector, bearer_token=token, ca_file=ca
-        )
+        loads = _load_source(metrics, namespace, policy.selector, token, ca)
     except ValueError as exc:
         raise SpecError(f"spec.metrics: {exc}") from exc
     annotate = AnnotationActuator(core=core, namespace=namespace)
