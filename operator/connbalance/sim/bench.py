@@ -146,12 +146,15 @@ Why each behaves as it does:
   every backend but the idlest out of rotation while a chunk reconnects, so most closes move a
   client where it is needed. It rounds in fixed chunks and re-aims at whichever pod is idlest,
   and in a real cluster taking all but one backend out sends every new client to one pod.
-- **connbalance**: plans the fewest closes that bring max/mean within tolerance given that
-  reconnects land uniformly, shedding pods included, in bounded steps measured one after the
-  other, and stops once balanced. Without steering that costs about 2.4 to 3 times the excess.
-- **connbalance-steer**: the same plan, with new connections kept off the shedding pods for the
-  drain window: each cycled connection moves once, a ratio near 1.0 (the least possible), in
-  one or two steps.
+- **connbalance** (the defaults): plans the fewest closes that bring max/mean within tolerance,
+  in bounded steps measured one after the other, and stops once balanced. The agent of each
+  shedding pod refuses new connections for the drain window, so a cycled client's retry lands
+  on another pod: each cycled connection moves about once, at the price of one refused attempt
+  for the clients whose retry hashed to a shedding pod.
+- **connbalance-steer**: the same plan, steered at the balancer instead (a readiness gate takes
+  the shedding pod out of the endpoints for the window): no refused attempts at all.
+- **connbalance-uniform** (`steer: false`): reconnects land anywhere, the shedding pods included,
+  so the plan solves for where they land; that costs about 2.4 to 3 times the excess.
 """
 
 
