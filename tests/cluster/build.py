@@ -201,7 +201,16 @@ def ensure_built() -> Path:
     out = bin_dir()
     if not (out / "clusterbin").exists():
         build(out)
+        prune(keep=out)
     return out
+
+
+def prune(*, keep: Path) -> None:
+    """Drop the binaries of older sources (about 240 MB each): only the current build is used,
+    and the Go build cache makes going back to an older one cheap."""
+    for old in keep.parent.iterdir():
+        if old != keep and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
