@@ -8,13 +8,14 @@ import json
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client, config
 
 from tests.cluster.cluster import Cluster
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.cluster
 
@@ -52,17 +53,6 @@ spec:
   selector: {{app: servers}}
   ports: [{{name: http, port: 8080, targetPort: http}}]
 """
-
-
-def eventually(check: Callable[[], Any], *, what: str, timeout: float = 60.0) -> Any:
-    """The check's first truthy result, polled; fails with ``what`` after the timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    pytest.fail(f"not within {timeout:.0f}s: {what}")
 
 
 def http_get(url: str) -> str:

@@ -12,8 +12,7 @@ import json
 import os
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +22,12 @@ from kubernetes import client, config
 
 from tests.cluster.cluster import Cluster
 from tests.e2e.pool import OutsideBalancer, agent_status, clients, pool_manifest
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 120
-
-
-def eventually(check: Callable[[], Any], *, what: str, timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    pytest.fail(f"not within {timeout:.0f}s: {what} (last: {last!r})")
 
 
 def kubectl(

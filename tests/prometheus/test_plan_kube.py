@@ -21,6 +21,7 @@ import pytest
 from connbalance.kube.readiness import read_pods
 from connbalance.ports import FleetError
 from tests.cluster.cluster import Cluster
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
 
@@ -54,16 +55,6 @@ def pod(name: str, namespace: str, state: Path, *, ready: bool = True) -> dict[s
             }],
         },
     }
-
-
-def eventually(check: Any, *, what: str, timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.3)
-    pytest.fail(f"not within {timeout:.0f}s: {what}")
 
 
 def series(cluster: Cluster, promql: str) -> dict[str, str]:
