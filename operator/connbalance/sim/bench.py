@@ -150,7 +150,9 @@ Why each behaves as it does:
   in bounded steps measured one after the other, and stops once balanced. The agent of each
   shedding pod refuses new connections for the drain window, so a cycled client's retry lands
   on another pod: each cycled connection moves about once, at the price of one refused attempt
-  for the clients whose retry hashed to a shedding pod.
+  for the clients whose retry hashed to a shedding pod. A gRPC client fails the calls it makes
+  while its channel waits out that backoff, hence the failed calls: clients with a retry policy
+  or wait-for-ready see none, others can set `steer: false` or steer at the balancer.
 - **connbalance-steer**: the same plan, steered at the balancer instead (a readiness gate takes
   the shedding pod out of the endpoints for the window): no refused attempts at all.
 - **connbalance-uniform** (`steer: false`): reconnects land anywhere, the shedding pods included,
