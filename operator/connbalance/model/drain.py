@@ -6,9 +6,9 @@ Wire form (the annotation ``connbalance.io/drain`` and the body of ``POST /v1/dr
      "quietMillis": 200, "deadline": "2026-11-30T08:00:00Z", "policy": "default/web",
      "issuedAt": "2026-11-30T07:59:00Z", "steer": true}
 
-``id`` and ``count`` are required; the rest have the defaults below. With ``steer`` the agent also
-refuses new connections for the window, so cycled clients reconnect to other pods. Unknown keys are rejected so
-that a typo never silently changes what is cycled.
+``id`` and ``count`` are required; the rest have the defaults below. With ``steer`` the agent
+also refuses new connections for the window, so cycled clients reconnect to other pods. Unknown
+keys are rejected so that a typo never silently changes what is cycled.
 """
 
 from __future__ import annotations
