@@ -266,7 +266,7 @@ class Controller:
         )
         return TickResult(
             state=after.with_(phase=Phase.REBALANCING, reason=plan.reason),
-            conditions=_conditions(Phase.REBALANCING, balanced=plan.skew, policy=policy),
+            conditions=_conditions(Phase.REBALANCING, balanced=plan.skew),
             requeue_after=self.cooldown,
             issued=issued,
             seen=seen,
@@ -333,9 +333,7 @@ def _conditions(
     converging: tuple[str, str] | None = None,
     balanced: float | None = None,
     reason: str = "",
-    policy: Policy | None = None,
 ) -> tuple[Condition, ...]:
-    del policy
     ready_status, ready_reason = ready
     out = [
         Condition(
