@@ -67,7 +67,7 @@ def test_no_cap_is_ever_exceeded(pool, pol, engaged):
     result = plan(loads=loads, pods=pods, policy=pol, now=NOW, engaged=engaged)
     balance = pol.balance
     for drain in result.drains:
-        assert drain.count >= 1
+        assert drain.count >= 1 or pol.actuation.steer, "steer-only requests only when steering"
         assert drain.count <= math.floor(balance.max_fraction_per_step * pool[drain.pod])
         assert drain.count <= balance.max_connections_per_step
     assert result.total <= math.floor(balance.max_pool_fraction_per_step * sum(pool.values()))
@@ -81,9 +81,10 @@ def test_no_pod_is_pushed_below_the_mean(pool, pol, engaged):
     landing = Landing.STEERED if pol.actuation.steer else Landing.UNIFORM
     sheds = {d.pod: float(d.count) for d in result.drains}
     after = expected_loads({PodName(k): v for k, v in pool.items()}, sheds, landing=landing)
-    for pod in sheds:
-        assert pool[pod] > result.mean, "only pods above the mean shed"
-        assert after[pod] >= result.mean - 1e-6
+    for pod, count in sheds.items():
+        if count:  # steer-only pods (count 0) keep what they hold
+            assert pool[pod] > result.mean, "only pods above the mean shed"
+            assert after[pod] >= result.mean - 1e-6
 
 
 @given(pool=pools, pol=policies)
@@ -175,6 +176,27 @@ def test_with_steering_each_cycled_connection_moves_once():
     # the ceiling is halfway into the target band: 200 * 1.025 = 205
     assert {d.pod: d.count for d in result.drains} == {"a": 159, "b": 31}
     assert result.expected_skew == pytest.approx(1.025)
+
+
+def test_steering_also_keeps_reconnects_off_full_pods_that_shed_nothing():
+    # After a rolling restart of four: the last pod is empty, two sit near the mean.
+    loads, pods = snapshot({"a": 23, "b": 21, "c": 20, "d": 16})
+    result = plan(loads=loads, pods=pods, now=NOW, policy=policy(
+        maxFractionPerStep=1, maxPoolFractionPerStep=1, steer=True, tolerance=0.1,
+        targetTolerance=0.05), engaged=True)
+    counts = {d.pod: d.count for d in result.drains}
+    assert counts["a"] == 2
+    assert counts.get("b") == 0, "b is above the mean: what a sheds must not land on it"
+    assert "d" not in counts, "the emptiest pod takes the reconnects"
+    assert result.expected_skew == pytest.approx(21 / 20)
+
+
+def test_steering_off_a_receiver_only_when_that_lowers_the_highest_load():
+    loads, pods = snapshot({"a": 300, "b": 102, "c": 99, "d": 0})
+    result = plan(loads=loads, pods=pods, now=NOW, policy=policy(
+        maxFractionPerStep=1, maxPoolFractionPerStep=1, steer=True))
+    # All of a's 171 on d alone would leave d above where sharing leaves b.
+    assert {d.pod: d.count for d in result.drains} == {"a": 171}
 
 
 def test_a_rolling_restart_needs_more_than_its_excess_without_steering():

@@ -122,7 +122,12 @@ class DrainIssuer:
             self.events.emit(
                 kind="Normal",
                 reason="DrainRequested",
-                message=f"asked {pod.name} to cycle {request.count} connections ({request.id})",
+                message=(
+                    f"asked {pod.name} to cycle {request.count} connections ({request.id})"
+                    if request.count
+                    else f"asked {pod.name} to refuse new connections for the window, cycling "
+                    f"none, so reconnects land on emptier pods ({request.id})"
+                ),
             )
         return tuple(delivered)
 

@@ -10,7 +10,9 @@ Two models of the balancer:
 - ``STEERED``: shedding pods take no new connections for the window, so reconnects spread over
   the others only and each cycled connection moves exactly once: s_i = l_i - T.
 
-Only pods above the mean ever shed: cycling a pod below the mean is pure churn.
+Only pods above the mean ever shed: cycling a pod below the mean is pure churn. When steering,
+pods that would end above the ceiling if reconnects landed on them are steered off too, with
+nothing to cycle (``steer_only``), so the cycled clients land on the pods with room.
 """
 
 from collections.abc import Mapping
@@ -54,6 +56,28 @@ def shed_targets(
     return {p: s for p, s in sheds.items() if s > 0}
 
 
+def steer_only(
+    loads: Mapping[PodName, float], sheds: Mapping[PodName, float], *, ceiling: float
+) -> frozenset[PodName]:
+    """Pods besides the shedding ones to keep reconnects off: the fullest receiver, one at a
+    time, while the reconnects would lift it above the ceiling and steering it off lowers the
+    highest expected load; at least one receiver always stays."""
+    total = sum(sheds.values())
+    receivers = sorted((p for p in loads if p not in sheds), key=lambda p: (loads[p], p))
+    steered: list[PodName] = []
+
+    def highest(takers: list[PodName], kept: list[PodName]) -> float:
+        landed = max(loads[p] + total / len(takers) for p in takers)
+        return max([landed, *(loads[p] for p in kept)])
+
+    while len(receivers) > 1 and loads[receivers[-1]] + total / len(receivers) > ceiling:
+        fullest = receivers[-1]
+        if highest(receivers[:-1], [*steered, fullest]) >= highest(receivers, steered):
+            break
+        steered.append(receivers.pop())
+    return frozenset(steered)
+
+
 def expected_loads(
     loads: Mapping[PodName, float], sheds: Mapping[PodName, float], *, landing: Landing
 ) -> dict[PodName, float]:
@@ -62,8 +86,9 @@ def expected_loads(
     if landing is Landing.UNIFORM or not sheds:
         share = total / len(loads) if loads else 0.0
         return {p: v - sheds.get(p, 0.0) + share for p, v in loads.items()}
-    receivers = [p for p in loads if sheds.get(p, 0.0) <= 0]
+    # A pod named in ``sheds`` is steered off, even with nothing to shed (steer-only).
+    receivers = [p for p in loads if p not in sheds]
     if not receivers:  # nowhere to steer to: behaves as uniform
         return expected_loads(loads, sheds, landing=Landing.UNIFORM)
     share = total / len(receivers)
-    return {p: v - sheds[p] if sheds.get(p, 0.0) > 0 else v + share for p, v in loads.items()}
+    return {p: v - sheds[p] if p in sheds else v + share for p, v in loads.items()}

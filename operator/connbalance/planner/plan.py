@@ -5,7 +5,7 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
 from connbalance.model import Drain, Plan, PodLoad, PodName, PodState, Policy
-from connbalance.planner.landing import Landing, expected_loads, shed_targets
+from connbalance.planner.landing import Landing, expected_loads, shed_targets, steer_only
 
 # When a cap binds, the whole step is scaled down by the same factor, which keeps the expected
 # skew strictly improving; these halvings absorb what integer rounding takes away.
@@ -118,6 +118,9 @@ def decide(
         counts = {p: c for p, c in counts.items() if c > 0}
         if not counts:
             break
+        if landing is Landing.STEERED:
+            sheds = {p: float(c) for p, c in counts.items()}
+            counts |= dict.fromkeys(steer_only(values, sheds, ceiling=ceiling), 0)
         after = expected_loads(values, {p: float(c) for p, c in counts.items()}, landing=landing)
         expected = max(after.values()) / mean
         if expected < skew:
@@ -126,13 +129,16 @@ def decide(
                     pod=p,
                     count=c,
                     reason=f"load {values[p]:g} vs mean {mean:.1f}: expected {after[p]:.1f} "
-                    f"after {landing.value} reconnects{binding}",
+                    f"after {landing.value} reconnects{binding}"
+                    if c
+                    else f"load {values[p]:g}: steered off so reconnects land on emptier pods",
                 )
                 for p, c in sorted(counts.items())
             )
             reason = (
                 f"skew {skew:.3f} over {trigger:.3f}: cycle {sum(counts.values())} on "
-                f"{len(drains)} pod(s), expected skew {expected:.3f}{binding}"
+                f"{sum(1 for c in counts.values() if c)} pod(s), expected skew "
+                f"{expected:.3f}{binding}"
             )
             return (
                 Plan(
