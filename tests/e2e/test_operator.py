@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ def core(cluster: Cluster) -> client.CoreV1Api:
 def operator(cluster: Cluster, namespace: str, crd: None) -> Iterator[str]:
     """The chart installed into the test namespace, watching only it."""
     helm = os.environ.get("CONNBALANCE_HELM", "")
-    if not Path(helm).exists():
+    if not helm or not Path(helm).is_file():
         pytest.fail("CONNBALANCE_HELM does not name a helm binary: run through `make test`")
     release = f"cb-{namespace}"
     done = subprocess.run(
@@ -303,3 +304,13 @@ def test_the_operator_balances_a_pool_after_a_rolling_restart(cluster, namespace
     reasons = {e["reason"] for e in json.loads(events.stdout)["items"]}
     assert "DrainRequested" in reasons
     assert sum(final.values()) >= CLIENTS * 0.9
+    (pod,) = core.list_namespaced_pod(
+        namespace, label_selector=f"app.kubernetes.io/instance={operator}"
+    ).items
+    with urllib.request.urlopen(f"http://{pod.status.pod_ip}:9090/metrics", timeout=5) as got:
+        metrics = got.read().decode()
+    asked = [line for line in metrics.splitlines()
+             if line.startswith("connbalance_drain_requests_total{")
+             and f'policy="{namespace}/auth"' in line]
+    assert asked, "the operator's own metrics count the requests"
+    assert float(asked[0].rsplit(" ", 1)[1]) >= len(annotated)

@@ -93,3 +93,31 @@ def test_a_tick_becomes_a_status_with_per_pod_load_and_the_controller_memory():
     assert {p["name"]: p.get("load") for p in status["pods"]} == {"a": 364, "b": 236, "c": 0}
     assert ControllerState.from_status(status["controller"]) == result.state
     assert yaml.safe_dump(status)  # plain data, as the API server needs
+
+
+def test_a_tick_is_recorded_in_the_operator_metrics():
+    from connbalance.kube.metrics import REGISTRY, record
+
+    clock = FakeClock()
+    fleet = ListFleet.ready(["a", "b", "c"], since=clock.now - 1000)
+    policy = Policy.from_spec({"selector": {"app": "x"}, "balance": {"settleSeconds": 10}})
+    controller = Controller(
+        name=PolicyName("ns/metrics"),
+        policy=policy,
+        loads=DictLoads(clock, {"a": 364, "b": 236, "c": 0}),
+        fleet=fleet,
+        actuator=AnnotatingActuator(fleet),
+        events=ListEvents(),
+        clock=clock,
+    )
+    result = asyncio.run(controller.tick(ControllerState()))
+    record("ns/metrics", result)
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"policy": "ns/metrics", **labels})
+
+    assert value("connbalance_skew") == result.state.skew
+    assert value("connbalance_phase", phase="Rebalancing") == 1
+    assert value("connbalance_phase", phase="Balanced") == 0
+    assert value("connbalance_drain_requests_total") == len(result.issued)
+    assert value("connbalance_connections_requested_total") == sum(r.count for r in result.issued)

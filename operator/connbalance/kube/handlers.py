@@ -23,6 +23,7 @@ from connbalance.controller import Controller, ControllerState
 from connbalance.kube.actuator import AnnotationActuator, HttpActuator
 from connbalance.kube.crd import GROUP, PLURAL, VERSION
 from connbalance.kube.fleet import KubeFleet
+from connbalance.kube.metrics import record
 from connbalance.kube.status import conditions, status_patch
 from connbalance.model import (
     MetricsSpec,
@@ -185,6 +186,7 @@ async def reconcile(
         }
     state = ControllerState.from_status(previous.get("controller"))
     result = await controller.tick(state)
+    record(policy_name, result)
     return status_patch(result, policy=policy_name, generation=generation, previous=previous)
 
 

@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="http://0.0.0.0:8080/healthz",
         help="liveness endpoint URL (default %(default)s)",
     )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve the operator's Prometheus metrics here (default: off)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -56,8 +61,19 @@ def run(argv: list[str]) -> int:
         )
         return 2
     import kopf
+    from prometheus_client import start_http_server
 
     from connbalance.kube import handlers
+    from connbalance.kube.metrics import REGISTRY
+
+    if args.metrics:
+        host, _, port = args.metrics.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            print(
+                f"connbalance run: --metrics: want HOST:PORT, not {args.metrics!r}", file=sys.stderr
+            )
+            return 2
+        start_http_server(int(port), addr=host, registry=REGISTRY)
 
     del handlers  # imported for its registrations
     kopf.run(
