@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from connbalance.controller import Condition, Controller, ControllerState
+from connbalance.controller import Condition, Controller, ControllerState, TickResult
 from connbalance.kube.crd import build_crd, render_yaml
 from connbalance.kube.status import conditions, status_patch
 from connbalance.model import Policy, PolicyName
@@ -72,12 +72,12 @@ def test_conditions_keep_their_transition_time_until_their_status_changes():
     assert flipped[0]["lastTransitionTime"] == "2026-01-02T00:00:00Z"
 
 
-def test_a_tick_becomes_a_status_with_per_pod_load_and_the_controller_memory():
+def first_tick_on_a_skewed_pool(name: str) -> TickResult:
     clock = FakeClock()
     fleet = ListFleet.ready(["a", "b", "c"], since=clock.now - 1000)
     policy = Policy.from_spec({"selector": {"app": "x"}, "balance": {"settleSeconds": 10}})
     controller = Controller(
-        name=PolicyName("ns/x"),
+        name=PolicyName(name),
         policy=policy,
         loads=DictLoads(clock, {"a": 364, "b": 236, "c": 0}),
         fleet=fleet,
@@ -85,7 +85,11 @@ def test_a_tick_becomes_a_status_with_per_pod_load_and_the_controller_memory():
         events=ListEvents(),
         clock=clock,
     )
-    result = asyncio.run(controller.tick(ControllerState()))
+    return asyncio.run(controller.tick(ControllerState()))
+
+
+def test_a_tick_becomes_a_status_with_per_pod_load_and_the_controller_memory():
+    result = first_tick_on_a_skewed_pool("ns/x")
     status = status_patch(result, policy=PolicyName("ns/x"), generation=3, previous=None)
     assert status["phase"] == "Rebalancing"
     assert status["podCount"] == 3
@@ -98,19 +102,7 @@ def test_a_tick_becomes_a_status_with_per_pod_load_and_the_controller_memory():
 def test_a_tick_is_recorded_in_the_operator_metrics():
     from connbalance.kube.metrics import REGISTRY, record
 
-    clock = FakeClock()
-    fleet = ListFleet.ready(["a", "b", "c"], since=clock.now - 1000)
-    policy = Policy.from_spec({"selector": {"app": "x"}, "balance": {"settleSeconds": 10}})
-    controller = Controller(
-        name=PolicyName("ns/metrics"),
-        policy=policy,
-        loads=DictLoads(clock, {"a": 364, "b": 236, "c": 0}),
-        fleet=fleet,
-        actuator=AnnotatingActuator(fleet),
-        events=ListEvents(),
-        clock=clock,
-    )
-    result = asyncio.run(controller.tick(ControllerState()))
+    result = first_tick_on_a_skewed_pool("ns/metrics")
     record("ns/metrics", result)
 
     def value(name: str, **labels: str) -> float | None:

@@ -49,7 +49,6 @@ class DrainIssuer:
     policy: Policy
     actuator: Actuator
     events: EventSink
-    issued_total: int = 0
 
     def check(self, *, pod: PodState, count: int, load: float, now: float) -> None:
         """Raise if cycling ``count`` of ``pod`` (at ``load``) breaks a cap or a cooldown."""
@@ -118,7 +117,6 @@ class DrainIssuer:
         for pod, request in pending:
             await self.actuator.deliver(pod=pod, request=request)
             delivered.append(request)
-            self.issued_total += request.count
             self.events.emit(
                 kind="Normal",
                 reason="DrainRequested",

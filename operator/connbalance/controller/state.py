@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from connbalance.model import Phase, PodName, PodState, PolicyName, RequestId
@@ -87,7 +87,6 @@ class IssuedStep:
     episode: str
     step: int
     issued_at: float
-    pods: tuple[PodName, ...] = field(default=())
 
 
 def newest_step(pods: tuple[PodState, ...], *, policy: PolicyName) -> IssuedStep | None:
@@ -104,10 +103,7 @@ def newest_step(pods: tuple[PodState, ...], *, policy: PolicyName) -> IssuedStep
             episode=parts[1],
             step=int(parts[2]),
             issued_at=drain.issued_at.timestamp(),
-            pods=(pod.name,),
         )
         if best is None or (found.issued_at, found.step) > (best.issued_at, best.step):
             best = found
-        elif (found.episode, found.step) == (best.episode, best.step):
-            best = replace(best, pods=best.pods + found.pods)
     return best
