@@ -1,10 +1,18 @@
-"""The decision: whether to act on a pool, and how many connections each pod should cycle."""
+"""The decision: whether to act on a pool, and how many connections each pod should cycle.
+
+``decide`` asks three questions in turn, each in a function of its own: can the input be used
+(``_unusable``), should the pool be left alone for now (``_reason_to_wait``), and which step
+lowers the skew within the caps (``_step``).
+"""
+
+from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
-from connbalance.model import Drain, Plan, PodLoad, PodName, PodState, Policy
+from connbalance.model import BalanceSpec, Drain, Plan, PodLoad, PodName, PodState, Policy
 from connbalance.planner.landing import Landing, expected_loads, shed_targets, steer_only
 
 # When a cap binds, the whole step is scaled down by the same factor, which keeps the expected
@@ -23,6 +31,45 @@ class Verdict(StrEnum):
     BELOW_MINIMUM = "BelowMinimum"
     WITHIN_TOLERANCE = "WithinTolerance"
     CAPPED = "Capped"
+
+
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    """The ready pods' loads and the figures every later question uses."""
+
+    values: Mapping[PodName, float]
+    total: float
+    mean: float
+    skew: float
+    # The load above the mean: the least that any strategy must move.
+    needed: float
+
+    @classmethod
+    def of(cls, values: Mapping[PodName, float]) -> _Pool:
+        total = sum(values.values())
+        mean = total / len(values)
+        return cls(
+            values=values,
+            total=total,
+            mean=mean,
+            skew=max(values.values()) / mean if mean > 0 else 1.0,
+            needed=sum(v - mean for v in values.values() if v > mean),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Trigger:
+    """The skew above which the planner acts: 1 + tolerance, or 1 + targetTolerance while an
+    episode is running (hysteresis)."""
+
+    value: float
+    setting: str
+
+    @classmethod
+    def of(cls, balance: BalanceSpec, *, engaged: bool) -> _Trigger:
+        if engaged:
+            return cls(1 + balance.target_tolerance, "targetTolerance")
+        return cls(1 + balance.tolerance, "tolerance")
 
 
 def plan(
@@ -47,72 +94,103 @@ def decide(
     now: float,
     engaged: bool = False,
 ) -> tuple[Plan, Verdict]:
-    balance = policy.balance
+    """``plan``, and the verdict behind it."""
+    ready = sorted((p for p in pods if p.ready), key=lambda p: p.name)
     ignored = tuple(
         (p.name, "not Ready") for p in sorted(pods, key=lambda p: p.name) if not p.ready
     )
-    ready = sorted((p for p in pods if p.ready), key=lambda p: p.name)
+    unusable = _unusable(ready, loads, policy=policy, now=now)
+    if unusable is not None:
+        verdict, reason = unusable
+        return Plan(act=False, reason=reason, mean=0.0, skew=1.0, ignored=ignored), verdict
+    pool = _Pool.of({p.name: loads[p.name].load for p in ready})
+    trigger = _Trigger.of(policy.balance, engaged=engaged)
+    waiting = _reason_to_wait(pool, ready, balance=policy.balance, trigger=trigger, now=now)
+    if waiting is None:
+        step, binding = _step(pool, policy=policy, trigger=trigger, ignored=ignored)
+        if step is not None:
+            return step, Verdict.ACT
+        waiting = (
+            Verdict.CAPPED,
+            f"skew {pool.skew:.3f} over {trigger.value:.3f}, but the caps leave no step that "
+            f"lowers it{binding}",
+        )
+    verdict, reason = waiting
+    return (
+        Plan(act=False, reason=reason, mean=pool.mean, skew=pool.skew, ignored=ignored),
+        verdict,
+    )
 
-    def hold(
-        verdict: Verdict, reason: str, mean: float = 0.0, skew: float = 1.0
-    ) -> tuple[Plan, Verdict]:
-        return Plan(act=False, reason=reason, mean=mean, skew=skew, ignored=ignored), verdict
 
+def _unusable(
+    ready: Sequence[PodState], loads: Mapping[PodName, PodLoad], *, policy: Policy, now: float
+) -> tuple[Verdict, str] | None:
+    """Why the snapshot cannot be judged at all: too few ready pods, or their loads missing or
+    stale."""
     if len(ready) < 2:
-        return hold(Verdict.TOO_FEW_PODS, f"{len(ready)} ready pod(s): need at least 2 to balance")
+        return Verdict.TOO_FEW_PODS, f"{len(ready)} ready pod(s): need at least 2 to balance"
     missing = [p.name for p in ready if p.name not in loads]
     if missing:
-        return hold(Verdict.MISSING_LOAD, f"no load measured for ready pod {missing[0]}")
+        return Verdict.MISSING_LOAD, f"no load measured for ready pod {missing[0]}"
     oldest = min(ready, key=lambda p: loads[p.name].timestamp)
     age = now - loads[oldest.name].timestamp
-    if age > policy.metrics.max_staleness_seconds:
-        return hold(
+    limit = policy.metrics.max_staleness_seconds
+    if age > limit:
+        return (
             Verdict.STALE,
-            f"load of {oldest.name} is {age:.0f}s old, over maxStalenessSeconds "
-            f"{policy.metrics.max_staleness_seconds:g}",
+            f"load of {oldest.name} is {age:.0f}s old, over maxStalenessSeconds {limit:g}",
         )
+    return None
 
-    values = {p.name: loads[p.name].load for p in ready}
-    total = sum(values.values())
-    mean = total / len(values)
-    skew = max(values.values()) / mean if mean > 0 else 1.0
-    needed = sum(v - mean for v in values.values() if v > mean)
 
+def _reason_to_wait(
+    pool: _Pool,
+    ready: Sequence[PodState],
+    *,
+    balance: BalanceSpec,
+    trigger: _Trigger,
+    now: float,
+) -> tuple[Verdict, str] | None:
+    """Why a measured pool is left alone for now: a pod not settled, too few connections to be
+    worth moving, or a skew within the trigger."""
     unsettled = [
         p for p in ready if p.ready_since is None or now - p.ready_since < balance.settle_seconds
     ]
     if unsettled:
         pod = unsettled[0]
         since = "an unknown time" if pod.ready_since is None else f"{now - pod.ready_since:.0f}s"
-        return hold(
+        return (
             Verdict.SETTLING,
             f"{pod.name} has been Ready for {since}, "
             f"under settleSeconds {balance.settle_seconds:g}",
-            mean,
-            skew,
         )
-    if total < balance.min_connections:
-        return hold(
+    if pool.total < balance.min_connections:
+        return (
             Verdict.BELOW_MINIMUM,
-            f"pool holds {total:g}, under minConnections {balance.min_connections}",
-            mean,
-            skew,
+            f"pool holds {pool.total:g}, under minConnections {balance.min_connections}",
         )
-    trigger = 1 + (balance.target_tolerance if engaged else balance.tolerance)
-    if skew <= trigger:
-        which = "targetTolerance" if engaged else "tolerance"
-        return hold(
+    if pool.skew <= trigger.value:
+        return (
             Verdict.WITHIN_TOLERANCE,
-            f"skew {skew:.3f} within 1 + {which} = {trigger:.3f}",
-            mean,
-            skew,
+            f"skew {pool.skew:.3f} within 1 + {trigger.setting} = {trigger.value:.3f}",
         )
+    return None
 
+
+def _step(
+    pool: _Pool,
+    *,
+    policy: Policy,
+    trigger: _Trigger,
+    ignored: tuple[tuple[PodName, str], ...],
+) -> tuple[Plan | None, str]:
+    """The largest step within the caps that is expected to lower the skew (None if the caps
+    leave none), and the cap that bound it, as words for reasons ("" if none did)."""
     landing = Landing.STEERED if policy.actuation.steer else Landing.UNIFORM
     # Aim halfway into the target band so that measurement noise does not retrigger at once.
-    ceiling = mean * (1 + balance.target_tolerance / 2)
-    ideal = shed_targets(values, ceiling=ceiling, landing=landing)
-    scale, binding = _scale_for_caps(values, ideal, policy=policy, total=total)
+    ceiling = pool.mean * (1 + policy.balance.target_tolerance / 2)
+    ideal = shed_targets(pool.values, ceiling=ceiling, landing=landing)
+    scale, binding = _scale_for_caps(pool.values, ideal, policy=policy, total=pool.total)
     for _ in range(_MAX_HALVINGS):
         counts = {p: math.floor(s * scale) for p, s in ideal.items()}
         counts = {p: c for p, c in counts.items() if c > 0}
@@ -120,23 +198,15 @@ def decide(
             break
         if landing is Landing.STEERED:
             sheds = {p: float(c) for p, c in counts.items()}
-            counts |= dict.fromkeys(steer_only(values, sheds, ceiling=ceiling), 0)
-        after = expected_loads(values, {p: float(c) for p, c in counts.items()}, landing=landing)
-        expected = max(after.values()) / mean
-        if expected < skew:
-            drains = tuple(
-                Drain(
-                    pod=p,
-                    count=c,
-                    reason=f"load {values[p]:g} vs mean {mean:.1f}: expected {after[p]:.1f} "
-                    f"after {landing.value} reconnects{binding}"
-                    if c
-                    else f"load {values[p]:g}: steered off so reconnects land on emptier pods",
-                )
-                for p, c in sorted(counts.items())
-            )
+            counts |= dict.fromkeys(steer_only(pool.values, sheds, ceiling=ceiling), 0)
+        after = expected_loads(
+            pool.values, {p: float(c) for p, c in counts.items()}, landing=landing
+        )
+        expected = max(after.values()) / pool.mean
+        if expected < pool.skew:
+            drains = _drains(pool, counts, after, landing=landing, binding=binding)
             reason = (
-                f"skew {skew:.3f} over {trigger:.3f}: cycle {sum(counts.values())} on "
+                f"skew {pool.skew:.3f} over {trigger.value:.3f}: cycle {sum(counts.values())} on "
                 f"{sum(1 for c in counts.values() if c)} pod(s), expected skew "
                 f"{expected:.3f}{binding}"
             )
@@ -144,21 +214,38 @@ def decide(
                 Plan(
                     act=True,
                     reason=reason,
-                    mean=mean,
-                    skew=skew,
+                    mean=pool.mean,
+                    skew=pool.skew,
                     drains=drains,
                     expected_skew=expected,
-                    needed=needed,
+                    needed=pool.needed,
                     ignored=ignored,
                 ),
-                Verdict.ACT,
+                binding,
             )
         scale /= 2
-    return hold(
-        Verdict.CAPPED,
-        f"skew {skew:.3f} over {trigger:.3f}, but the caps leave no step that lowers it{binding}",
-        mean,
-        skew,
+    return None, binding
+
+
+def _drains(
+    pool: _Pool,
+    counts: Mapping[PodName, int],
+    after: Mapping[PodName, float],
+    *,
+    landing: Landing,
+    binding: str,
+) -> tuple[Drain, ...]:
+    """One drain per pod named in ``counts``, by pod name; a count of 0 only steers."""
+    return tuple(
+        Drain(
+            pod=p,
+            count=c,
+            reason=f"load {pool.values[p]:g} vs mean {pool.mean:.1f}: expected {after[p]:.1f} "
+            f"after {landing.value} reconnects{binding}"
+            if c
+            else f"load {pool.values[p]:g}: steered off so reconnects land on emptier pods",
+        )
+        for p, c in sorted(counts.items())
     )
 
 
