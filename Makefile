@@ -6,8 +6,10 @@ SHELL := /bin/bash
 # a cold machine rebuilds everything from the package registries.
 CACHE ?= $(HOME)/.cache/connbalance
 PYTHON ?= python3
-# Keyed by the dependency lists only, so editing tool settings in pyproject does not rebuild it.
-PYHASH := $(shell sed -n '/^dependencies/,/^\[project.scripts\]/p' pyproject.toml | sha256sum | cut -c1-12)
+# Keyed by the dependency lists only (the product's, and the simulator's with its entry points, in
+# sim/), so editing tool settings in pyproject does not rebuild it.
+PYHASH := $(shell { sed -n '/^dependencies/,/^\[project.scripts\]/p' pyproject.toml; \
+  sed -n '/^dependencies/,/^\[tool.setuptools\]/p' sim/pyproject.toml; } | sha256sum | cut -c1-12)
 VENV ?= $(CACHE)/venv-$(PYHASH)
 VENV_BIN := $(VENV)/bin
 PY := $(VENV_BIN)/python
@@ -37,15 +39,16 @@ $(VENV)/.deps-ok:
 	@echo "creating $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' -e ./sim
 	touch $@
 
 .PHONY: venv
-venv: $(VENV)/.deps-ok ## the Python environment, with the package installed from this checkout
-	@# The venv outlives checkouts: point its editable install at this one.
+venv: $(VENV)/.deps-ok ## the Python environment: connbalance and its simulator (sim/) from this checkout
+	@# The venv outlives checkouts: point its editable installs at this one.
 	@ln -sfn $(VENV) .venv
-	@$(PY) -c 'import connbalance, pathlib, sys; sys.exit(pathlib.Path(connbalance.__file__).parent != pathlib.Path("$(CURDIR)/operator/connbalance"))' 2>/dev/null \
-	  || $(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@$(PY) -c 'import connbalance, connbalance_sim, importlib.metadata as m, pathlib, sys; m.distribution("connbalance-sim"); \
+	  sys.exit(any(pathlib.Path(p.__file__).parent.parent != pathlib.Path("$(CURDIR)/operator") for p in (connbalance, connbalance_sim)))' 2>/dev/null \
+	  || $(PY) -m pip install -q --no-deps --no-build-isolation -e . -e ./sim
 
 .PHONY: lint
 lint: venv ## ruff, mypy --strict and the layer contract on operator/
@@ -67,7 +70,7 @@ bench: system-deps venv $(BENCH_TARGETS) ## strategies side by side: JSON and a 
 
 .PHONY: clean
 clean: ## remove this checkout's build output (the machine caches stay)
-	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info operator/*.egg-info
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build sim/build *.egg-info operator/*.egg-info
 
 .PHONY: print-py
 print-py: ## print the venv's python (for scripts and helpers)

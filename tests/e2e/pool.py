@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from connbalance.sim.balancer import FlowHashBalancer
+from connbalance_sim.balancer import FlowHashBalancer
 
 AGENT_PORT, SERVER_PORT, METRICS_PORT, HTTP_PORT = 3025, 3026, 3000, 9095
 
@@ -51,7 +51,7 @@ spec:
       containers:
       - name: server
         image: teleport
-        command: [python, -m, connbalance.sim.server]
+        command: [python, -m, connbalance_sim.server]
         args: [--listen, "$(POD_IP):{server}", --metrics, "$(POD_IP):{metrics}"]
         env: [{{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}]
       - name: agent
@@ -119,7 +119,7 @@ def clients(target: str, *, count: int) -> Iterator[subprocess.Popen[str]]:
         [
             sys.executable,
             "-m",
-            "connbalance.sim.clients",
+            "connbalance_sim.clients",
             "--target",
             target,
             "--count",

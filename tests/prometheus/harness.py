@@ -4,6 +4,7 @@ Prometheus discovers the pods through ``file_sd_configs``: each pod is a target 
 ``__meta_kubernetes_*`` labels mimic Kubernetes service discovery, and the scrape config relabels
 them into ``namespace``, ``pod`` and the pod's own labels exactly as the common ``kubernetes-pods``
 job does. Everything listens on 127.0.5.0/24 (this area's loopback range), ports chosen free.
+The Prometheus process itself is run by the simulator's runner (``connbalance_sim.prom``).
 """
 
 from __future__ import annotations
@@ -11,19 +12,15 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
-import socket
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from connbalance_sim.prom import PrometheusProcess
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 REPO = Path(__file__).resolve().parents[2]
@@ -55,92 +52,21 @@ scrape_configs:
 """
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+class PrometheusServer(PrometheusProcess):
+    """The simulator's Prometheus runner, configured as this area's: pods found through files in
+    ``targets`` (see ``publish``), relabelled as Kubernetes discovery would."""
 
-
-@dataclass
-class PrometheusServer:
-    """One Prometheus process with its own storage; ``start()`` returns once it is ready."""
-
-    run_dir: Path
-    web_config: Path | None = None
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
+    def __init__(self, *, run_dir: Path, web_config: Path | None = None) -> None:
+        super().__init__(run_dir=run_dir, host=HOST, binary=PROMETHEUS, web_config=web_config,
+                         config=CONFIG.format(targets=run_dir / "targets"))
 
     @property
     def targets(self) -> Path:
         return self.run_dir / "targets"
 
-    @property
-    def url(self) -> str:
-        scheme = "https" if self.web_config else "http"
-        return f"{scheme}://{HOST}:{self.port}"
-
     def start(self) -> None:
-        if not PROMETHEUS.exists():
-            raise RuntimeError(f"{PROMETHEUS} is missing: `make system-deps` installs it")
         self.targets.mkdir(parents=True, exist_ok=True)
-        config = self.run_dir / "prometheus.yml"
-        config.write_text(CONFIG.format(targets=self.targets))
-        for _ in range(3):  # the free port may be taken between choosing and binding
-            self.port = free_port(HOST)
-            args = [
-                str(PROMETHEUS),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self.run_dir / 'data'}",
-                f"--web.listen-address={HOST}:{self.port}",
-                "--web.enable-lifecycle",
-                "--log.level=warn",
-            ]
-            if self.web_config:
-                args.append(f"--web.config.file={self.web_config}")
-            with (self.run_dir / "prometheus.log").open("ab") as log:
-                self.process = subprocess.Popen(
-                    args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-            if self._wait_ready():
-                return
-            self.stop()
-        raise RuntimeError(f"Prometheus did not start: see {self.run_dir / 'prometheus.log'}")
-
-    def _wait_ready(self, timeout: float = 30.0) -> bool:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        # The readiness probe only: the tests themselves verify the certificate (or not).
-        unverified = ssl.create_default_context()
-        unverified.check_hostname = False
-        unverified.verify_mode = ssl.CERT_NONE
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1,
-                                            context=unverified) as answer:
-                    if answer.status == 200:
-                        return True
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        return False
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        self.process = None
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """Straight to the HTTP API (not through the code under test), for waiting on scrapes."""
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            result: list[dict[str, Any]] = json.load(answer)["data"]["result"]
-            return result
+        super().start()
 
 
 @dataclass

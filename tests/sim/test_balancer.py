@@ -6,7 +6,7 @@ import asyncio
 import collections
 import math
 
-from connbalance.sim.balancer import FlowHashBalancer
+from connbalance_sim.balancer import FlowHashBalancer
 
 NET = "127.0.8"
 

@@ -9,7 +9,7 @@ import sys
 
 def test_quick_bench_prints_one_well_formed_document_where_only_connbalance_balances(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "connbalance.sim.bench", "--quick", "--json",
+        [sys.executable, "-m", "connbalance_sim.bench", "--quick", "--json",
          "--out", str(tmp_path), "--net", "127.0.8",
          "--strategies", "none,max-age,random-reconnect,piko,wazuh,connbalance,connbalance-steer"],
         capture_output=True, text=True, timeout=300, check=True)

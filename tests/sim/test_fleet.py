@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 
 from connbalance.agent.reset import ResetUnavailable, check_sock_destroy
-from connbalance.sim import measures, prom
-from connbalance.sim.measures import Record
-from connbalance.sim.scenario import Scenario, run
-from connbalance.sim.strategies import FACTORIES, Nothing
+from connbalance_sim import measures, prom
+from connbalance_sim.measures import Record
+from connbalance_sim.scenario import Scenario, run
+from connbalance_sim.strategies import FACTORIES, Nothing
 
 SMALL = Scenario(servers=3, clients=30, restarts=3, duration=2.0, pause=0.3, warmup=0.3,
                  ping=0.5, net="127.0.8", block=7)
@@ -46,7 +46,7 @@ def test_rebalances_with_the_agent_out_of_the_data_path_in_reset_mode():
 
 @pytest.mark.prometheus
 def test_rebalances_reading_load_through_a_real_prometheus():
-    if prom.binary() is None:
+    if prom.find_binary() is None:
         pytest.skip("no prometheus binary (make system-deps installs Debian's)")
     scenario = replace(SMALL, metrics="prometheus", clients=45, duration=10.0, settle=1.0,
                        step_interval=1.0, window=1.0, block=6)

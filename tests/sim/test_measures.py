@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from connbalance.sim import measures
-from connbalance.sim.measures import Record, Sample
+from connbalance_sim import measures
+from connbalance_sim.measures import Record, Sample
 
 
 def _record(loads: list[tuple[float, list[float]]], *, cycled_at: tuple[float, ...] = (),

@@ -22,7 +22,7 @@ from connbalance.ports import (
     MetricsPodMissing,
     MetricsUnreachable,
 )
-from connbalance.scrape import ScrapeLoadSource
+from connbalance_sim.scrape import ScrapeLoadSource
 
 HOST = "127.0.8.250"
 
@@ -76,7 +76,7 @@ def test_falls_back_to_open_fds_when_a_server_lacks_the_teleport_metric():
 
 
 def test_reads_the_real_simulated_server():
-    with subprocess.Popen([sys.executable, "-m", "connbalance.sim.server", "--listen",
+    with subprocess.Popen([sys.executable, "-m", "connbalance_sim.server", "--listen",
                            f"{HOST}:0", "--metrics", f"{HOST}:0"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as process:
         try:

@@ -1,24 +1,43 @@
-"""``connbalance``: parse the subcommand and hand over."""
+"""``connbalance``: parse the subcommand and hand over.
+
+``run`` and ``agent`` belong to this package. ``demo`` and ``bench`` are plugins, as pytest and
+flake8 find theirs: a distribution registers ``name = "module:run"`` in the ``connbalance.commands``
+entry-point group (the simulator, ``connbalance-sim``, registers both), so connbalance itself
+imports nothing of it and runs without it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from importlib.metadata import EntryPoint, entry_points
+from typing import Final
 
 from connbalance import __version__
+from connbalance.agent.main import run as run_agent
 from connbalance.cli.errors import EXIT_USAGE, CliError
 from connbalance.cli.plan import add_parser as add_plan_parser
+from connbalance.kube.main import run as run_operator
 
-# Subcommands built by their own packages, each ``run(argv) -> int``. Imported on use, so one
-# that is missing or broken never stops the others.
-_DELEGATED: dict[str, tuple[str, str]] = {
-    "run": ("connbalance.kube.main", "the operator: watches ConnectionBalancer resources"),
-    "agent": ("connbalance.agent.main", "the pod-side agent that cycles connections"),
-    "demo": ("connbalance.sim.demo", "the whole story on loopback, no cluster needed"),
-    "bench": ("connbalance.sim.bench", "strategies side by side: JSON and a plot"),
+COMMANDS_GROUP: Final = "connbalance.commands"
+
+# Each takes the rest of the command line and parses its own flags.
+Command = Callable[[list[str]], int]
+
+_BUILT_IN: Final[dict[str, tuple[Command, str]]] = {
+    "run": (run_operator, "the operator: watches ConnectionBalancer resources"),
+    "agent": (run_agent, "the pod-side agent that cycles connections"),
 }
+# Listed in --help whether or not the plugin is installed, so people learn that they exist.
+_PLUGINS: Final[dict[str, str]] = {
+    "demo": "the whole story on loopback, no cluster needed (needs the simulator)",
+    "bench": "strategies side by side: JSON and a plot (needs the simulator)",
+}
+NOT_INSTALLED: Final = (
+    "connbalance {name}: the simulator is not installed: pip install 'connbalance[sim]' "
+    "connbalance-sim (the 'sim' extra brings grpcio and matplotlib), or `make {name}` in a checkout"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,36 +48,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"connbalance {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_plan_parser(sub)
-    for name, (_, help_text) in _DELEGATED.items():
+    for name, (_, help_text) in _BUILT_IN.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    for name, help_text in _PLUGINS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def installed_plugins() -> Iterable[EntryPoint]:
+    return entry_points(group=COMMANDS_GROUP)
+
+
+def find_plugin(name: str, *, found: Iterable[EntryPoint]) -> Command | None:
+    """The command that an installed distribution registered as ``name``, loaded; else None."""
+    for entry in found:
+        if entry.name == name:
+            command: Command = entry.load()
+            return command
+    return None
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    plugins: Callable[[], Iterable[EntryPoint]] = installed_plugins,
+) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] in _DELEGATED:
-        return _delegate(args_list[0], args_list[1:])
-    parser = build_parser()
-    args = parser.parse_args(args_list)
+    name, rest = (args_list[0], args_list[1:]) if args_list else ("", [])
+    if name in _BUILT_IN:
+        return _BUILT_IN[name][0](rest)
+    if name in _PLUGINS:
+        command = find_plugin(name, found=plugins())
+        if command is None:
+            print(NOT_INSTALLED.format(name=name), file=sys.stderr)
+            return EXIT_USAGE
+        return command(rest)
+    args = build_parser().parse_args(args_list)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
     except CliError as exc:
         print(f"connbalance {args.command}: {exc.message}", file=sys.stderr)
         return exc.exit_code
-
-
-def _delegate(name: str, argv: list[str]) -> int:
-    module_name, _ = _DELEGATED[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
-            print(f"connbalance {name}: not yet built in this version", file=sys.stderr)
-            return EXIT_USAGE
-        raise
-    run: Callable[[list[str]], int] = module.run
-    return run(argv)
 
 
 if __name__ == "__main__":

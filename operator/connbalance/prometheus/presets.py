@@ -32,6 +32,9 @@ from typing import Final
 from connbalance.model import PodName
 from connbalance.prometheus import promql
 
+CONNECTED_RESOURCES: Final = "teleport_connected_resources"
+OPEN_FDS_METRIC: Final = "process_open_fds"
+
 
 @dataclass(frozen=True, slots=True)
 class Preset:
@@ -39,6 +42,10 @@ class Preset:
     counts: str
     query: str | None
     timestamps: str | None
+    # The metrics behind the figure, in the order the query tries them: a pod's figure is the
+    # first one it exports, summed over its series. Empty for custom. (The simulator's direct
+    # scrape computes the same figure from these without a Prometheus.)
+    metrics: tuple[str, ...] = ()
 
 
 TELEPORT_AUTH: Final = Preset(
@@ -57,13 +64,14 @@ TELEPORT_AUTH: Final = Preset(
         "--diag-addr and its podMonitor."
     ),
     query=(
-        "sum by ($pod_label) (teleport_connected_resources{$matchers})"
-        " or sum by ($pod_label) (process_open_fds{$matchers})"
+        f"sum by ($pod_label) ({CONNECTED_RESOURCES}{{$matchers}})"
+        f" or sum by ($pod_label) ({OPEN_FDS_METRIC}{{$matchers}})"
     ),
     timestamps=(
-        "min by ($pod_label) (timestamp(teleport_connected_resources{$matchers}))"
-        " or min by ($pod_label) (timestamp(process_open_fds{$matchers}))"
+        f"min by ($pod_label) (timestamp({CONNECTED_RESOURCES}{{$matchers}}))"
+        f" or min by ($pod_label) (timestamp({OPEN_FDS_METRIC}{{$matchers}}))"
     ),
+    metrics=(CONNECTED_RESOURCES, OPEN_FDS_METRIC),
 )
 
 OPEN_FDS: Final = Preset(
@@ -75,8 +83,9 @@ OPEN_FDS: Final = Preset(
         "(listeners, files, a sidecar's own descriptors) is a near-constant baseline per pod, "
         "which makes the measured skew a little smaller than the real one."
     ),
-    query="sum by ($pod_label) (process_open_fds{$matchers})",
-    timestamps="min by ($pod_label) (timestamp(process_open_fds{$matchers}))",
+    query=f"sum by ($pod_label) ({OPEN_FDS_METRIC}{{$matchers}})",
+    timestamps=f"min by ($pod_label) (timestamp({OPEN_FDS_METRIC}{{$matchers}}))",
+    metrics=(OPEN_FDS_METRIC,),
 )
 
 CUSTOM: Final = Preset(

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 from connbalance.model import PodName
 from connbalance.ports import LoadSource, MetricsError
-from connbalance.scrape import ScrapeLoadSource
-from connbalance.sim.balancer import ConnectionEnd, FlowHashBalancer
-from connbalance.sim.fleet import LocalFleet
-from connbalance.sim.measures import Event, Record, Sample
-from connbalance.sim.prom import LocalPrometheus
+from connbalance_sim.balancer import ConnectionEnd, FlowHashBalancer
+from connbalance_sim.fleet import LocalFleet
+from connbalance_sim.measures import Event, Record, Sample
+from connbalance_sim.prom import LocalPrometheus
+from connbalance_sim.scrape import ScrapeLoadSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +124,7 @@ class ClientProcesses:
         share, extra = divmod(scenario.clients, scenario.client_processes)
         for index in range(scenario.client_processes):
             count = share + (1 if index < extra else 0)
-            args = [sys.executable, "-m", "connbalance.sim.clients", "--target", target,
+            args = [sys.executable, "-m", "connbalance_sim.clients", "--target", target,
                     "--count", str(count), "--ping", str(scenario.ping),
                     "--backoff-ms", str(scenario.backoff_ms),
                     "--seed", str(scenario.seed * 1000 + index), "--report", "0.25",
@@ -174,78 +174,126 @@ async def run(scenario: Scenario, strategy: Strategy, *, view: View | None = Non
         if end.in_service and end.served:
             cycled_at.append(end.at - t0)
 
+    parts = _assemble(scenario, view=view, clock=clock, t0=t0, on_end=on_end)
+    await parts.ctx.balancer.start()
+    try:
+        await _start(parts, strategy)
+        outcome = await _roll_out(parts, strategy)
+    finally:
+        await _stop(parts)
+    ctx = parts.ctx
+    return Record(strategy=strategy.name, clients=scenario.clients, samples=tuple(parts.samples),
+                  events=tuple(ctx.events),
+                  cycled_at=tuple(t for t in cycled_at if t <= outcome.ended),
+                  rollout_started=outcome.rollout_started,
+                  rollout_finished=outcome.rollout_finished, ended=outcome.ended,
+                  failed_calls=outcome.failed_calls, calls=outcome.calls,
+                  refused=ctx.balancer.stats.refused, extra=outcome.held)
+
+
+@dataclass(slots=True)
+class _Parts:
+    """Everything one run starts, so that all of it is stopped whatever happens."""
+
+    ctx: Context
+    timeline: ScrapeLoadSource  # the samples' own source, apart from what the controller reads
+    scraper: ScrapeLoadSource  # what the controller reads, unless a real Prometheus is asked for
+    prometheus: LocalPrometheus | None
+    samples: list[Sample] = field(default_factory=list)
+    sampler: asyncio.Task[None] | None = None
+    acting: asyncio.Task[None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    rollout_started: float
+    rollout_finished: float
+    ended: float
+    failed_calls: int
+    calls: int
+    held: dict[str, int]
+
+
+def _assemble(scenario: Scenario, *, view: View | None, clock: Callable[[], float], t0: float,
+              on_end: Callable[[ConnectionEnd], None]) -> _Parts:
     balancer_host, hosts = scenario.hosts()
     balancer = FlowHashBalancer(host=balancer_host, seed=scenario.seed, on_end=on_end,
                                 clock=clock)
     fleet = LocalFleet(hosts=hosts, balancer=balancer, agent_mode=scenario.agent_mode,
                        clock=clock)
-    clients = ClientProcesses()
     # The timeline is always scraped directly (fast, every half second); the controller reads
     # through the source chosen, a real Prometheus included.
-    source = ScrapeLoadSource(targets=fleet.metrics_targets, clock=clock)
+    timeline = ScrapeLoadSource(targets=fleet.metrics_targets, clock=clock)
     prometheus = None
     if scenario.metrics == "prometheus":
         prometheus = LocalPrometheus(host=scenario.prometheus_host(),
                                      targets=fleet.metrics_targets)
     scraper = ScrapeLoadSource(targets=fleet.metrics_targets, clock=clock)
-    ctx = Context(scenario=scenario, fleet=fleet, balancer=balancer, clients=clients,
+    ctx = Context(scenario=scenario, fleet=fleet, balancer=balancer, clients=ClientProcesses(),
                   loads=scraper, t0=t0, clock=clock, view=view)
-    samples: list[Sample] = []
-    sampler: asyncio.Task[None] | None = None
-    acting: asyncio.Task[None] | None = None
-    await balancer.start()
-    try:
-        await fleet.start()
-        if prometheus is not None:
-            await prometheus.start()
-            ctx.loads = prometheus.load_source(clock=clock)
-        for name in fleet.names:
-            await fleet.wait_ready(name)
-        sampler = asyncio.create_task(_sample(ctx, source, samples))
-        await clients.start(target=balancer.address, scenario=scenario,
+    return _Parts(ctx=ctx, timeline=timeline, scraper=scraper, prometheus=prometheus)
+
+
+async def _start(parts: _Parts, strategy: Strategy) -> None:
+    """The pods, the sampling, the clients: returns once every client holds its stream."""
+    ctx, scenario = parts.ctx, parts.ctx.scenario
+    await ctx.fleet.start()
+    if parts.prometheus is not None:
+        await parts.prometheus.start()
+        ctx.loads = parts.prometheus.load_source(clock=ctx.clock)
+    for name in ctx.fleet.names:
+        await ctx.fleet.wait_ready(name)
+    parts.sampler = asyncio.create_task(_sample(ctx, parts.timeline, parts.samples))
+    await ctx.clients.start(target=ctx.balancer.address, scenario=scenario,
                             reconnect_mean=strategy.reconnect_mean(scenario))
-        await _wait_connected(ctx, scenario.clients, timeout=30.0 + scenario.clients / 20)
-        await asyncio.sleep(scenario.warmup)
-        failed_before = clients.counter("calls_failed")
-        calls_before = clients.counter("calls_ok") + failed_before
-        acting = asyncio.create_task(strategy.run(ctx))
-        rollout_started = ctx.now()
-        ctx.log("rollout", "", f"rolling restart of {scenario.restarts} pod(s) begins")
-        await fleet.rolling_restart(
-            fleet.names[: scenario.restarts], pause=scenario.pause,
-            on_step=lambda pod, what: ctx.log("restart" if what == "restarting" else "ready",
-                                              pod, f"{pod} {what}"))
-        rollout_finished = ctx.now()
-        ctx.log("rollout", "", "rollout finished")
-        await asyncio.sleep(scenario.duration)
-        if acting.done() and not acting.cancelled() and acting.exception() is not None:
-            # A strategy that crashed must not pass for one that chose to do nothing.
-            raise RuntimeError(f"strategy {strategy.name} failed") from acting.exception()
-        ended = ctx.now()
-        # Three views of the same fact, for the conservation check: streams the clients hold,
-        # connections the agents proxy, streams the servers count (the last sample).
-        held = {"client_streams": clients.counter("streams"),
-                "agent_connections": sum(p.agent.active_count() for p in fleet.pods())}
-        failed = clients.counter("calls_failed") - failed_before
-        calls = clients.counter("calls_ok") + clients.counter("calls_failed") - calls_before
-    finally:
-        for task in (acting, sampler):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        await clients.stop()
-        await fleet.stop()
-        await balancer.stop()
-        await source.close()
-        await scraper.close()
-        if prometheus is not None:
-            await prometheus.stop()
-    return Record(strategy=strategy.name, clients=scenario.clients, samples=tuple(samples),
-                  events=tuple(ctx.events), cycled_at=tuple(t for t in cycled_at if t <= ended),
-                  rollout_started=rollout_started, rollout_finished=rollout_finished,
-                  ended=ended, failed_calls=failed, calls=calls, refused=balancer.stats.refused,
-                  extra=held)
+    await _wait_connected(ctx, scenario.clients, timeout=30.0 + scenario.clients / 20)
+    await asyncio.sleep(scenario.warmup)
+
+
+async def _roll_out(parts: _Parts, strategy: Strategy) -> _Outcome:
+    """The strategy starts, the rolling restart runs, then the strategy works for ``duration``."""
+    ctx, scenario, clients = parts.ctx, parts.ctx.scenario, parts.ctx.clients
+    failed_before = clients.counter("calls_failed")
+    calls_before = clients.counter("calls_ok") + failed_before
+    acting = parts.acting = asyncio.create_task(strategy.run(ctx))
+    rollout_started = ctx.now()
+    ctx.log("rollout", "", f"rolling restart of {scenario.restarts} pod(s) begins")
+    await ctx.fleet.rolling_restart(
+        ctx.fleet.names[: scenario.restarts], pause=scenario.pause,
+        on_step=lambda pod, what: ctx.log("restart" if what == "restarting" else "ready",
+                                          pod, f"{pod} {what}"))
+    rollout_finished = ctx.now()
+    ctx.log("rollout", "", "rollout finished")
+    await asyncio.sleep(scenario.duration)
+    if acting.done() and not acting.cancelled() and acting.exception() is not None:
+        # A strategy that crashed must not pass for one that chose to do nothing.
+        raise RuntimeError(f"strategy {strategy.name} failed") from acting.exception()
+    ended = ctx.now()
+    # Three views of the same fact, for the conservation check: streams the clients hold,
+    # connections the agents proxy, streams the servers count (the last sample).
+    held = {"client_streams": clients.counter("streams"),
+            "agent_connections": sum(p.agent.active_count() for p in ctx.fleet.pods())}
+    return _Outcome(
+        rollout_started=rollout_started, rollout_finished=rollout_finished, ended=ended,
+        failed_calls=clients.counter("calls_failed") - failed_before,
+        calls=clients.counter("calls_ok") + clients.counter("calls_failed") - calls_before,
+        held=held)
+
+
+async def _stop(parts: _Parts) -> None:
+    for task in (parts.acting, parts.sampler):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    ctx = parts.ctx
+    await ctx.clients.stop()
+    await ctx.fleet.stop()
+    await ctx.balancer.stop()
+    await parts.timeline.close()
+    await parts.scraper.close()
+    if parts.prometheus is not None:
+        await parts.prometheus.stop()
 
 
 async def _sample(ctx: Context, source: ScrapeLoadSource, samples: list[Sample]) -> None:

@@ -1,6 +1,6 @@
 """``ScrapeLoadSource``: the load of each pod read from its own /metrics, with no Prometheus.
 
-For the demo, the bench and any setup without a Prometheus: each pod's metrics endpoint is
+For the demo, the bench and the simulator's tests: each pod's metrics endpoint is
 fetched directly and parsed with prometheus-client's own text parser. The figure per pod is what
 the Prometheus presets compute: ``teleport-auth`` sums ``teleport_connected_resources`` over
 ``type`` and falls back to ``process_open_fds`` when a server lacks it; ``open-fds`` takes
@@ -28,12 +28,11 @@ from connbalance.ports import (
     MetricsPodMissing,
     MetricsUnreachable,
 )
+from connbalance.prometheus.presets import PRESETS
 
-# Metric names in the order tried: the first one a pod exports is its figure.
+# The presets' own metric names, in the order tried: the first one a pod exports is its figure.
 PRESET_METRICS: Final[Mapping[str, tuple[str, ...]]] = {
-    "teleport-auth": ("teleport_connected_resources", "process_open_fds"),
-    "open-fds": ("process_open_fds",),
-}
+    preset.name: preset.metrics for preset in PRESETS.values() if preset.metrics}
 
 
 class ScrapeLoadSource:

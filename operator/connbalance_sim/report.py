@@ -11,9 +11,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from connbalance.sim import measures
-from connbalance.sim.measures import Event, Record, Sample
-from connbalance.sim.scenario import Context
+from connbalance_sim import measures
+from connbalance_sim.measures import Event, Record, Sample
+from connbalance_sim.scenario import Context
 
 BAR_WIDTH = 50
 SHOWN_KINDS = frozenset({"rollout", "restart", "ready", "drain", "phase", "close"})

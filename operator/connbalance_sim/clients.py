@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import grpc
 
-from connbalance.sim.server import HOLD, PING
+from connbalance_sim.server import HOLD, PING
 
 
 @dataclass(slots=True)
@@ -152,7 +152,7 @@ async def swarm(*, target: str, count: int, ping: float, backoff_ms: int, seed: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m connbalance.sim.clients", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m connbalance_sim.clients", description=__doc__)
     parser.add_argument("--target", required=True, help="HOST:PORT of the balancer")
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--ping", type=float, default=1.0, help="seconds between unary calls")

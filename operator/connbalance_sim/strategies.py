@@ -26,8 +26,8 @@ from typing import Any, Final, Literal
 
 from connbalance.controller import Controller, ControllerState
 from connbalance.model import PodName, Policy, PolicyName
-from connbalance.sim.fleet import LocalActuator, Pod
-from connbalance.sim.scenario import Context, Scenario, Strategy
+from connbalance_sim.fleet import LocalActuator, Pod
+from connbalance_sim.scenario import Context, Scenario, Strategy
 
 TICK: Final = 0.25
 
@@ -170,7 +170,7 @@ class Connbalance(Nothing):
 
     def policy(self, scenario: Scenario) -> Policy:
         return Policy.from_spec({
-            "selector": {"app": "sim"},
+            "selector": {"matchLabels": {"app": "sim"}},
             "metrics": {"maxStalenessSeconds": 10},
             "balance": {"settleSeconds": scenario.settle,
                         "stepIntervalSeconds": scenario.step_interval,

@@ -1,6 +1,6 @@
 """One simulated server: a real grpcio server holding long-lived bidi streams.
 
-Run as a process (``python -m connbalance.sim.server --listen HOST:PORT --metrics HOST:PORT``) so a
+Run as a process (``python -m connbalance_sim.server --listen HOST:PORT --metrics HOST:PORT``) so a
 restart is a real process exit, as a pod's is. Once serving it prints one JSON line with the bound
 ports, then runs until SIGTERM or SIGINT, and stops with a short grace.
 
@@ -94,7 +94,7 @@ async def serve(*, listen: tuple[str, int], metrics: tuple[str, int], grace: flo
 
 def main(argv: list[str] | None = None) -> int:
     host = os.environ.get("POD_IP", "127.0.0.1")
-    parser = argparse.ArgumentParser(prog="python -m connbalance.sim.server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m connbalance_sim.server", description=__doc__)
     parser.add_argument("--listen", default=f"{host}:0", help="gRPC HOST:PORT (port 0: any)")
     parser.add_argument("--metrics", default=f"{host}:0", help="metrics HOST:PORT (port 0: any)")
     parser.add_argument("--grace", type=float, default=0.5, help="seconds to finish on stop")

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from connbalance.sim import report
-from connbalance.sim.fleet import AGENT_MODES, agent_mode
-from connbalance.sim.scenario import Scenario, View
-from connbalance.sim.scenario import run as run_scenario
-from connbalance.sim.strategies import FACTORIES
+from connbalance_sim import report
+from connbalance_sim.fleet import AGENT_MODES, agent_mode
+from connbalance_sim.scenario import Scenario, View
+from connbalance_sim.scenario import run as run_scenario
+from connbalance_sim.strategies import FACTORIES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -77,7 +77,7 @@ def run(argv: list[str]) -> int:
     for line in report.summary(record):
         print(line)
     try:
-        from connbalance.sim import plot  # matplotlib comes with the bench extra
+        from connbalance_sim import plot  # matplotlib comes with the sim extra
     except ImportError:
         print("no plot: matplotlib is missing (pip install 'connbalance[bench]')",
               file=sys.stderr)

@@ -25,13 +25,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
-from connbalance.sim import measures
-from connbalance.sim.fleet import AGENT_MODES, agent_mode
-from connbalance.sim.measures import Record
-from connbalance.sim.report import PlainView
-from connbalance.sim.scenario import Scenario
-from connbalance.sim.scenario import run as run_scenario
-from connbalance.sim.strategies import FACTORIES, NAMES
+from connbalance_sim import measures
+from connbalance_sim.fleet import AGENT_MODES, agent_mode
+from connbalance_sim.measures import Record
+from connbalance_sim.report import PlainView
+from connbalance_sim.scenario import Scenario
+from connbalance_sim.scenario import run as run_scenario
+from connbalance_sim.strategies import FACTORIES, NAMES
 
 QUICK = Scenario(servers=3, clients=60, restarts=3, duration=12.0, pause=0.5, warmup=0.5,
                  ping=2.0, settle=1.0, step_interval=1.0, window=1.0)
@@ -214,7 +214,7 @@ def run(argv: list[str]) -> int:
         Path("docs").mkdir(exist_ok=True)
         Path("docs/bench.md").write_text(docs_page(doc))
     try:
-        from connbalance.sim import plot  # matplotlib comes with the bench extra
+        from connbalance_sim import plot  # matplotlib comes with the sim extra
     except ImportError:
         print("no plot: matplotlib is missing (pip install 'connbalance[bench]')",
               file=sys.stderr)

@@ -30,7 +30,7 @@ from connbalance.agent.proxy import ProxyAgent
 from connbalance.agent.reset import ResetAgent, ResetUnavailable, check_sock_destroy
 from connbalance.model import DrainRequest, PodName, PodState
 from connbalance.ports import ActuationError, FleetView
-from connbalance.sim.balancer import FlowHashBalancer
+from connbalance_sim.balancer import FlowHashBalancer
 
 START_TIMEOUT = 20.0
 AGENT_MODES = ("proxy", "reset", "auto")
@@ -148,7 +148,7 @@ class LocalFleet:
     async def _create(self, name: PodName) -> None:
         host = self._hosts[name]
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "connbalance.sim.server", "--listen", f"{host}:0",
+            sys.executable, "-m", "connbalance_sim.server", "--listen", f"{host}:0",
             "--metrics", f"{host}:0", "--grace", str(self._grace),
             # grpcio prints a traceback for every stream cancelled at shutdown: noise, not news.
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)

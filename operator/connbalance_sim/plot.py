@@ -12,8 +12,8 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot is imported: no display, ever
 import matplotlib.pyplot as plt
 
-from connbalance.sim import measures
-from connbalance.sim.measures import Record
+from connbalance_sim import measures
+from connbalance_sim.measures import Record
 
 
 def draw(ax: Any, record: Record) -> None:
