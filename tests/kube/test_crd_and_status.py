@@ -12,7 +12,7 @@ from connbalance.controller import Condition, Controller, ControllerState, TickR
 from connbalance.kube.crd import build_crd, render_yaml
 from connbalance.kube.status import conditions, status_patch
 from connbalance.model import Policy, PolicyName
-from connbalance.model.policy import FIELDS
+from connbalance.model.settings import FIELDS
 from tests.unit.fakes import AnnotatingActuator, DictLoads, FakeClock, ListEvents, ListFleet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def test_the_schema_defaults_make_a_valid_policy():
     spec = defaults(spec_schema, top=True)
     spec["selector"] = {"matchLabels": {"app": "auth"}}
     policy = Policy.from_spec(spec)
-    assert policy == Policy.from_spec({"selector": {"app": "auth"}})
+    assert policy == Policy.from_spec({"selector": {"matchLabels": {"app": "auth"}}})
 
 
 def test_conditions_keep_their_transition_time_until_their_status_changes():
@@ -75,7 +75,9 @@ def test_conditions_keep_their_transition_time_until_their_status_changes():
 def first_tick_on_a_skewed_pool(name: str) -> TickResult:
     clock = FakeClock()
     fleet = ListFleet.ready(["a", "b", "c"], since=clock.now - 1000)
-    policy = Policy.from_spec({"selector": {"app": "x"}, "balance": {"settleSeconds": 10}})
+    policy = Policy.from_spec(
+        {"selector": {"matchLabels": {"app": "x"}}, "balance": {"settleSeconds": 10}}
+    )
     controller = Controller(
         name=PolicyName(name),
         policy=policy,

@@ -141,7 +141,7 @@ def test_the_policy_spec_builds_the_same_connection(gateway: Gateway, tmp_path: 
     token = tmp_path / "token"
     token.write_text("s3cret")
     policy = Policy.from_spec({
-        "selector": {"app.kubernetes.io/component": "auth"},
+        "selector": {"matchLabels": {"app.kubernetes.io/component": "auth"}},
         "metrics": {
             "preset": "custom",
             "query": ONE_POD,
@@ -156,7 +156,7 @@ def test_the_policy_spec_builds_the_same_connection(gateway: Gateway, tmp_path: 
 
 def test_a_token_from_a_secret_must_be_handed_in() -> None:
     policy = Policy.from_spec({
-        "selector": {"app": "x"},
+        "selector": {"matchLabels": {"app": "x"}},
         "metrics": {"prometheus": {"bearerTokenSecret": {"name": "prom-token"}}},
     })
     with pytest.raises(ValueError, match="Secret prom-token"):

@@ -58,7 +58,7 @@ apiVersion: connbalance.io/v1alpha1
 kind: ConnectionBalancer
 metadata: {name: auth, namespace: teleport}
 spec:
-  selector: {app.kubernetes.io/component: auth}
+  selector: {matchLabels: {app.kubernetes.io/component: auth}}
   balance: {tolerance: 0.6, targetTolerance: 0.5}
 """
     out = plan_json(
@@ -114,11 +114,13 @@ def test_bad_loads_exit_2_with_one_line_naming_file_and_field(tmp_path, capsys, 
     [
         ("kind: Deployment\nspec: {}\n", "kind"),
         (
-            "kind: ConnectionBalancer\nspec: {selector: {a: b}, balance: {tolerance: -1}}\n",
+            "kind: ConnectionBalancer\n"
+            "spec: {selector: {matchLabels: {a: b}}, balance: {tolerance: -1}}\n",
             "spec.balance.tolerance",
         ),
         (
-            "kind: ConnectionBalancer\nspec: {selector: {a: b}, balance: {tolerence: 1}}\n",
+            "kind: ConnectionBalancer\n"
+            "spec: {selector: {matchLabels: {a: b}}, balance: {tolerence: 1}}\n",
             "spec.balance.tolerence",
         ),
         ("kind: ConnectionBalancer\nspec: {balance: {}}\n", "spec.selector"),

@@ -18,7 +18,7 @@ NAME = PolicyName("teleport/auth")
 
 def make_policy(**overrides: object) -> Policy:
     spec: dict[str, object] = {
-        "selector": {"app": "auth"},
+        "selector": {"matchLabels": {"app": "auth"}},
         "balance": {"settleSeconds": 10, "stepIntervalSeconds": 20},
         "actuation": {"windowSeconds": 10},
     }

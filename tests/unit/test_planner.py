@@ -32,7 +32,11 @@ def snapshot(values: dict[str, float], *, not_ready: frozenset[str] = frozenset(
 def policy(**balance: object) -> Policy:
     steer = bool(balance.pop("steer", False))
     return Policy.from_spec(
-        {"selector": {"app": "x"}, "balance": balance, "actuation": {"steer": steer}}
+        {
+            "selector": {"matchLabels": {"app": "x"}},
+            "balance": balance,
+            "actuation": {"steer": steer},
+        }
     )
 
 

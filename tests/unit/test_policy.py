@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from connbalance.model import DrainRequest, InvalidDrainRequest, Policy, PolicyError
-from connbalance.model.policy import FIELDS
+from connbalance.model.drain import DEFAULT_DEADLINE_SLACK_SECONDS
+from connbalance.model.settings import FIELDS, setting
+
+NOW = datetime(2026, 11, 30, 7, 59, tzinfo=UTC)
 
 
 def test_every_setting_has_a_default_within_its_bounds():
-    policy = Policy.from_spec({"selector": {"app": "x"}})
+    policy = Policy.from_spec({"selector": {"matchLabels": {"app": "x"}}})
     assert policy.balance.tolerance == 0.10
     assert policy.balance.max_fraction_per_step == 0.25
     assert policy.actuation.method == "annotation"
     assert policy.dry_run is False
     assert policy.paused is False
-    for setting in FIELDS:
-        if isinstance(setting.default, int | float) and not isinstance(setting.default, bool):
-            assert setting.minimum is None or setting.default >= setting.minimum, setting.path
-            assert setting.maximum is None or setting.default <= setting.maximum, setting.path
+    for declared in FIELDS:
+        if isinstance(declared.default, int | float) and not isinstance(declared.default, bool):
+            assert declared.minimum is None or declared.default >= declared.minimum, declared.path
+            assert declared.maximum is None or declared.default <= declared.maximum, declared.path
 
 
 @pytest.mark.parametrize(
@@ -49,7 +52,7 @@ def test_every_setting_has_a_default_within_its_bounds():
 )
 def test_bad_values_are_rejected_naming_the_field(spec, field):
     with pytest.raises(PolicyError) as caught:
-        Policy.from_spec({"selector": {"app": "x"}, **spec})
+        Policy.from_spec({"selector": {"matchLabels": {"app": "x"}}, **spec})
     assert caught.value.field.startswith(field)
     assert str(caught.value).startswith(field)
 
@@ -67,9 +70,10 @@ def test_a_drain_request_round_trips_through_its_wire_form():
             "windowSeconds": 2,
             "quietMillis": 100,
             "deadline": "2026-11-30T08:00:00Z",
-        }
+        },
+        now=NOW,
     )
-    again = DrainRequest.from_json(request.to_json())
+    again = DrainRequest.from_json(request.to_json(), now=NOW)
     assert again == request
     assert again.deadline == datetime(2026, 11, 30, 8, tzinfo=UTC)
 
@@ -91,5 +95,19 @@ def test_a_drain_request_round_trips_through_its_wire_form():
 )
 def test_a_bad_drain_request_names_its_field(body, field):
     with pytest.raises(InvalidDrainRequest) as caught:
-        DrainRequest.from_json(body)
+        DrainRequest.from_json(body, now=NOW)
     assert caught.value.field == field
+
+
+def test_a_request_without_deadline_ends_its_slack_after_the_callers_now():
+    request = DrainRequest.from_wire({"id": "x", "count": 1, "windowSeconds": 10}, now=NOW)
+    assert request.deadline == NOW + timedelta(seconds=10 + DEFAULT_DEADLINE_SLACK_SECONDS)
+
+
+def test_a_request_takes_its_defaults_and_bounds_from_the_policy_table():
+    request = DrainRequest.from_wire({"id": "x", "count": 1}, now=NOW)
+    assert request.window_seconds == setting("actuation.windowSeconds").default
+    assert request.quiet_millis == setting("actuation.quietMillis").default
+    too_long = setting("actuation.windowSeconds").upper_bound() + 1
+    with pytest.raises(InvalidDrainRequest, match="windowSeconds"):
+        DrainRequest.from_wire({"id": "x", "count": 1, "windowSeconds": too_long}, now=NOW)

@@ -31,7 +31,7 @@ from connbalance.planner import plan as make_plan
 _NOW = 1_000_000_000.0
 _SETTLED = 0.0
 # A selector is required of real resources; an offline plan without a policy file needs one.
-_OFFLINE_SPEC: dict[str, Any] = {"selector": {"connbalance.io/offline": "true"}}
+_OFFLINE_SPEC: dict[str, Any] = {"selector": {"matchLabels": {"connbalance.io/offline": "true"}}}
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,8 +1,9 @@
 """The ConnectionBalancer CustomResourceDefinition, generated from the policy table.
 
-The schema carries every default and bound of ``connbalance.model.policy.FIELDS``, so the API
-server rejects a bad value with a message naming its field before the operator ever sees it, and
-``kubectl get -o yaml`` shows the defaults in force. ``manifests/crd.yaml`` and the chart's copy are
+The schema carries every default and bound of ``connbalance.model.settings.FIELDS``, and its CEL
+rules are rendered from the same module's ``RULES``, so the API server rejects a bad value with a
+message naming its field before the operator ever sees it, and ``kubectl get -o yaml`` shows the
+defaults in force. ``manifests/crd.yaml`` and the chart's copy are
 written by ``python -m connbalance.kube.crd`` and checked against it by the tests.
 """
 
@@ -13,7 +14,14 @@ from typing import Any
 
 import yaml
 
-from connbalance.model.policy import FIELDS, Setting
+from connbalance.model.settings import (
+    DEFAULT_SECRET_KEY,
+    FIELDS,
+    HEADER_NAME_PATTERN,
+    RULES,
+    WORKLOAD_KINDS,
+    Setting,
+)
 
 GROUP = "connbalance.io"
 VERSION = "v1alpha1"
@@ -36,7 +44,7 @@ def _secret_ref(description: str) -> dict[str, Any]:
             "key": {
                 "type": "string",
                 "minLength": 1,
-                "default": "token",
+                "default": DEFAULT_SECRET_KEY,
                 "description": "The key within the Secret.",
             },
         },
@@ -57,8 +65,8 @@ _STRUCTURED: dict[str, dict[str, Any]] = {
         "properties": {
             "kind": {
                 "type": "string",
-                "enum": ["Deployment", "StatefulSet"],
-                "default": "Deployment",
+                "enum": list(WORKLOAD_KINDS),
+                "default": WORKLOAD_KINDS[0],
             },
             "name": {"type": "string", "minLength": 1},
         },
@@ -66,40 +74,30 @@ _STRUCTURED: dict[str, dict[str, Any]] = {
     "metrics.prometheus.headers": {
         **_STRING_MAP,
         "description": "Extra request headers, such as X-Scope-OrgID.",
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.all(name, name.matches('{HEADER_NAME_PATTERN}'))",
+                "message": "header names are letters, digits and dashes",
+            }
+        ],
     },
     "metrics.prometheus.bearerTokenSecret": _secret_ref("A Secret holding a bearer token."),
     "metrics.prometheus.caSecret": _secret_ref("A Secret holding the CA bundle."),
     "actuation.tokenSecret": _secret_ref("A Secret holding the agent's token (method http)."),
 }
 
-_RULES: dict[str, list[dict[str, str]]] = {
-    "balance": [
-        {
-            "rule": "self.targetTolerance <= self.tolerance",
-            "message": "targetTolerance must not exceed tolerance",
-            "fieldPath": ".targetTolerance",
-        }
-    ],
-    "actuation": [
-        {
-            "rule": "self.deadlineSeconds >= self.windowSeconds",
-            "message": "deadlineSeconds must be at least windowSeconds",
-            "fieldPath": ".deadlineSeconds",
-        }
-    ],
-    "metrics": [
-        {
-            "rule": "self.preset != 'custom' || has(self.query)",
-            "message": "query is required when preset is custom",
-            "fieldPath": ".query",
-        },
-        {
-            "rule": "self.preset == 'custom' || !has(self.query)",
-            "message": "query is only used with preset custom",
-            "fieldPath": ".query",
-        },
-    ],
-}
+def _rules_by_scope() -> dict[str, list[dict[str, str]]]:
+    """The CEL rules of each object, with the field each one names, as the API server reports."""
+    scopes: dict[str, list[dict[str, str]]] = {}
+    for rule in RULES:
+        scopes.setdefault(rule.scope, []).append(
+            {
+                "rule": rule.cel(),
+                "message": f"{rule.field} {rule.message}",
+                "fieldPath": f".{rule.field}",
+            }
+        )
+    return scopes
 
 
 def _scalar_schema(setting: Setting) -> dict[str, Any]:
@@ -134,12 +132,19 @@ def spec_schema() -> dict[str, Any]:
         place(setting.path, _scalar_schema(setting))
     for path, schema in _STRUCTURED.items():
         place(path, schema)
-    for path, rules in _RULES.items():
-        root["properties"][path]["x-kubernetes-validations"] = rules
+    for path, rules in _rules_by_scope().items():
+        _node(root, path)["x-kubernetes-validations"] = rules
     for child in root["properties"].values():
         _complete_default(child)
     root["required"] = ["selector"]
     return root
+
+
+def _node(root: dict[str, Any], path: str) -> dict[str, Any]:
+    node = root
+    for part in path.split("."):
+        node = node["properties"][part]
+    return node
 
 
 def _complete_default(node: dict[str, Any]) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from connbalance.model import DRAIN_ANNOTATION, DrainRequest, InvalidDrainRequest, PodName, PodState
@@ -46,7 +46,7 @@ def _drain(value: str | None, pod: str) -> DrainRequest | None:
     if not value:
         return None
     try:
-        return DrainRequest.from_json(value)
+        return DrainRequest.from_json(value, now=datetime.now(UTC))
     except InvalidDrainRequest as exc:
         log.warning("pod %s: ignoring malformed %s annotation: %s", pod, DRAIN_ANNOTATION, exc)
         return None

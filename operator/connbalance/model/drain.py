@@ -22,15 +22,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connbalance.model.ids import RequestId
+from connbalance.model.settings import setting
 
 DRAIN_ANNOTATION = "connbalance.io/drain"
 
-DEFAULT_WINDOW_SECONDS = 30.0
-DEFAULT_QUIET_MILLIS = 200
+# A request's defaults and bounds are the policy's: one table says what a window or a quiet
+# period may be, whether the operator or a person with curl writes the request.
+_WINDOW = setting("actuation.windowSeconds")
+_QUIET = setting("actuation.quietMillis")
+DEFAULT_WINDOW_SECONDS = float(_WINDOW.number_default())
+DEFAULT_QUIET_MILLIS = int(_QUIET.number_default())
+MAX_WINDOW_SECONDS = float(_WINDOW.upper_bound())
+MAX_QUIET_MILLIS = int(_QUIET.upper_bound())
+# Without a deadline, a request may run this long past its window before forced closes.
 DEFAULT_DEADLINE_SLACK_SECONDS = 30.0
 MAX_COUNT = 1_000_000
-MAX_WINDOW_SECONDS = 3600.0
-MAX_QUIET_MILLIS = 60_000
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$")
 _KEYS = frozenset(
     {"id", "count", "windowSeconds", "quietMillis", "deadline", "policy", "issuedAt", "steer"}
@@ -76,7 +82,7 @@ class DrainRequest:
         return json.dumps(self.to_wire(), separators=(",", ":"), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | bytes, *, now: datetime | None = None) -> DrainRequest:
+    def from_json(cls, text: str | bytes, *, now: datetime) -> DrainRequest:
         try:
             data = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -84,8 +90,9 @@ class DrainRequest:
         return cls.from_wire(data, now=now)
 
     @classmethod
-    def from_wire(cls, data: object, *, now: datetime | None = None) -> DrainRequest:
-        """Validate a decoded request. ``now`` fills the default deadline when none is given."""
+    def from_wire(cls, data: object, *, now: datetime) -> DrainRequest:
+        """Validate a decoded request. ``now`` (the caller's clock: the model reads none) fills
+        the default deadline when neither ``deadline`` nor ``issuedAt`` is given."""
         if not isinstance(data, Mapping):
             raise InvalidDrainRequest("body", "must be a JSON object")
         unknown = sorted(set(data) - _KEYS)
@@ -115,7 +122,7 @@ class DrainRequest:
         if "deadline" in data:
             deadline = _time(data, "deadline")
         else:
-            start = issued_at or now or datetime.now(UTC)
+            start = issued_at or now
             deadline = start + timedelta(seconds=window + DEFAULT_DEADLINE_SLACK_SECONDS)
         return cls(
             id=RequestId(request_id),

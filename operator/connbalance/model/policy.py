@@ -1,21 +1,28 @@
-"""The policy: the ``spec`` of a ConnectionBalancer, with every default and bound in one place.
+"""The policy: the validated ``spec`` of a ConnectionBalancer.
 
-``FIELDS`` is the single table of scalar settings. ``Policy.from_spec`` validates against it and
-the CRD's OpenAPI schema is generated from it, so the API server and the CLI reject the same
-values with the same field names.
+What each setting is, and every default and bound, is declared once in
+``connbalance.model.settings``; ``Policy.from_spec`` checks a spec against that declaration
+after filling in its defaults, as the API server does with the CRD generated from it, so both
+reject the same values and name the same field.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
-PRESETS: Final = ("teleport-auth", "open-fds", "custom")
-MODES: Final = ("postRollout", "continuous")
-METHODS: Final = ("annotation", "http")
-WORKLOAD_KINDS: Final = ("Deployment", "StatefulSet")
+from connbalance.model.settings import (
+    DEFAULT_SECRET_KEY,
+    FIELDS,
+    HEADER_NAME_PATTERN,
+    RULES,
+    STRUCTURED,
+    WORKLOAD_KINDS,
+    Setting,
+)
 
 
 class PolicyError(ValueError):
@@ -25,187 +32,6 @@ class PolicyError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """One scalar of the spec: where it lives, its type, default and bounds, and what it means."""
-
-    path: str
-    kind: type[float] | type[int] | type[bool] | type[str]
-    default: float | int | bool | str | None
-    help: str
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[str, ...] = ()
-
-
-FIELDS: Final[tuple[Setting, ...]] = (
-    Setting("metrics.preset", str, "teleport-auth", "What to count per pod.", choices=PRESETS),
-    Setting("metrics.query", str, None, "PromQL returning one series per pod (preset custom)."),
-    Setting("metrics.podLabel", str, "pod", "The label that names the pod in each series."),
-    Setting(
-        "metrics.maxStalenessSeconds",
-        float,
-        60.0,
-        "Older samples are not acted on.",
-        minimum=1,
-        maximum=3600,
-    ),
-    Setting(
-        "metrics.prometheus.url",
-        str,
-        "http://prometheus-server.monitoring.svc:80",
-        "Prometheus base URL.",
-    ),
-    Setting("metrics.prometheus.bearerTokenFile", str, None, "File holding a bearer token."),
-    Setting("metrics.prometheus.caFile", str, None, "CA bundle to verify Prometheus with."),
-    Setting(
-        "metrics.prometheus.insecureSkipVerify",
-        bool,
-        False,
-        "Skip TLS verification (never in production).",
-    ),
-    Setting(
-        "metrics.prometheus.timeoutSeconds", float, 10.0, "Query timeout.", minimum=0.1, maximum=300
-    ),
-    Setting(
-        "balance.tolerance",
-        float,
-        0.10,
-        "Act when max/mean exceeds 1 + tolerance.",
-        minimum=0.01,
-        maximum=10,
-    ),
-    Setting(
-        "balance.targetTolerance",
-        float,
-        0.05,
-        "Once acting, go on until max/mean is within 1 + targetTolerance (hysteresis).",
-        minimum=0.0,
-        maximum=10,
-    ),
-    Setting(
-        "balance.maxFractionPerStep",
-        float,
-        0.25,
-        "At most this share of a pod's load is cycled in one step.",
-        minimum=0.0,
-        maximum=1,
-    ),
-    Setting(
-        "balance.maxConnectionsPerStep",
-        int,
-        1000,
-        "At most this many connections of one pod are cycled in one step.",
-        minimum=0,
-        maximum=1_000_000,
-    ),
-    Setting(
-        "balance.maxPoolFractionPerStep",
-        float,
-        0.25,
-        "At most this share of the pool's total load is cycled in one step.",
-        minimum=0.0,
-        maximum=1,
-    ),
-    Setting(
-        "balance.minConnections",
-        int,
-        10,
-        "Pools with fewer connections in total are left alone.",
-        minimum=0,
-        maximum=10**9,
-    ),
-    Setting(
-        "balance.settleSeconds",
-        float,
-        30.0,
-        "Every pod must have been Ready this long, and the rollout complete.",
-        minimum=0,
-        maximum=86400,
-    ),
-    Setting(
-        "balance.stepIntervalSeconds",
-        float,
-        30.0,
-        "Least time between steps, after the drain window, so a fresh scrape is measured.",
-        minimum=1,
-        maximum=86400,
-    ),
-    Setting(
-        "balance.maxSteps",
-        int,
-        20,
-        "Steps per rebalancing episode before giving up.",
-        minimum=1,
-        maximum=1000,
-    ),
-    Setting(
-        "balance.maxStepsWithoutImprovement",
-        int,
-        2,
-        "Stop with Converging=False after this many steps that did not lower skew.",
-        minimum=1,
-        maximum=100,
-    ),
-    Setting(
-        "balance.mode",
-        str,
-        "postRollout",
-        "postRollout: act once the pool changed and settled; continuous: whenever skewed.",
-        choices=MODES,
-    ),
-    Setting(
-        "actuation.method",
-        str,
-        "annotation",
-        "annotation: write the request to the pod; http: also POST it to the agent.",
-        choices=METHODS,
-    ),
-    Setting(
-        "actuation.windowSeconds",
-        float,
-        30.0,
-        "Closes are spread over this window with jitter.",
-        minimum=0,
-        maximum=3600,
-    ),
-    Setting(
-        "actuation.quietMillis",
-        int,
-        200,
-        "A connection is closed once quiet this long (proxy mode).",
-        minimum=0,
-        maximum=60000,
-    ),
-    Setting(
-        "actuation.deadlineSeconds",
-        float,
-        90.0,
-        "After this, chosen connections are closed even if busy.",
-        minimum=1,
-        maximum=7200,
-    ),
-    Setting(
-        "actuation.steer",
-        bool,
-        True,
-        "Keep reconnects off shedding pods for the window (the agent refuses new connections "
-        "there, in proxy mode), so each cycled connection moves once. Where nothing steers, "
-        "steps under-shed and take longer, but never overshoot.",
-    ),
-    Setting(
-        "actuation.agentPort",
-        int,
-        9095,
-        "The agent's HTTP port (method http).",
-        minimum=1,
-        maximum=65535,
-    ),
-    Setting("dryRun", bool, False, "Plan and report, but cycle nothing."),
-    Setting("paused", bool, False, "Do nothing until unpaused."),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,90 +46,62 @@ class WorkloadRef:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MetricsSpec:
-    preset: str = "teleport-auth"
-    query: str | None = None
-    pod_label: str = "pod"
-    max_staleness_seconds: float = 60.0
-    url: str = "http://prometheus-server.monitoring.svc:80"
-    bearer_token_file: str | None = None
-    bearer_token_secret: SecretKeyRef | None = None
-    ca_file: str | None = None
-    ca_secret: SecretKeyRef | None = None
-    insecure_skip_verify: bool = False
-    timeout_seconds: float = 10.0
-    headers: tuple[tuple[str, str], ...] = ()
+    preset: str
+    query: str | None
+    pod_label: str
+    max_staleness_seconds: float
+    url: str
+    bearer_token_file: str | None
+    bearer_token_secret: SecretKeyRef | None
+    ca_file: str | None
+    ca_secret: SecretKeyRef | None
+    insecure_skip_verify: bool
+    timeout_seconds: float
+    headers: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BalanceSpec:
-    tolerance: float = 0.10
-    target_tolerance: float = 0.05
-    max_fraction_per_step: float = 0.25
-    max_connections_per_step: int = 1000
-    max_pool_fraction_per_step: float = 0.25
-    min_connections: int = 10
-    settle_seconds: float = 30.0
-    step_interval_seconds: float = 30.0
-    max_steps: int = 20
-    max_steps_without_improvement: int = 2
-    mode: str = "postRollout"
+    tolerance: float
+    target_tolerance: float
+    max_fraction_per_step: float
+    max_connections_per_step: int
+    max_pool_fraction_per_step: float
+    min_connections: int
+    settle_seconds: float
+    step_interval_seconds: float
+    max_steps: int
+    max_steps_without_improvement: int
+    mode: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ActuationSpec:
-    method: str = "annotation"
-    window_seconds: float = 30.0
-    quiet_millis: int = 200
-    deadline_seconds: float = 90.0
-    steer: bool = True
-    agent_port: int = 9095
-    token_secret: SecretKeyRef | None = None
+    method: str
+    window_seconds: float
+    quiet_millis: int
+    deadline_seconds: float
+    steer: bool
+    agent_port: int
+    token_secret: SecretKeyRef | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Policy:
-    selector: tuple[tuple[str, str], ...] = ()
-    workload_ref: WorkloadRef | None = None
-    metrics: MetricsSpec = field(default_factory=MetricsSpec)
-    balance: BalanceSpec = field(default_factory=BalanceSpec)
-    actuation: ActuationSpec = field(default_factory=ActuationSpec)
-    dry_run: bool = False
-    paused: bool = False
+    selector: tuple[tuple[str, str], ...]
+    workload_ref: WorkloadRef | None
+    metrics: MetricsSpec
+    balance: BalanceSpec
+    actuation: ActuationSpec
+    dry_run: bool
+    paused: bool
 
     @classmethod
     def from_spec(cls, spec: object, *, prefix: str = "spec") -> Policy:
         """Validate a ConnectionBalancer ``spec``. Raises PolicyError naming the first bad field."""
         return _parse(spec, prefix)
-
-
-_PYTHON_NAMES: Final = {
-    "metrics.podLabel": "pod_label",
-    "metrics.maxStalenessSeconds": "max_staleness_seconds",
-    "metrics.prometheus.url": "url",
-    "metrics.prometheus.bearerTokenFile": "bearer_token_file",
-    "metrics.prometheus.caFile": "ca_file",
-    "metrics.prometheus.insecureSkipVerify": "insecure_skip_verify",
-    "metrics.prometheus.timeoutSeconds": "timeout_seconds",
-    "dryRun": "dry_run",
-}
-_STRUCTURED: Final = {
-    "selector",
-    "workloadRef",
-    "metrics.prometheus.headers",
-    "metrics.prometheus.bearerTokenSecret",
-    "metrics.prometheus.caSecret",
-    "actuation.tokenSecret",
-}
-
-
-def python_name(path: str) -> str:
-    """The dataclass attribute for a dotted spec path: ``balance.maxSteps`` -> ``max_steps``."""
-    if path in _PYTHON_NAMES:
-        return _PYTHON_NAMES[path]
-    leaf = path.rsplit(".", 1)[-1]
-    return "".join("_" + c.lower() if c.isupper() else c for c in leaf)
 
 
 def _parse(spec: object, prefix: str) -> Policy:
@@ -312,60 +110,62 @@ def _parse(spec: object, prefix: str) -> Policy:
     if not isinstance(spec, Mapping):
         raise PolicyError(prefix, "must be an object")
     _reject_unknown(spec, prefix)
-    values = {s.path: _scalar(spec, s, prefix) for s in FIELDS}
+    values: dict[str, Any] = {s.path: _scalar(spec, s, prefix) for s in FIELDS}
+    values.update(_structured(spec, prefix))
+    _check_rules(values, prefix)
+    return _build(values)
+
+
+def _structured(spec: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The object-valued settings, each parsed by the reader of its shape."""
+    prom = "metrics.prometheus"
+    return {
+        "selector": _selector(spec.get("selector"), f"{prefix}.selector"),
+        "workloadRef": _workload(spec.get("workloadRef"), f"{prefix}.workloadRef"),
+        f"{prom}.headers": _headers(_get(spec, f"{prom}.headers"), f"{prefix}.{prom}.headers"),
+        f"{prom}.bearerTokenSecret": _secret(
+            _get(spec, f"{prom}.bearerTokenSecret"), f"{prefix}.{prom}.bearerTokenSecret"
+        ),
+        f"{prom}.caSecret": _secret(_get(spec, f"{prom}.caSecret"), f"{prefix}.{prom}.caSecret"),
+        "actuation.tokenSecret": _secret(
+            _get(spec, "actuation.tokenSecret"), f"{prefix}.actuation.tokenSecret"
+        ),
+    }
+
+
+def _check_rules(values: Mapping[str, Any], prefix: str) -> None:
+    for rule in RULES:
+        if not rule.holds(_scoped(values, rule.scope)):
+            raise PolicyError(f"{prefix}.{rule.scope}.{rule.field}", rule.message)
+
+
+def _scoped(values: Mapping[str, Any], scope: str) -> Callable[[str], Any]:
+    def get(name: str) -> Any:
+        return values.get(f"{scope}.{name}")
+
+    return get
+
+
+def _build(values: Mapping[str, Any]) -> Policy:
     groups: dict[str, dict[str, Any]] = {"metrics": {}, "balance": {}, "actuation": {}, "": {}}
-    for path, value in values.items():
-        group = path.split(".", 1)[0] if "." in path else ""
-        groups[group][python_name(path)] = value
-    prom = _get(spec, "metrics.prometheus") or {}
-    groups["metrics"]["headers"] = _headers(prom.get("headers"), f"{prefix}.metrics.prometheus")
-    groups["metrics"]["bearer_token_secret"] = _secret(
-        prom.get("bearerTokenSecret"), f"{prefix}.metrics.prometheus.bearerTokenSecret"
-    )
-    groups["metrics"]["ca_secret"] = _secret(
-        prom.get("caSecret"), f"{prefix}.metrics.prometheus.caSecret"
-    )
-    actuation = _get(spec, "actuation") or {}
-    groups["actuation"]["token_secret"] = _secret(
-        actuation.get("tokenSecret"), f"{prefix}.actuation.tokenSecret"
-    )
-    policy = Policy(
-        selector=_selector(spec.get("selector"), f"{prefix}.selector"),
-        workload_ref=_workload(spec.get("workloadRef"), f"{prefix}.workloadRef"),
-        metrics=MetricsSpec(**groups["metrics"]),
+    for setting in FIELDS:
+        groups[setting.group][setting.attribute] = values[setting.path]
+    prom = "metrics.prometheus"
+    return Policy(
+        selector=values["selector"],
+        workload_ref=values["workloadRef"],
+        metrics=MetricsSpec(
+            **groups["metrics"],
+            headers=values[f"{prom}.headers"],
+            bearer_token_secret=values[f"{prom}.bearerTokenSecret"],
+            ca_secret=values[f"{prom}.caSecret"],
+        ),
         balance=BalanceSpec(**groups["balance"]),
-        actuation=ActuationSpec(**groups["actuation"]),
-        dry_run=groups[""]["dry_run"],
-        paused=groups[""]["paused"],
+        actuation=ActuationSpec(
+            **groups["actuation"], token_secret=values["actuation.tokenSecret"]
+        ),
+        **groups[""],
     )
-    _check_together(policy, prefix)
-    return policy
-
-
-def _check_together(policy: Policy, prefix: str) -> None:
-    metrics, balance, actuation = policy.metrics, policy.balance, policy.actuation
-    if metrics.preset == "custom" and not metrics.query:
-        raise PolicyError(f"{prefix}.metrics.query", "required when preset is custom")
-    if metrics.preset != "custom" and metrics.query:
-        raise PolicyError(
-            f"{prefix}.metrics.query", f"only used with preset custom (preset is {metrics.preset})"
-        )
-    if balance.target_tolerance > balance.tolerance:
-        raise PolicyError(
-            f"{prefix}.balance.targetTolerance",
-            f"must not exceed tolerance ({balance.tolerance:g})",
-        )
-    if actuation.deadline_seconds < actuation.window_seconds:
-        raise PolicyError(
-            f"{prefix}.actuation.deadlineSeconds",
-            f"must be at least windowSeconds ({actuation.window_seconds:g})",
-        )
-    if metrics.insecure_skip_verify and (metrics.ca_file or metrics.ca_secret):
-        raise PolicyError(
-            f"{prefix}.metrics.prometheus.insecureSkipVerify", "cannot be combined with a CA bundle"
-        )
-    if not policy.selector:
-        raise PolicyError(f"{prefix}.selector", "required: the labels of the pool's pods")
 
 
 def _get(spec: Mapping[str, Any], path: str) -> Any:
@@ -406,7 +206,7 @@ def _scalar(spec: Mapping[str, Any], setting: Setting, prefix: str) -> Any:
 
 
 def _known_paths() -> set[str]:
-    paths = {s.path for s in FIELDS} | _STRUCTURED
+    paths = {s.path for s in FIELDS} | STRUCTURED
     return paths | {p.rsplit(".", i)[0] for p in paths for i in range(1, p.count(".") + 1)}
 
 
@@ -418,7 +218,7 @@ def _reject_unknown(spec: Mapping[str, Any], prefix: str) -> None:
             full = f"{path}.{key}" if path else str(key)
             if full not in known:
                 raise PolicyError(f"{prefix}.{full}", "unknown field")
-            if full not in _STRUCTURED and isinstance(value, Mapping):
+            if full not in STRUCTURED and isinstance(value, Mapping):
                 walk(value, full)
 
     walk(spec, "")
@@ -436,17 +236,26 @@ def _string_map(value: object, name: str) -> tuple[tuple[str, str], ...]:
 
 
 def _selector(value: object, name: str) -> tuple[tuple[str, str], ...]:
-    if isinstance(value, Mapping) and "matchLabels" in value:
-        if set(value) != {"matchLabels"}:
-            raise PolicyError(name, "only matchLabels is supported")
-        return _string_map(value["matchLabels"], f"{name}.matchLabels")
-    return _string_map(value, name)
+    if value is None:
+        raise PolicyError(name, "required: the labels of the pool's pods, under matchLabels")
+    if not isinstance(value, Mapping) or "matchLabels" not in value:
+        raise PolicyError(f"{name}.matchLabels", "required: the labels of the pool's pods")
+    if set(value) != {"matchLabels"}:
+        extra = sorted(set(value) - {"matchLabels"})[0]
+        raise PolicyError(f"{name}.{extra}", "unknown field: only matchLabels is supported")
+    labels = _string_map(value["matchLabels"], f"{name}.matchLabels")
+    if not labels:
+        raise PolicyError(f"{name}.matchLabels", "must hold at least one label")
+    return labels
+
+
+_HEADER_NAME: Final = re.compile(HEADER_NAME_PATTERN)
 
 
 def _headers(value: object, name: str) -> tuple[tuple[str, str], ...]:
     headers = _string_map(value, f"{name}.headers")
     for key, _ in headers:
-        if not key.replace("-", "").isalnum():
+        if not _HEADER_NAME.match(key):
             raise PolicyError(f"{name}.headers.{key}", "is not a valid header name")
     return headers
 
@@ -456,7 +265,7 @@ def _secret(value: object, name: str) -> SecretKeyRef | None:
         return None
     if not isinstance(value, Mapping) or set(value) - {"name", "key"}:
         raise PolicyError(name, "must be {name: <secret>, key: <key>}")
-    secret, key = value.get("name"), value.get("key", "token")
+    secret, key = value.get("name"), value.get("key", DEFAULT_SECRET_KEY)
     if not isinstance(secret, str) or not secret:
         raise PolicyError(f"{name}.name", "required: the Secret's name")
     if not isinstance(key, str) or not key:
