@@ -7,8 +7,6 @@ import argparse
 import logging
 import sys
 
-from kubernetes import config
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="connbalance run", description=__doc__)
@@ -41,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str]) -> int:
+    # Here, as kopf below: the CLI imports this module for every subcommand, and the kubernetes
+    # client alone takes most of a second to import, which `connbalance agent` should not pay.
+    from kubernetes import config
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
