@@ -26,3 +26,45 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* The rights the operator needs where ConnectionBalancers live: cluster-wide, or in each
+of watchNamespaces. */}}
+{{- define "connbalance.namespacedRules" -}}
+- apiGroups: [connbalance.io]
+  resources: [connectionbalancers]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: [connbalance.io]
+  resources: [connectionbalancers/status]
+  verbs: [get, patch, update]
+# Pods are read for readiness and load; patch writes the drain annotation.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, patch]
+- apiGroups: [apps]
+  resources: [deployments, statefulsets]
+  verbs: [get, list, watch]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- if .Values.rbac.readSecrets }}
+# Tokens and CA bundles named in the ConnectionBalancers' specs.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+  {{- with .Values.rbac.secretNames }}
+  resourceNames:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- /* What kopf itself reads cluster-wide, whatever it serves: it finds the resources it
+handles through the CRDs, and follows namespaces coming and going. */}}
+{{- define "connbalance.clusterRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [get, list, watch]
+{{- end -}}
