@@ -9,6 +9,8 @@ what is left and removes the pod.
 A pod's process gets its ``env`` values, POD_NAME, POD_NAMESPACE, POD_IP, NODE_NAME, the kubelet's
 PATH (so ``python`` and ``connbalance`` are the venv's) and KUBECONFIG pointing at a kubeconfig
 holding a token for the pod's ServiceAccount, so it talks to the API server as that account.
+Volumes are written under the pod's directory and reach a process through its mount paths,
+rewritten in its command, args and env (``volumes.py`` says how).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 from kubernetes import client, config
 
 from tests.cluster.processes import Container, Probe, now, stop_processes
+from tests.cluster.volumes import PodVolumes, VolumeNotReady
 
 SLOTS = ipaddress.IPv4Network("127.1.0.0/16")
 SLOT_PREFIX = 20  # 16 clusters at once (parallel test runs), 4094 pod IPs each
@@ -55,6 +58,7 @@ class Pod:
     name: str
     ip: str
     containers: list[Container]
+    volumes: PodVolumes
     stopping: bool = False
     last_status: list[Any] = field(default_factory=list)
 
@@ -67,6 +71,7 @@ class Kubelet:
         self.ca_file = ca_file
         self.core = client.CoreV1Api()
         self.pods: dict[str, Pod] = {}
+        self.waiting: dict[str, str] = {}  # pod uid -> why its volumes are not ready, as logged
         self.next_node = 0
         self.stop = threading.Event()
         self.network, self.slot_lock = self.claim_slot()
@@ -145,11 +150,18 @@ class Kubelet:
                     threading.Thread(target=self.kill, args=(pod, grace), daemon=True).start()
                 continue
             if pod is None and obj.status.phase in (None, "Pending"):
-                pod = self.pods[meta.uid] = self.start(obj)
+                pod = self.start(obj)
+                if pod is not None:
+                    self.pods[meta.uid] = pod
             if pod is not None:
+                try:
+                    pod.volumes.sync(obj)
+                except VolumeNotReady as error:  # the kubelet keeps the old content meanwhile
+                    self.wait_for_volumes(obj, error)
                 for container in pod.containers:
                     container.poll()
                 self.report(pod, obj)
+        self.waiting = {uid: why for uid, why in self.waiting.items() if uid in seen}
         for uid in [uid for uid, pod in self.pods.items() if uid not in seen]:
             for container in self.pods.pop(uid).containers:  # removed behind our back
                 container.signal(signal.SIGKILL)
@@ -165,11 +177,29 @@ class Kubelet:
         with contextlib.suppress(client.ApiException):  # lost a race with a deletion
             self.core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False)
 
-    def start(self, obj: Any) -> Pod:
+    def wait_for_volumes(self, obj: Any, error: VolumeNotReady) -> None:
+        meta = obj.metadata
+        if self.waiting.get(meta.uid) != str(error):
+            self.waiting[meta.uid] = str(error)
+            print(f"kubelet: {meta.namespace}/{meta.name}: MountVolume: {error}", flush=True)
+
+    def start(self, obj: Any) -> Pod | None:
+        """Write the pod's volumes and start its containers; None while a volume cannot be
+        written (the pod stays Pending, and the next sync tries again)."""
         meta, spec = obj.metadata, obj.spec
-        ip = next(self.free_ips)
         pod_dir = self.run_dir / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid[:8]}"
         pod_dir.mkdir(parents=True, exist_ok=True)
+        volumes = PodVolumes(
+            root=pod_dir / "volumes", pod=obj, core=self.core,
+            token=lambda audience, seconds: self.token(obj, audience=audience, seconds=seconds),
+        )  # fmt: skip
+        try:
+            volumes.sync(obj)
+        except VolumeNotReady as error:
+            self.wait_for_volumes(obj, error)
+            return None
+        self.waiting.pop(meta.uid, None)
+        ip = next(self.free_ips)
         base = {
             "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1", "POD_NAME": meta.name, "POD_NAMESPACE": meta.namespace,
@@ -184,13 +214,15 @@ class Kubelet:
         }  # fmt: skip
         containers = []
         for c in spec.containers:
-            env = dict(base)
+            env, mounts = dict(base), volumes.mounts(c)
             for item in c.env or []:
                 ref = item.value_from.field_ref if item.value_from else None
-                env[item.name] = fields.get(ref.field_path, "") if ref else item.value or ""
-            argv = [expand(arg, env) for arg in [*(c.command or []), *(c.args or [])]]
+                value = fields.get(ref.field_path, "") if ref else item.value or ""
+                env[item.name] = mounts.rewrite(value)
+            argv = [mounts.rewrite(expand(a, env)) for a in [*(c.command or []), *(c.args or [])]]
             containers.append(Container(
-                name=c.name, argv=argv, env=env, cwd=c.working_dir or os.getcwd(),
+                name=c.name, argv=argv, env=env,
+                cwd=mounts.rewrite(c.working_dir) if c.working_dir else os.getcwd(),
                 log=pod_dir / f"{c.name}.log", restart_policy=spec.restart_policy or "Always",
                 probe=self.probe(c, ip),
             ))  # fmt: skip
@@ -200,7 +232,7 @@ class Kubelet:
             except OSError as error:  # like a missing image: the pod does not run
                 print(f"kubelet: {meta.namespace}/{meta.name}: {error}", flush=True)
         return Pod(uid=meta.uid, namespace=meta.namespace, name=meta.name, ip=ip,
-                   containers=containers)  # fmt: skip
+                   containers=containers, volumes=volumes)  # fmt: skip
 
     def probe(self, c: Any, ip: str) -> Probe | None:
         """The readiness probe (HTTP GET or TCP; exec and gRPC probes are not run: ready)."""
@@ -218,18 +250,25 @@ class Kubelet:
             success_threshold=p.success_threshold or 1, failure_threshold=p.failure_threshold or 3,
         )  # fmt: skip
 
-    def pod_kubeconfig(self, obj: Any, pod_dir: Path) -> Path:
-        """A kubeconfig with a token bound to this pod, as a projected token volume would hold."""
+    def token(self, obj: Any, *, audience: str | None = None, seconds: int = 86400) -> str:
+        """A TokenRequest token bound to this pod, for its ServiceAccount ("" if it has none)."""
         meta = obj.metadata
         account = obj.spec.service_account_name or "default"
         bound = {"kind": "Pod", "apiVersion": "v1", "name": meta.name, "uid": meta.uid}
-        request: Any = {"spec": {"expirationSeconds": 86400, "boundObjectRef": bound}}
-        token: Any = ""
+        request: Any = {"spec": {"expirationSeconds": seconds, "boundObjectRef": bound}}
+        if audience:
+            request["spec"]["audiences"] = [audience]
         with contextlib.suppress(client.ApiException):  # no such account: the pod is anonymous
             answer: Any = self.core.create_namespaced_service_account_token(
                 account, meta.namespace, request
             )
-            token = answer.status.token
+            return str(answer.status.token)
+        return ""
+
+    def pod_kubeconfig(self, obj: Any, pod_dir: Path) -> Path:
+        """A kubeconfig with a token bound to this pod, as a projected token volume would hold."""
+        meta = obj.metadata
+        token = self.token(obj)
         path = pod_dir / "kubeconfig"
         path.write_text(
             "apiVersion: v1\nkind: Config\n"
