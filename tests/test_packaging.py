@@ -1,9 +1,10 @@
 """The product's wheel: no simulator inside, and a plain install of it runs without grpcio.
 
-The wheel is built from a copy of what the Dockerfile copies (pyproject.toml, README.md and all of
-``operator/``, the simulator included), so a stale ``build/`` in the checkout cannot leak into it
-and the package selection is what keeps the simulator out. It is installed into a fresh venv from
-the package index (quick with the pip cache), without the ``sim`` extra.
+The wheel is built from a copy of pyproject.toml, README.md and all of ``operator/``, the simulator
+included (the Dockerfile copies only ``operator/connbalance``), so a stale ``build/`` in the
+checkout cannot leak into it and the package selection alone must keep the simulator out. It is
+installed into a fresh venv from the package index (quick with the pip cache), without the
+``sim`` extra.
 """
 
 from __future__ import annotations
