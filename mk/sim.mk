@@ -1,5 +1,6 @@
-# The simulator (operator/connbalance/sim): `make demo` and `make bench` are in the Makefile;
-# these run its tests alone and regenerate the figures kept in docs/.
+# The simulator (operator/connbalance_sim, its own distribution in sim/, which `make venv`
+# installs): `make demo` and `make bench` are in the Makefile; these run its tests alone and
+# regenerate the figures kept in docs/.
 .PHONY: test-sim
 test-sim: venv ## only the simulator tests (about 2 minutes, the quick bench included)
 	$(PY) -m pytest tests/sim $(PYTEST_ARGS)

@@ -216,7 +216,7 @@ def run(argv: list[str]) -> int:
     try:
         from connbalance_sim import plot  # matplotlib comes with the sim extra
     except ImportError:
-        print("no plot: matplotlib is missing (pip install 'connbalance[bench]')",
+        print("no plot: matplotlib is missing (pip install 'connbalance[sim]')",
               file=sys.stderr)
     else:
         plot.save_panels(records, args.out / "bench.png")

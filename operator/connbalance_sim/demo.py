@@ -79,7 +79,7 @@ def run(argv: list[str]) -> int:
     try:
         from connbalance_sim import plot  # matplotlib comes with the sim extra
     except ImportError:
-        print("no plot: matplotlib is missing (pip install 'connbalance[bench]')",
+        print("no plot: matplotlib is missing (pip install 'connbalance[sim]')",
               file=sys.stderr)
         return 0
     targets = [args.plot] + ([Path("docs/demo.png")] if args.docs else [])
