@@ -14,7 +14,8 @@ from connbalance.controller.issuer import (
     IssueRefused,
     RecordingActuator,
 )
-from connbalance.controller.machine import Controller, TickResult
+from connbalance.controller.machine import Controller
+from connbalance.controller.results import Seen, TickResult
 from connbalance.controller.state import Condition, ControllerState, request_id
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "DrainIssuer",
     "IssueRefused",
     "RecordingActuator",
+    "Seen",
     "TickResult",
     "request_id",
 ]

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from connbalance.controller.state import request_id
-from connbalance.model import DrainRequest, Plan, PodName, PodState, Policy, PolicyName
+from connbalance.model import (
+    DrainRequest,
+    Plan,
+    PodName,
+    PodState,
+    Policy,
+    PolicyName,
+    RequestId,
+)
 from connbalance.ports import Actuator, EventSink
 
 
@@ -50,6 +58,12 @@ class DrainIssuer:
     actuator: Actuator
     events: EventSink
 
+    @property
+    def cooldown(self) -> float:
+        """From a step to the next, on the pool and on each pod: the drain window, then a step
+        interval to measure what it did."""
+        return self.policy.actuation.window_seconds + self.policy.balance.step_interval_seconds
+
     def check(self, *, pod: PodState, count: int, load: float, now: float) -> None:
         """Raise if cycling ``count`` of ``pod`` (at ``load``) breaks a cap or a cooldown."""
         balance = self.policy.balance
@@ -64,7 +78,7 @@ class DrainIssuer:
             )
         drain = pod.drain
         if drain is not None and drain.policy == self.name and drain.issued_at is not None:
-            ready_at = drain.issued_at.timestamp() + self._cooldown()
+            ready_at = drain.issued_at.timestamp() + self.cooldown
             if now < ready_at:
                 raise CooldownActive(
                     pod.name, f"last drain {drain.id} cools down for {ready_at - now:.0f}s more"
@@ -82,14 +96,11 @@ class DrainIssuer:
     ) -> tuple[DrainRequest, ...]:
         """Deliver the plan's drains as step ``step`` of ``episode``. Returns what was delivered
         now (not what was already on the pods)."""
-        balance, actuation = self.policy.balance, self.policy.actuation
-        total = sum(loads.values())
-        budget = math.floor(balance.max_pool_fraction_per_step * total)
+        budget = math.floor(self.policy.balance.max_pool_fraction_per_step * sum(loads.values()))
         if plan.total > budget:
             raise CapExceeded(
                 plan.drains[0].pod, f"step of {plan.total} over maxPoolFractionPerStep ({budget})"
             )
-        issued_at = datetime.fromtimestamp(now, UTC)
         # Check every drain before delivering any, so a refusal leaves the pool untouched.
         pending: list[tuple[PodState, DrainRequest]] = []
         for drain in plan.drains:
@@ -98,36 +109,35 @@ class DrainIssuer:
             if pod.drain is not None and pod.drain.id == rid:
                 continue  # delivered before a restart: never twice
             self.check(pod=pod, count=drain.count, load=loads[drain.pod], now=now)
-            pending.append(
-                (
-                    pod,
-                    DrainRequest(
-                        id=rid,
-                        count=drain.count,
-                        window_seconds=actuation.window_seconds,
-                        quiet_millis=actuation.quiet_millis,
-                        deadline=issued_at + timedelta(seconds=actuation.deadline_seconds),
-                        policy=self.name,
-                        issued_at=issued_at,
-                        steer=actuation.steer,
-                    ),
-                )
-            )
+            pending.append((pod, self._request(rid, count=drain.count, now=now)))
         delivered: list[DrainRequest] = []
         for pod, request in pending:
             await self.actuator.deliver(pod=pod, request=request)
             delivered.append(request)
             self.events.emit(
-                kind="Normal",
-                reason="DrainRequested",
-                message=(
-                    f"asked {pod.name} to cycle {request.count} connections ({request.id})"
-                    if request.count
-                    else f"asked {pod.name} to refuse new connections for the window, cycling "
-                    f"none, so reconnects land on emptier pods ({request.id})"
-                ),
+                kind="Normal", reason="DrainRequested", message=_requested(pod.name, request)
             )
         return tuple(delivered)
 
-    def _cooldown(self) -> float:
-        return self.policy.actuation.window_seconds + self.policy.balance.step_interval_seconds
+    def _request(self, rid: RequestId, *, count: int, now: float) -> DrainRequest:
+        actuation = self.policy.actuation
+        issued_at = datetime.fromtimestamp(now, UTC)
+        return DrainRequest(
+            id=rid,
+            count=count,
+            window_seconds=actuation.window_seconds,
+            quiet_millis=actuation.quiet_millis,
+            deadline=issued_at + timedelta(seconds=actuation.deadline_seconds),
+            policy=self.name,
+            issued_at=issued_at,
+            steer=actuation.steer,
+        )
+
+
+def _requested(pod: PodName, request: DrainRequest) -> str:
+    if request.count:
+        return f"asked {pod} to cycle {request.count} connections ({request.id})"
+    return (
+        f"asked {pod} to refuse new connections for the window, cycling none, so reconnects "
+        f"land on emptier pods ({request.id})"
+    )

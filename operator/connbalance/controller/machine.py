@@ -1,12 +1,18 @@
 """The state machine: one ``tick`` observes, decides, issues at most one step, and says when to
-come back."""
+come back.
+
+A tick passes its gates in order, each a method of its own: the pool can be read and is not busy
+(``_busy``: a step in flight, a rollout under way), its load can be read and was measured after
+the last drain window (``_measured_too_early``), the pool was not already judged
+(``_already_judged``), and then the planner's verdict becomes a phase (``_decided``) or a step
+(``_step``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import replace
 
 from connbalance.controller.issuer import (
     CooldownActive,
@@ -14,8 +20,9 @@ from connbalance.controller.issuer import (
     IssueRefused,
     RecordingActuator,
 )
-from connbalance.controller.state import Condition, ControllerState, IssuedStep, newest_step
-from connbalance.model import DrainRequest, Phase, Plan, PodName, PodState, Policy, PolicyName
+from connbalance.controller.results import Seen, TickResult, conditions_for, tick_result
+from connbalance.controller.state import ControllerState, IssuedStep, newest_step
+from connbalance.model import DrainRequest, Phase, Plan, PodLoad, PodName, Policy, PolicyName
 from connbalance.planner import Verdict
 from connbalance.planner.plan import decide
 from connbalance.ports import (
@@ -34,28 +41,8 @@ _PROGRESS = 0.01
 # A step found on the pods but missing from status is resumed only while this recent (in
 # cooldowns); an older one belongs to an episode that has ended.
 _RESUME_HORIZON = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """What one tick observed, carried into its result for status and display."""
-
-    pods: tuple[PodState, ...] = ()
-    loads: Mapping[PodName, float] = field(default_factory=dict)
-    plan: Plan | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TickResult:
-    state: ControllerState
-    conditions: tuple[Condition, ...]
-    requeue_after: float
-    seen: Seen = field(default_factory=Seen)
-    issued: tuple[DrainRequest, ...] = ()
-
-    @property
-    def plan(self) -> Plan | None:
-        return self.seen.plan
+# While something is about to change (a rollout, a window closing), look again at least this often.
+_SOON = 5.0
 
 
 class Controller:
@@ -85,30 +72,69 @@ class Controller:
         )
 
     @property
-    def cooldown(self) -> float:
-        """From a step to the next: the drain window, then a step interval to measure it."""
-        return self._policy.actuation.window_seconds + self._policy.balance.step_interval_seconds
+    def _interval(self) -> float:
+        return self._policy.balance.step_interval_seconds
+
+    @property
+    def _soon(self) -> float:
+        return min(_SOON, self._interval)
 
     async def tick(self, state: ControllerState) -> TickResult:
+        """Observe the pool and its load, decide, and issue at most one step."""
         now = self._clock()
-        policy, interval = self._policy, self._policy.balance.step_interval_seconds
-        if policy.paused:
-            return _result(state, Phase.PAUSED, "spec.paused is true", interval)
+        if self._policy.paused:
+            return tick_result(state, Phase.PAUSED, "spec.paused is true", self._interval)
         try:
             view = await self._fleet.observe()
         except FleetError as exc:
-            return _result(
+            return tick_result(
                 state,
                 Phase.DEGRADED,
                 f"cannot read the pool: {exc}",
-                interval,
+                self._interval,
                 ready=("False", exc.reason),
             )
         state = self._recover(state, newest_step(view.pods, policy=self._name), now)
-        pods = {p.name: p for p in view.pods}
-        if state.last_step_at is not None and now < state.last_step_at + self.cooldown:
-            wait = state.last_step_at + self.cooldown - now
-            return _result(
+        busy = self._busy(state, view, now)
+        if busy is not None:
+            return busy
+        ready = [p.name for p in view.pods if p.ready]
+        try:
+            measured = await self._loads.read(pods=ready) if ready else {}
+        except MetricsError as exc:
+            self._events.emit(kind="Warning", reason=exc.reason, message=str(exc))
+            return tick_result(
+                state,
+                Phase.DEGRADED,
+                str(exc),
+                self._interval,
+                metrics=("False", exc.reason),
+                seen=Seen(pods=view.pods),
+            )
+        seen = Seen(pods=view.pods, loads={p: m.load for p, m in measured.items()})
+        early = self._measured_too_early(state, measured, seen)
+        if early is not None:
+            return early
+        plan, verdict = decide(
+            loads=measured,
+            pods=view.pods,
+            policy=self._policy,
+            now=now,
+            engaged=state.episode is not None,
+        )
+        state = state.with_(skew=plan.skew if ready else None)
+        seen = replace(seen, plan=plan)
+        judged = self._already_judged(state, view, plan, verdict, seen)
+        if judged is not None:
+            return judged
+        return await self._decided(state, view, plan, verdict, now, seen)
+
+    def _busy(self, state: ControllerState, view: FleetView, now: float) -> TickResult | None:
+        """A step still in flight, or a rollout under way: nothing to judge yet."""
+        cooldown = self._issuer.cooldown
+        if state.last_step_at is not None and now < state.last_step_at + cooldown:
+            wait = state.last_step_at + cooldown - now
+            return tick_result(
                 state,
                 Phase.COOLING_DOWN,
                 f"step {state.step} in flight; next measurement in {wait:.0f}s",
@@ -118,144 +144,176 @@ class Controller:
         if not view.rollout_complete:
             # A new rollout supersedes any episode: its pods and loads are about to change.
             state = state.with_(episode=None, step=0, skews=())
-            return _result(
+            return tick_result(
                 state,
                 Phase.SETTLING,
                 "rollout in progress",
-                min(5.0, interval),
+                self._soon,
                 seen=Seen(pods=view.pods),
             )
-        ready = [p.name for p in view.pods if p.ready]
-        try:
-            measured = await self._loads.read(pods=ready) if ready else {}
-        except MetricsError as exc:
-            self._events.emit(kind="Warning", reason=exc.reason, message=str(exc))
-            return _result(
-                state,
-                Phase.DEGRADED,
-                str(exc),
-                interval,
-                metrics=("False", exc.reason),
-                seen=Seen(pods=view.pods),
-            )
-        values = {p: m.load for p, m in measured.items()}
-        if state.last_step_at is not None and ready and measured:
-            oldest = min(m.timestamp for m in measured.values())
-            after = state.last_step_at + policy.actuation.window_seconds
-            if oldest < after:
-                return _result(
-                    state,
-                    Phase.COOLING_DOWN,
-                    "waiting for a measurement taken after the last drain window",
-                    min(5.0, interval),
-                    seen=Seen(pods=view.pods, loads=values),
-                )
-        plan, verdict = decide(
-            loads=measured,
-            pods=view.pods,
-            policy=policy,
-            now=now,
-            engaged=state.episode is not None,
+        return None
+
+    def _measured_too_early(
+        self, state: ControllerState, measured: Mapping[PodName, PodLoad], seen: Seen
+    ) -> TickResult | None:
+        """A load measured before the last drain window closed says nothing about that step."""
+        if state.last_step_at is None or not measured:
+            return None
+        oldest = min(m.timestamp for m in measured.values())
+        if oldest >= state.last_step_at + self._policy.actuation.window_seconds:
+            return None
+        return tick_result(
+            state,
+            Phase.COOLING_DOWN,
+            "waiting for a measurement taken after the last drain window",
+            self._soon,
+            seen=seen,
         )
-        state = state.with_(skew=plan.skew if ready else None)
-        seen = Seen(pods=view.pods, loads=values, plan=plan)
+
+    def _already_judged(
+        self,
+        state: ControllerState,
+        view: FleetView,
+        plan: Plan,
+        verdict: Verdict,
+        seen: Seen,
+    ) -> TickResult | None:
+        """In postRollout mode a pool found balanced, or given up on, waits for the next
+        rollout."""
         judged = (
-            policy.balance.mode == "postRollout"
+            self._policy.balance.mode == "postRollout"
             and state.episode is None
             and state.judged_revision == view.revision
         )
-        if judged and verdict is not Verdict.SETTLING:
-            phase = Phase.BALANCED if verdict is Verdict.WITHIN_TOLERANCE else Phase.IDLE
-            reason = (
-                plan.reason
-                if phase is Phase.BALANCED
-                else (f"{plan.reason}; postRollout mode waits for the next rollout")
+        if not judged or verdict is Verdict.SETTLING:
+            return None
+        if verdict is Verdict.WITHIN_TOLERANCE:
+            return tick_result(
+                state, Phase.BALANCED, plan.reason, self._interval, balanced=plan.skew, seen=seen
             )
-            return _result(state, phase, reason, interval, balanced=plan.skew, seen=seen)
-        return await self._decided(state, view, pods, plan, verdict, now, seen)
+        reason = f"{plan.reason}; postRollout mode waits for the next rollout"
+        return tick_result(state, Phase.IDLE, reason, self._interval, balanced=plan.skew, seen=seen)
 
     async def _decided(
         self,
         state: ControllerState,
         view: FleetView,
-        pods: Mapping[PodName, PodState],
         plan: Plan,
         verdict: Verdict,
         now: float,
         seen: Seen,
     ) -> TickResult:
-        policy, interval = self._policy, self._policy.balance.step_interval_seconds
+        """The planner's verdict as a phase; on Act, the next step."""
         if verdict is Verdict.SETTLING:
-            return _result(state, Phase.SETTLING, plan.reason, min(5.0, interval), seen=seen)
+            return tick_result(state, Phase.SETTLING, plan.reason, self._soon, seen=seen)
         if verdict in (Verdict.TOO_FEW_PODS, Verdict.BELOW_MINIMUM):
-            return _result(state, Phase.IDLE, plan.reason, interval, seen=seen)
+            return tick_result(state, Phase.IDLE, plan.reason, self._interval, seen=seen)
         if verdict in (Verdict.MISSING_LOAD, Verdict.STALE):
-            return _result(
+            return tick_result(
                 state,
                 Phase.DEGRADED,
                 plan.reason,
-                interval,
+                self._interval,
                 metrics=("False", verdict.value),
                 seen=seen,
             )
         if verdict is Verdict.WITHIN_TOLERANCE:
-            if state.episode is not None:
-                self._events.emit(
-                    kind="Normal",
-                    reason="Balanced",
-                    message=f"balanced after {state.step} step(s): {plan.reason}",
-                )
-            done = state.with_(episode=None, step=0, skews=(), judged_revision=view.revision)
-            return _result(
-                done, Phase.BALANCED, plan.reason, interval, balanced=plan.skew, seen=seen
-            )
-        if verdict is Verdict.CAPPED or self._stalled(state, plan.skew):
+            return self._balanced(state, view, plan, seen)
+        if verdict is Verdict.CAPPED:
+            return self._give_up(state, view, plan, plan.reason, seen)
+        if self._stalled(state, plan.skew):
             why = (
-                plan.reason
-                if verdict is Verdict.CAPPED
-                else (
-                    f"{state.step} step(s) did not lower skew enough (now {plan.skew:.3f}); "
-                    "stopping until the pool changes"
-                )
+                f"{state.step} step(s) did not lower skew enough (now {plan.skew:.3f}); "
+                "stopping until the pool changes"
             )
-            self._events.emit(kind="Warning", reason="NotConverging", message=why)
-            done = state.with_(episode=None, step=0, skews=(), judged_revision=view.revision)
-            return _result(
-                done,
-                Phase.DEGRADED,
-                why,
-                interval,
-                balanced=plan.skew,
-                converging=("False", "NotConverging"),
-                seen=seen,
+            return self._give_up(state, view, plan, why, seen)
+        return await self._step(state, view, plan, now, seen)
+
+    def _balanced(
+        self, state: ControllerState, view: FleetView, plan: Plan, seen: Seen
+    ) -> TickResult:
+        """Within tolerance: the episode, if any, ends, and this pool revision is judged."""
+        if state.episode is not None:
+            self._events.emit(
+                kind="Normal",
+                reason="Balanced",
+                message=f"balanced after {state.step} step(s): {plan.reason}",
             )
+        done = state.with_(episode=None, step=0, skews=(), judged_revision=view.revision)
+        return tick_result(
+            done, Phase.BALANCED, plan.reason, self._interval, balanced=plan.skew, seen=seen
+        )
+
+    def _give_up(
+        self, state: ControllerState, view: FleetView, plan: Plan, why: str, seen: Seen
+    ) -> TickResult:
+        """No step helps (the caps leave none, or steps stopped lowering skew): stop, say so,
+        and wait for the pool to change rather than churn."""
+        self._events.emit(kind="Warning", reason="NotConverging", message=why)
+        done = state.with_(episode=None, step=0, skews=(), judged_revision=view.revision)
+        return tick_result(
+            done,
+            Phase.DEGRADED,
+            why,
+            self._interval,
+            balanced=plan.skew,
+            converging=("False", "NotConverging"),
+            seen=seen,
+        )
+
+    async def _step(
+        self, state: ControllerState, view: FleetView, plan: Plan, now: float, seen: Seen
+    ) -> TickResult:
+        """Issue the plan as the next step of the current episode (or of a new one)."""
         episode = state.episode or _new_episode(self._name, view.revision, now)
         step = state.step + 1
         try:
             issued = await self._issuer.issue(
-                plan=plan, pods=pods, loads=seen.loads, episode=episode, step=step, now=now
+                plan=plan,
+                pods={p.name: p for p in view.pods},
+                loads=seen.loads,
+                episode=episode,
+                step=step,
+                now=now,
             )
         except CooldownActive as exc:
-            return _result(state, Phase.COOLING_DOWN, str(exc), min(5.0, interval), seen=seen)
+            return tick_result(state, Phase.COOLING_DOWN, str(exc), self._soon, seen=seen)
         except IssueRefused as exc:
             self._events.emit(kind="Warning", reason="DrainRefused", message=str(exc))
-            return _result(state, Phase.DEGRADED, str(exc), interval, seen=seen)
+            return tick_result(state, Phase.DEGRADED, str(exc), self._interval, seen=seen)
         except ActuationError as exc:
             self._events.emit(kind="Warning", reason=exc.reason, message=str(exc))
-            return _result(
+            return tick_result(
                 state,
                 Phase.DEGRADED,
                 f"could not deliver: {exc}",
-                min(5.0, interval),
+                self._soon,
                 ready=("False", exc.reason),
                 seen=seen,
             )
+        return self._stepped(state, view, plan, issued, now, seen, episode=episode, step=step)
+
+    def _stepped(
+        self,
+        state: ControllerState,
+        view: FleetView,
+        plan: Plan,
+        issued: tuple[DrainRequest, ...],
+        now: float,
+        seen: Seen,
+        *,
+        episode: str,
+        step: int,
+    ) -> TickResult:
+        """Record a delivered step (or, in dry run, what it would have been)."""
         summary = ", ".join(f"{d.pod}={d.count}" for d in plan.drains)
-        if policy.dry_run:
+        if self._policy.dry_run:
             done = state.with_(
                 judged_revision=view.revision, last_action=f"dry run: would cycle {summary}"
             )
-            return _result(done, Phase.IDLE, f"dryRun: {plan.reason}", interval, seen=seen)
+            return tick_result(
+                done, Phase.IDLE, f"dryRun: {plan.reason}", self._interval, seen=seen
+            )
         after = state.with_(
             episode=episode,
             step=step,
@@ -266,8 +324,8 @@ class Controller:
         )
         return TickResult(
             state=after.with_(phase=Phase.REBALANCING, reason=plan.reason),
-            conditions=_conditions(Phase.REBALANCING, balanced=plan.skew),
-            requeue_after=self.cooldown,
+            conditions=conditions_for(Phase.REBALANCING, balanced=plan.skew),
+            requeue_after=self._issuer.cooldown,
             issued=issued,
             seen=seen,
         )
@@ -289,77 +347,10 @@ class Controller:
         ):
             return state
         recovered = state.with_(last_step_at=newest.issued_at)
-        if now - newest.issued_at < _RESUME_HORIZON * self.cooldown:
+        if now - newest.issued_at < _RESUME_HORIZON * self._issuer.cooldown:
             recovered = recovered.with_(episode=newest.episode, step=max(newest.step, state.step))
         return recovered
 
 
 def _new_episode(name: PolicyName, revision: str, now: float) -> str:
     return hashlib.sha256(f"{name}|{revision}|{now:.6f}".encode()).hexdigest()[:10]
-
-
-def _result(
-    state: ControllerState,
-    phase: Phase,
-    reason: str,
-    requeue_after: float,
-    *,
-    ready: tuple[str, str] = ("True", "Reconciling"),
-    metrics: tuple[str, str] | None = None,
-    converging: tuple[str, str] | None = None,
-    balanced: float | None = None,
-    seen: Seen | None = None,
-) -> TickResult:
-    return TickResult(
-        state=state.with_(phase=phase, reason=reason),
-        conditions=_conditions(
-            phase,
-            ready=ready,
-            metrics=metrics,
-            converging=converging,
-            balanced=balanced,
-            reason=reason,
-        ),
-        requeue_after=requeue_after,
-        seen=seen or Seen(),
-    )
-
-
-def _conditions(
-    phase: Phase,
-    *,
-    ready: tuple[str, str] = ("True", "Reconciling"),
-    metrics: tuple[str, str] | None = None,
-    converging: tuple[str, str] | None = None,
-    balanced: float | None = None,
-    reason: str = "",
-) -> tuple[Condition, ...]:
-    ready_status, ready_reason = ready
-    out = [
-        Condition(
-            "Ready", _status(ready_status), ready_reason, reason if ready_status == "False" else ""
-        )
-    ]
-    if metrics is not None:
-        out.append(Condition("MetricsAvailable", _status(metrics[0]), metrics[1], reason))
-    elif balanced is not None:
-        out.append(Condition("MetricsAvailable", "True", "Measured"))
-    if balanced is not None:
-        ok = phase is Phase.BALANCED
-        out.append(
-            Condition(
-                "Balanced",
-                "True" if ok else "False",
-                "WithinTolerance" if ok else "Skewed",
-                f"skew {balanced:.3f}",
-            )
-        )
-    if converging is not None:
-        out.append(Condition("Converging", _status(converging[0]), converging[1], reason))
-    elif phase is Phase.REBALANCING:
-        out.append(Condition("Converging", "True", "Stepping"))
-    return tuple(out)
-
-
-def _status(value: str) -> Literal["True", "False", "Unknown"]:
-    return "True" if value == "True" else "False" if value == "False" else "Unknown"
