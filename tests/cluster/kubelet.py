@@ -3,8 +3,8 @@
 It registers Nodes and keeps them Ready, binds unscheduled pods to them (there is no scheduler),
 gives each pod its own address in a loopback /20, runs each container's ``command`` + ``args`` as a
 local process (images are ignored), reports Running/Ready from the readiness probe (HTTP GET on the
-pod IP), and on deletion stops the processes with SIGTERM, waits the pod's grace period, SIGKILLs
-what is left and removes the pod.
+pod IP), and on deletion runs each container's preStop hook then SIGTERMs it, waits the pod's
+grace period, SIGKILLs what is left and removes the pod.
 
 A pod's process gets its ``env`` values, POD_NAME, POD_NAMESPACE, POD_IP, NODE_NAME, the kubelet's
 PATH (so ``python`` and ``connbalance`` are the venv's) and KUBECONFIG pointing at a kubeconfig
@@ -31,7 +31,7 @@ from typing import Any
 from kubernetes import client, config
 
 from tests.cluster.processes import Container, Probe, now, stop_processes
-from tests.cluster.volumes import PodVolumes, VolumeNotReady
+from tests.cluster.volumes import MountTable, PodVolumes, VolumeNotReady
 
 SLOTS = ipaddress.IPv4Network("127.1.0.0/16")
 SLOT_PREFIX = 20  # 16 clusters at once (parallel test runs), 4094 pod IPs each
@@ -49,6 +49,16 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _REFERENCE.sub(
         lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text
     )
+
+
+def pre_stop(c: Any, mounts: MountTable) -> list[str] | None:
+    """The preStop hook as a command: exec's (mount paths rewritten), or ``sleep N``."""
+    hook = c.lifecycle.pre_stop if c.lifecycle else None
+    if hook is not None and hook._exec is not None:
+        return [mounts.rewrite(arg) for arg in hook._exec.command or []]
+    if hook is not None and hook.sleep is not None:
+        return ["sleep", str(hook.sleep.seconds)]
+    return None  # none, or an httpGet hook (not run)
 
 
 @dataclass(slots=True)
@@ -224,7 +234,7 @@ class Kubelet:
                 name=c.name, argv=argv, env=env,
                 cwd=mounts.rewrite(c.working_dir) if c.working_dir else os.getcwd(),
                 log=pod_dir / f"{c.name}.log", restart_policy=spec.restart_policy or "Always",
-                probe=self.probe(c, ip),
+                probe=self.probe(c, ip), pre_stop=pre_stop(c, mounts),
             ))  # fmt: skip
         for container in containers:
             try:
@@ -316,7 +326,7 @@ class Kubelet:
 
     def kill(self, pod: Pod, grace: int) -> None:
         """Stop the processes within the grace period, then remove the pod, as the kubelet does."""
-        stop_processes(pod.containers, grace)
+        stop_processes(pod.containers, grace, hooks=True)
         self.remove(pod.namespace, pod.name, pod.uid)  # sync() forgets it once it is gone
 
     def remove(self, namespace: str, name: str, uid: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 RESTART_DELAY_SECONDS = 1.0
+HOOK_OVERRUN_SECONDS = 2.0  # the kubelet's one-off extension when a preStop hook overruns
 
 
 def now() -> str:
@@ -65,6 +66,7 @@ class Container:
     log: Path
     restart_policy: str
     probe: Probe | None
+    pre_stop: list[str] | None = None  # the preStop hook's command (exec, or sleep as `sleep N`)
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: str = ""
@@ -79,6 +81,20 @@ class Container:
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         self.started_at, self.exit_code = now(), None
+
+    def start_pre_stop(self) -> subprocess.Popen[bytes] | None:
+        """The preStop hook, as a process beside the container's (None: no hook, or it could not
+        start, which the kubelet reports and goes on to SIGTERM)."""
+        if not self.pre_stop:
+            return None
+        try:
+            with self.log.open("ab") as log:
+                return subprocess.Popen(
+                    self.pre_stop, env=self.env, cwd=self.cwd, stdout=log,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                )  # fmt: skip
+        except OSError:
+            return None
 
     def poll(self) -> None:
         """Notice an exit; restart as the pod's restartPolicy says, one second later."""
@@ -120,15 +136,40 @@ class Container:
         }  # fmt: skip
 
 
-def stop_processes(containers: list[Container], grace: float) -> None:
-    """SIGTERM, up to ``grace`` seconds for them to exit, SIGKILL for the rest."""
-    for container in containers:
-        container.signal(signal.SIGTERM)
+def stop_processes(containers: list[Container], grace: float, *, hooks: bool = False) -> None:
+    """Each container's preStop hook (with ``hooks``) then SIGTERM, up to ``grace`` seconds in
+    all for them to exit, SIGKILL for the rest. As the kubelet does it: a container without a
+    hook gets SIGTERM at once, one with a hook when its hook ends; a hook still running when the
+    grace period ends is killed, and the containers get two seconds more."""
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(
-        c.process is not None and c.process.poll() is None for c in containers
-    ):
+    hooked: list[tuple[Container, subprocess.Popen[bytes]]] = []
+    for container in containers:
+        running = container.process is not None and container.process.poll() is None
+        hook = container.start_pre_stop() if hooks and running else None
+        if hook is None:
+            container.signal(signal.SIGTERM)
+        else:
+            hooked.append((container, hook))
+
+    def waiting() -> bool:
+        alive = any(c.process is not None and c.process.poll() is None for c in containers)
+        return time.monotonic() < deadline and (alive or bool(hooked))
+
+    while waiting():
+        for container, hook in [pair for pair in hooked if pair[1].poll() is not None]:
+            hooked.remove((container, hook))
+            container.signal(signal.SIGTERM)
         time.sleep(0.1)
+    if hooked:
+        deadline = time.monotonic() + HOOK_OVERRUN_SECONDS
+        for container, hook in hooked:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(hook.pid, signal.SIGKILL)
+            hook.wait()
+            container.signal(signal.SIGTERM)
+        hooked.clear()
+        while waiting():
+            time.sleep(0.1)
     for container in containers:
         container.signal(signal.SIGKILL)
         if container.process is not None:

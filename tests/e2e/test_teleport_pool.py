@@ -1,0 +1,107 @@
+"""The recipe on the test cluster: auth pods shaped like the teleport-cluster chart's render, with
+the agent and volumes read verbatim from docs/teleport/values.yaml, come up Ready, and the agent
+takes a drain request from the downward-API annotations file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from tests.cluster.cluster import Cluster
+from tests.e2e.pool import clients
+from tests.e2e.teleport_pool import AGENT_PORT, AUTH_PORT, auth_manifest, recipe_sidecar
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.cluster
+
+SELECTOR = "app.kubernetes.io/instance=teleport,app.kubernetes.io/component=auth"
+
+
+@pytest.fixture
+def core(cluster: Cluster) -> client.CoreV1Api:
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture
+def auth_pool(cluster: Cluster, namespace: str) -> Iterator[str]:
+    """The recipe's auth pool of three in a ``privileged`` namespace, rolled out."""
+    cluster.run_kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=privileged"
+    )
+    manifest = auth_manifest(
+        namespace=namespace, grace_seconds=5, prestop_seconds=1, min_ready_seconds=0,
+        probe_period_seconds=1,
+    )  # fmt: skip
+    cluster.run_kubectl("apply", "-f", "-", stdin=manifest)
+    cluster.run_kubectl(
+        "rollout", "status", "-n", namespace, "deployment/teleport-auth", "--timeout=120s"
+    )
+    yield namespace
+    cluster.run_kubectl(
+        "delete", "-n", namespace, "deployment/teleport-auth", "--wait=false", check=False
+    )
+
+
+def live_pods(core: client.CoreV1Api, namespace: str) -> list[Any]:
+    pods: list[Any] = core.list_namespaced_pod(namespace, label_selector=SELECTOR).items
+    return [pod for pod in pods if pod.metadata.deletion_timestamp is None]
+
+
+def agent_status(cluster: Cluster, namespace: str, pod: str) -> dict[str, Any]:
+    """The agent's /status through the API server's pod proxy, as docs/teleport.md verifies it."""
+    path = f"/api/v1/namespaces/{namespace}/pods/{pod}:{AGENT_PORT}/proxy/status"
+    return dict(json.loads(cluster.run_kubectl("get", "--raw", path).stdout))
+
+
+def annotations_file(cluster: Cluster, namespace: str, pod: Any) -> str:
+    name, uid = pod.metadata.name, pod.metadata.uid
+    directory = cluster.run_dir / "pods" / f"{namespace}_{name}_{uid[:8]}" / "volumes"
+    return (directory / "connbalance-podinfo" / "annotations").read_text()
+
+
+def test_the_recipes_pool_comes_up_ready_with_the_agent_in_reset_mode(
+    cluster: Cluster, core: client.CoreV1Api, auth_pool: str
+) -> None:
+    pods = live_pods(core, auth_pool)
+    assert len(pods) == 3
+    sidecar = recipe_sidecar()
+    for pod in pods:
+        statuses = {s.name: s for s in pod.status.container_statuses}
+        assert set(statuses) == {"teleport", sidecar["name"]}
+        assert all(s.ready and s.restart_count == 0 for s in statuses.values())
+        assert pod.spec.automount_service_account_token is False
+        assert agent_status(cluster, auth_pool, pod.metadata.name)["mode"] == "reset"
+        assert "checksum/config=" in annotations_file(cluster, auth_pool, pod)
+
+
+def test_a_drain_annotation_reaches_the_agent_through_the_file_and_is_acted_on(
+    cluster: Cluster, core: client.CoreV1Api, auth_pool: str
+) -> None:
+    pod = live_pods(core, auth_pool)[0]
+    name, ip = pod.metadata.name, pod.status.pod_ip
+    with clients(f"{ip}:{AUTH_PORT}", count=6):
+        eventually(
+            lambda: agent_status(cluster, auth_pool, name)["active"] >= 6,
+            what="the agent counts the six clients' connections",
+        )
+        drain = json.dumps({"id": "t-drain-1", "count": 2, "windowSeconds": 1})
+        cluster.run_kubectl(
+            "annotate", "-n", auth_pool, f"pod/{name}", f"connbalance.io/drain={drain}"
+        )
+
+        def done() -> dict[str, Any] | None:
+            requests = agent_status(cluster, auth_pool, name)["requests"]
+            found = next((r for r in requests if r["id"] == "t-drain-1"), None)
+            return found if found and found["state"] == "done" else None
+
+        request = eventually(done, what="the agent reports the request done")
+    assert request["count"] == 2
+    assert request["cycled"] == 2
+    # From the downward-API file (the API watch is off, and the pod has no token for it).
+    (log,) = (cluster.run_dir / "pods").glob(f"{auth_pool}_{name}_*/connbalance-agent.log")
+    assert "connbalance-podinfo/annotations request t-drain-1" in log.read_text()
