@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
-
-from connbalance.controller import Condition, Controller, ControllerState, TickResult
+from connbalance.controller import Condition, Controller, ControllerState, Seen, TickResult
 from connbalance.kube.crd import build_crd, render_yaml
 from connbalance.kube.status import conditions, status_patch
-from connbalance.model import Policy, PolicyName
+from connbalance.model import Phase, Policy, PolicyName
 from connbalance.model.settings import FIELDS
 from tests.unit.fakes import AnnotatingActuator, DictLoads, FakeClock, ListEvents, ListFleet
 
@@ -98,7 +99,37 @@ def test_a_tick_becomes_a_status_with_per_pod_load_and_the_controller_memory():
     assert status["observedGeneration"] == 3
     assert {p["name"]: p.get("load") for p in status["pods"]} == {"a": 364, "b": 236, "c": 0}
     assert ControllerState.from_status(status["controller"]) == result.state
-    assert yaml.safe_dump(status)  # plain data, as the API server needs
+    assert_plain_json(status)
+
+
+def assert_plain_json(value: object, where: str = "status") -> None:
+    """Only what JSON holds, of exactly the built-in types (no str enums, tuples or datetimes,
+    which a client would serialise in its own way or not at all), and no NaN or infinity."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert type(key) is str, f"{where}: key {key!r}"
+            assert_plain_json(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            assert_plain_json(item, f"{where}[{index}]")
+    else:
+        assert value is None or type(value) in (str, int, float, bool), (
+            f"{where}: {type(value).__name__} {value!r}"
+        )
+        assert not (type(value) is float and not math.isfinite(value)), f"{where}: {value!r}"
+
+
+def test_status_of_every_phase_is_plain_json():
+    """Ticks that end in each kind of phase, not only the happy one, write plain data."""
+    first = first_tick_on_a_skewed_pool("ns/plain")
+    for result in (
+        first,
+        replace(first, state=first.state.with_(phase=Phase.DEGRADED, skew=None)),
+        replace(first, seen=Seen()),
+    ):
+        status = status_patch(result, policy=PolicyName("ns/plain"), generation=None, previous={})
+        assert_plain_json(status)
+        assert json.loads(json.dumps(status, allow_nan=False)) == status
 
 
 def test_a_tick_is_recorded_in_the_operator_metrics():

@@ -78,11 +78,34 @@ def test_pods_that_are_not_ready_or_not_settled_hold_the_plan(tmp_path, capsys):
     assert "settleSeconds" in out["reason"]
 
 
-def test_the_table_names_every_pod_and_the_decision(tmp_path, capsys):
-    assert main(["plan", "--loads", str(write(tmp_path, "l.json", POOL))]) == 0
+def table_rows(out: str) -> dict[str, list[str]]:
+    """The table's rows by pod: ready, load, vs mean, cycle (continuation lines left out)."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [cell.strip() for cell in line.split("\u2502")[1:-1]]
+        if len(cells) >= 5 and cells[0]:
+            rows[cells[0]] = cells[1:5]
+    return rows
+
+
+def test_the_table_has_a_row_per_pod_with_its_count_and_the_decision_below(tmp_path, capsys):
+    pool = {
+        "pods": [
+            {"name": "auth-0", "load": 900, "ready": True},
+            {"name": "auth-1", "load": 900, "ready": True},
+            {"name": "auth-2", "load": 0, "ready": True},
+            {"name": "auth-3", "load": 0, "ready": False},
+        ]
+    }
+    assert main(["plan", "--loads", str(write(tmp_path, "l.json", pool))]) == 0
     out = capsys.readouterr().out
-    for word in ("a", "b", "c", "225", "skew 1.500", "act"):
-        assert word in out
+    assert table_rows(out) == {
+        "auth-0": ["yes", "900", "1.50x", "225"],
+        "auth-1": ["yes", "900", "1.50x", "225"],
+        "auth-2": ["yes", "0", "0.00x", "0"],
+        "auth-3": ["no", "0", "0.00x", "0"],
+    }
+    assert "mean 600.0   skew 1.500   act: skew 1.500 over 1.100: cycle 450 on 2 pod(s)" in out
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,18 @@ import asyncio
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from connbalance.controller import Controller, ControllerState
-from connbalance.model import Phase, PodName, Policy, PolicyName
+from connbalance.controller import (
+    CapExceeded,
+    Controller,
+    ControllerState,
+    CooldownActive,
+    DrainIssuer,
+    IssueRefused,
+)
+from connbalance.model import Drain, Phase, Plan, PodName, Policy, PolicyName
 from connbalance.planner import Landing, expected_loads
 from connbalance.ports import MetricsEmpty
 from tests.unit.fakes import AnnotatingActuator, DictLoads, FakeClock, ListEvents, ListFleet
@@ -131,16 +140,86 @@ def test_a_step_cut_short_by_a_failed_delivery_is_not_repeated_on_the_pods_it_re
     assert [p for p, _ in world.actuator.delivered] == ["a"]
 
 
-def test_a_refused_cap_delivers_nothing_at_all():
+def refused_step(world: World, *, policy: Policy, b_count: int) -> IssueRefused:
+    """Ask the issuer for a step whose first drain (a=40) is fine and whose second is not."""
+    issuer = DrainIssuer(name=NAME, policy=policy, actuator=world.actuator, events=world.events)
+    plan = Plan(
+        act=True,
+        reason="a step made by hand",
+        mean=200.0,
+        skew=1.82,
+        drains=(
+            Drain(pod=PodName("a"), count=40, reason=""),
+            Drain(pod=PodName("b"), count=b_count, reason=""),
+        ),
+    )
+    with pytest.raises(IssueRefused) as refused:
+        asyncio.run(
+            issuer.issue(
+                plan=plan,
+                pods={p.name: p for p in world.fleet.pods},
+                loads={PodName(k): v for k, v in world.loads.values.items()},
+                episode="e1",
+                step=1,
+                now=world.clock.now,
+            )
+        )
+    return refused.value
+
+
+@pytest.mark.parametrize(
+    ("cap", "b_count", "words"),
+    [
+        ({"balance__maxConnectionsPerStep": 50}, 51, "b: 51 over maxConnectionsPerStep 50"),
+        ({"balance__maxFractionPerStep": 0.25}, 60, "b: 60 over maxFractionPerStep 0.25 of 236"),
+        ({"balance__maxPoolFractionPerStep": 0.1}, 30, "over maxPoolFractionPerStep (60)"),
+    ],
+)
+def test_a_step_that_breaks_a_cap_is_refused_before_anything_is_delivered(cap, b_count, words):
     world = World({"a": 364, "b": 236, "c": 0})
-    world.actuator.fail_on = set()
-    # a step whose drains break the per-pod cap is refused before any delivery
-    controller = world.controller()
-    controller._issuer.policy = make_policy(balance__maxConnectionsPerStep=1)
-    result = world.tick(controller)
-    assert result.state.phase is Phase.DEGRADED
-    assert world.actuator.delivered == []
-    assert "DrainRefused" in world.events.reasons()
+    refused = refused_step(world, policy=make_policy(**cap), b_count=b_count)
+    assert isinstance(refused, CapExceeded)
+    assert words in str(refused)
+    assert world.actuator.delivered == []  # not even a, whose drain was within the caps
+    assert world.events.events == []
+
+
+def test_a_pod_still_cooling_down_refuses_the_whole_step():
+    world = World({"a": 364, "b": 236, "c": 0})
+    first = world.tick()  # b now carries this policy's request, issued just now
+    assert {p for p, _ in world.actuator.delivered} == {"a", "b"}
+    world.fleet.annotate(PodName("a"), replace(world.fleet.pods[0].drain, policy="other/policy"))
+    before, events = list(world.actuator.delivered), list(world.events.events)
+    world.clock.advance(first.requeue_after - 1)
+    refused = refused_step(world, policy=world.policy, b_count=10)
+    assert isinstance(refused, CooldownActive)
+    assert str(refused).startswith("b: last drain ")
+    assert world.actuator.delivered == before
+    assert world.events.events == events
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.integers(min_value=0, max_value=5000), min_size=2, max_size=6),
+    per_pod=st.integers(min_value=0, max_value=500),
+    fraction=st.floats(min_value=0.0, max_value=1.0),
+    pool=st.floats(min_value=0.0, max_value=1.0),
+    steer=st.booleans(),
+)
+def test_the_issuer_never_refuses_what_the_planner_plans(values, per_pod, fraction, pool, steer):
+    """The planner and the issuer apply the same caps: a step the controller plans is never
+    refused, so a refusal (DrainRefused) only ever means the two have drifted apart."""
+    world = World(
+        {f"p{i}": float(v) for i, v in enumerate(values)},
+        balance__maxConnectionsPerStep=per_pod,
+        balance__maxFractionPerStep=fraction,
+        balance__maxPoolFractionPerStep=pool,
+        actuation__steer=steer,
+    )
+    result = world.tick()
+    assert "DrainRefused" not in world.events.reasons()
+    assert result.state.phase is not Phase.DEGRADED or result.plan is None or not result.plan.act
+    assert all(r.count <= per_pod for _, r in world.actuator.delivered)
 
 
 def test_metrics_errors_degrade_and_change_nothing():
@@ -172,18 +251,28 @@ def test_freshly_ready_pods_are_given_the_settle_time():
 
 def test_steps_that_do_not_help_end_with_converging_false_and_no_churn():
     world = World({"a": 364, "b": 236, "c": 0})  # loads never move: sticky clients
-    phases = []
+    results = []
     for _ in range(10):
-        phases.append(world.tick().state.phase)
+        results.append(world.tick())
         world.clock.advance(31)
-    assert Phase.DEGRADED in phases
-    steps = len({r.id.rsplit(".", 1)[0] for _, r in world.actuator.delivered})
-    assert steps == world.policy.balance.max_steps_without_improvement
-    last = world.tick()
+    phases = [r.state.phase for r in results]
+    window = world.policy.balance.max_steps_without_improvement
+    assert phases[:window] == [Phase.REBALANCING] * window
+    gave_up = results[window]
+    assert gave_up.state.phase is Phase.DEGRADED
     assert ("Converging", "False", "NotConverging") in {
-        (c.type, c.status, c.reason) for c in last.conditions
-    } or last.state.phase is Phase.IDLE
-    assert "NotConverging" in world.events.reasons()
+        (c.type, c.status, c.reason) for c in gave_up.conditions
+    }
+    steps = len({r.id.rsplit(".", 1)[0] for _, r in world.actuator.delivered})
+    assert steps == window
+    # Afterwards: nothing issued, the reason says what it waits for, and no tick speaks about
+    # Converging again, so the False set when giving up stays in status.
+    for later in results[window + 1 :]:
+        assert later.state.phase is Phase.IDLE
+        assert later.issued == ()
+        assert later.state.reason.endswith("postRollout mode waits for the next rollout")
+        assert "Converging" not in {c.type for c in later.conditions}
+    assert world.events.reasons().count("NotConverging") == 1
 
 
 def test_post_rollout_mode_waits_for_the_next_rollout_once_judged():
