@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from connbalance.model import DRAIN_ANNOTATION, DrainRequest, PodState
-from connbalance.ports import ActuationError
+from connbalance.ports import ActuationError, Actuator
 
 
 class AnnotationActuator:
@@ -34,11 +34,12 @@ class AnnotationActuator:
 
 
 class HttpActuator:
-    """Annotation first, then ``POST /v1/drain`` to the agent with a bearer token."""
+    """Annotation first, then ``POST /v1/drain`` to the agent with a bearer token.
 
-    def __init__(
-        self, *, annotate: AnnotationActuator, port: int, token: str, timeout: float = 5.0
-    ) -> None:
+    ``annotate`` is the durable delivery (an ``AnnotationActuator`` in the operator); the POST
+    only makes the agent act sooner, so it goes to the pod's IP and ``port`` and fails fast."""
+
+    def __init__(self, *, annotate: Actuator, port: int, token: str, timeout: float = 5.0) -> None:
         self._annotate = annotate
         self._port = port
         self._token = token
@@ -60,5 +61,9 @@ class HttpActuator:
                 if response.status >= 300:
                     text = (await response.text())[:200]
                     raise ActuationError(f"agent {url} answered {response.status}: {text}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            raise ActuationError(
+                f"agent {url} unreachable: no answer within {self._timeout:g}s"
+            ) from exc
+        except aiohttp.ClientError as exc:
             raise ActuationError(f"agent {url} unreachable: {exc}") from exc
