@@ -1,10 +1,12 @@
-"""The per-policy control loop: a level-triggered state machine over the three ports.
+"""The per-policy control loop: a level-triggered state machine over four ports (``LoadSource``,
+``Fleet``, ``Actuator``, ``EventSink``), and the one issuer every drain request goes through.
 
-Each ``tick`` re-reads the pool and its load, decides with the planner and hands drain requests to
-one issuer. It keeps nothing in memory between ticks: what it needs comes back in the
-``ControllerState`` the caller persisted (the ConnectionBalancer's status) and from the durable
-facts on the pods (their last drain request), so it can be killed at any line and restarted
-without cycling a connection twice.
+Rule: the world comes in only through the ports and the injected clock; nothing here does I/O or
+reads the time itself. Nothing a decision depends on is kept in memory between ticks: it comes
+back in the ``ControllerState`` the caller persisted (the ConnectionBalancer's status) and from
+the durable facts on the pods (their last drain request), so a tick can be killed at any line and
+restarted without cycling a connection twice. Only ``DrainIssuer`` makes requests: it owns their
+ids, the caps, the cooldown and the Events that announce them.
 """
 
 from connbalance.controller.issuer import (

@@ -1,8 +1,8 @@
 """The planner: from one snapshot of loads, pods and policy to a Plan.
 
-Pure arithmetic: no I/O, no clock (``now`` is an argument), no randomness. The same input always
-gives the same plan, which is what makes the controller restart-safe and the planner testable
-with hypothesis.
+Rule: pure arithmetic. No I/O, no clock (``now`` is an argument), no randomness, and no imports
+but ``model`` and the standard library. The same input always gives the same plan, which is
+what makes the controller restart-safe and the planner testable with hypothesis.
 """
 
 from connbalance.planner.landing import Landing, expected_loads, shed_targets

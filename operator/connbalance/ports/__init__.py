@@ -1,8 +1,12 @@
-"""The three ports the controller talks through, and the errors they may raise.
+"""The ports the controller talks through, and the errors adapters may raise.
 
-Adapters implement them: Prometheus or a direct scrape for ``LoadSource``; Kubernetes or the local
-demo fleet for ``Fleet``; a pod annotation or authenticated HTTP for ``Actuator``. Declarations
-only: no I/O here.
+Four protocols: ``LoadSource`` (Prometheus, or the simulator's direct scrape), ``Fleet``
+(Kubernetes, or the simulator's fleet), ``Actuator`` (a pod annotation, authenticated HTTP to
+the agent, or the simulator's) and ``EventSink`` (Kubernetes Events, or the simulator's log).
+Adapters implement them structurally, without inheriting.
+
+Rule: declarations only. Nothing here does I/O or decides anything, and nothing is imported but
+``model`` and the standard library.
 
 Errors::
 
