@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
@@ -12,6 +13,8 @@ from urllib3.exceptions import HTTPError
 from connbalance.kube.pods import label_selector, pod_state
 from connbalance.model import WorkloadRef
 from connbalance.ports import FleetError, FleetView
+
+_T = TypeVar("_T")
 
 
 class KubeFleet:
@@ -31,15 +34,13 @@ class KubeFleet:
         self._workload = workload
 
     async def observe(self) -> FleetView:
-        try:
-            return await asyncio.to_thread(self._observe)
-        except (ApiException, HTTPError, OSError) as exc:
-            raise FleetError(
-                f"cannot list pods {self._selector!r} in {self._namespace}: {_short(exc)}"
-            ) from exc
+        return await asyncio.to_thread(self._observe)
 
     def _observe(self) -> FleetView:
-        listed = self._core.list_namespaced_pod(self._namespace, label_selector=self._selector)
+        listed = _read(
+            f"cannot list pods {self._selector!r} in {self._namespace}",
+            lambda: self._core.list_namespaced_pod(self._namespace, label_selector=self._selector),
+        )
         pods = tuple(sorted((pod_state(p) for p in listed.items), key=lambda p: p.name))
         terminating = any(p.metadata.deletion_timestamp is not None for p in listed.items)
         complete = not terminating and self._workload_settled()
@@ -50,22 +51,46 @@ class KubeFleet:
         ref = self._workload
         if ref is None:
             return True
+        where = f"cannot read {ref.kind} {ref.name} in {self._namespace}"
         if ref.kind == "StatefulSet":
-            sts = self._apps.read_namespaced_stateful_set(ref.name, self._namespace)
-            st = sts.status
-            return bool(
-                (st.observed_generation or 0) >= (sts.metadata.generation or 0)
-                and st.update_revision == st.current_revision
-                and (st.ready_replicas or 0) == (sts.spec.replicas or 0)
+            return statefulset_settled(
+                _read(
+                    where,
+                    lambda: self._apps.read_namespaced_stateful_set(ref.name, self._namespace),
+                )
             )
-        deploy = self._apps.read_namespaced_deployment(ref.name, self._namespace)
-        st, wanted = deploy.status, deploy.spec.replicas or 0
-        return bool(
-            (st.observed_generation or 0) >= (deploy.metadata.generation or 0)
-            and (st.updated_replicas or 0) == wanted
-            and (st.replicas or 0) == wanted
-            and (st.available_replicas or 0) == wanted
+        return deployment_settled(
+            _read(where, lambda: self._apps.read_namespaced_deployment(ref.name, self._namespace))
         )
+
+
+def statefulset_settled(sts: Any) -> bool:
+    """Every replica Ready on the update revision, as the StatefulSet controller last saw it
+    (it sets currentRevision to updateRevision only once every pod runs the new one)."""
+    st = sts.status
+    return bool(
+        (st.observed_generation or 0) >= (sts.metadata.generation or 0)
+        and st.update_revision == st.current_revision
+        and (st.ready_replicas or 0) == (sts.spec.replicas or 0)
+    )
+
+
+def deployment_settled(deploy: Any) -> bool:
+    """Every replica updated and available, and none of an older ReplicaSet left."""
+    st, wanted = deploy.status, deploy.spec.replicas or 0
+    return bool(
+        (st.observed_generation or 0) >= (deploy.metadata.generation or 0)
+        and (st.updated_replicas or 0) == wanted
+        and (st.replicas or 0) == wanted
+        and (st.available_replicas or 0) == wanted
+    )
+
+
+def _read(what: str, call: Callable[[], _T]) -> _T:
+    try:
+        return call()
+    except (ApiException, HTTPError, OSError) as exc:
+        raise FleetError(f"{what}: {_short(exc)}") from exc
 
 
 def _short(exc: Exception) -> str:

@@ -24,6 +24,7 @@ from connbalance.kube.actuator import AnnotationActuator, HttpActuator
 from connbalance.kube.crd import GROUP, PLURAL, VERSION
 from connbalance.kube.fleet import KubeFleet
 from connbalance.kube.metrics import record
+from connbalance.kube.secrets import SpecError, read_secret
 from connbalance.kube.status import conditions, status_patch
 from connbalance.model import (
     MetricsSpec,
@@ -31,7 +32,6 @@ from connbalance.model import (
     Policy,
     PolicyError,
     PolicyName,
-    SecretKeyRef,
 )
 from connbalance.ports import Actuator
 from connbalance.prometheus import PrometheusLoadSource
@@ -51,25 +51,6 @@ class KopfEvents:
     def emit(self, *, kind: Literal["Normal", "Warning"], reason: str, message: str) -> None:
         kopf.event(self.body, type=kind, reason=reason, message=message[:1000])
         self.posted.append(reason)
-
-
-class SpecError(Exception):
-    """The spec or what it refers to (a Secret) cannot be used. Nothing is done."""
-
-
-def read_secret(core: Any, namespace: str, ref: SecretKeyRef, field_path: str) -> str:
-    import base64
-
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        secret = core.read_namespaced_secret(ref.name, namespace)
-    except ApiException as exc:
-        raise SpecError(f"{field_path}: cannot read Secret {ref.name}: HTTP {exc.status}") from exc
-    data = (secret.data or {}).get(ref.key)
-    if data is None:
-        raise SpecError(f"{field_path}: Secret {ref.name} has no key {ref.key!r}")
-    return base64.b64decode(data).decode().strip()
 
 
 @functools.cache
