@@ -52,6 +52,7 @@ class FleetServer:
         self.port = 0
         self.streams_opened = 0
         self.unary_calls = 0
+        self.calls_started = 0
         self._server: grpc.aio.Server | None = None
 
     async def _stream(self, requests, context):
@@ -64,6 +65,7 @@ class FleetServer:
         return b"pong"
 
     async def _slow(self, request: bytes, context) -> bytes:
+        self.calls_started += 1
         await asyncio.sleep(int(request) / 1000.0)
         return b"done"
 

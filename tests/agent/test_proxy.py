@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +13,9 @@ import aiohttp
 import pytest
 
 from connbalance.agent import AgentServer, CloseOutcome, ProxyAgent, RequestState
-from connbalance.agent.selection import spread
 from connbalance.model import DrainRequest
+from connbalance.ports.clock import SYSTEM_CLOCK
+from tests.agent.fakeclock import FakeClock
 from tests.agent.grpcfleet import FleetClient, FleetServer, start_clients, stop_clients
 from tests.agent.support import HOST, deadline_in, run
 
@@ -90,12 +89,16 @@ def drain(
     }
 
 
+def drain_request(request_id: str, count: int, **fields: float) -> DrainRequest:
+    return DrainRequest.from_wire(drain(request_id, count, **fields), now=SYSTEM_CLOCK.now())
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_drain_of_k_out_of_n_cycles_exactly_k_and_no_unary_call_fails(loop):
     async def scenario() -> None:
         async with rig(30) as r:
             before = r.ids()
-            status = await r.agent.submit(DrainRequest.from_wire(drain("k-of-n", 6)))
+            status = await r.agent.submit(drain_request("k-of-n", 6))
             assert status.state is RequestState.RUNNING
             final = await r.agent.wait("k-of-n", timeout=30)
             assert (final.state, final.cycled, final.forced) == (RequestState.DONE, 6, 0)
@@ -109,7 +112,7 @@ def test_a_drain_of_k_out_of_n_cycles_exactly_k_and_no_unary_call_fails(loop):
     run(scenario(), loop=loop)
 
 
-def test_an_authorized_post_cycles_10_of_100_within_the_window_and_status_says_done():
+def test_an_authorized_post_cycles_10_of_100_and_status_says_done():
     async def scenario() -> None:
         async with rig(100) as r, aiohttp.ClientSession() as http:
             before = r.ids()
@@ -119,15 +122,13 @@ def test_an_authorized_post_cycles_10_of_100_within_the_window_and_status_says_d
             await asyncio.sleep(0.5)
             assert r.ids() == before
 
-            started = time.monotonic()
             headers = {"Authorization": f"Bearer {TOKEN}"}
             async with http.post(f"{r.url}/v1/drain", json=body, headers=headers) as resp:
                 assert resp.status == 202
                 assert (await resp.json())["state"] == "running"
+            # When each close happens is the engine's schedule, asserted on a fake clock in
+            # test_engine.py; here, what the clients see.
             final = await r.agent.wait("x1", timeout=30)
-            # Spread over the 2 s window; the last close may wait for its connection to go quiet
-            # (calls every 0.25-0.75 s, so well under a second more).
-            assert time.monotonic() - started < 2.0 + 1.5
             assert final.cycled == 10
             async with http.get(f"{r.url}/status") as resp:
                 status = await resp.json()
@@ -214,7 +215,7 @@ def test_a_connection_that_never_goes_quiet_is_closed_at_the_deadline_and_counte
         await chatty.start()
         try:
             await chatty.wait_streaming()
-            request = DrainRequest.from_wire(drain("busy", 1, window=0.0, quiet=2000, deadline=1.5))
+            request = drain_request("busy", 1, window=0.0, quiet=2000, deadline=1.5)
             await agent.submit(request)
             final = await agent.wait("busy", timeout=30)
             assert (final.cycled, final.forced) == (1, 1)
@@ -239,11 +240,11 @@ def test_a_request_id_seen_before_a_restart_is_not_acted_on_again(tmp_path):
 
     async def scenario() -> None:
         async with rig(4, max_fraction=1.0, state_file=state) as r:
-            await r.agent.submit(DrainRequest.from_wire(drain("restart-1", 1, window=0.0)))
+            await r.agent.submit(drain_request("restart-1", 1, window=0.0))
             assert (await r.agent.wait("restart-1", timeout=30)).cycled == 1
         async with rig(4, max_fraction=1.0, state_file=state) as r:
             before = r.ids()
-            again = await r.agent.submit(DrainRequest.from_wire(drain("restart-1", 1, window=0.0)))
+            again = await r.agent.submit(drain_request("restart-1", 1, window=0.0))
             assert again.duplicate
             assert (again.state, again.cycled) == (RequestState.DONE, 1)
             await asyncio.sleep(0.5)
@@ -266,17 +267,20 @@ def test_direct_closes_report_how_each_connection_went_and_skip_unknown_ids():
     run(scenario())
 
 
-def test_bytes_and_half_closes_pass_through_unchanged():
+def test_bytes_and_half_closes_pass_through_unchanged_and_are_counted():
     async def scenario() -> None:
-        async def echo_then_close(
+        release = asyncio.Event()
+
+        async def echo_after_fin_then_close(
             reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         ) -> None:
             data = await reader.read()  # until the client's FIN
             writer.write(data[::-1])
             await writer.drain()
+            await release.wait()  # held open, so the proxy's counters can be read
             writer.close()
 
-        upstream = await asyncio.start_server(echo_then_close, HOST, 0)
+        upstream = await asyncio.start_server(echo_after_fin_then_close, HOST, 0)
         port = upstream.sockets[0].getsockname()[1]
         agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, port), max_fraction=1.0)
         await agent.start()
@@ -286,11 +290,17 @@ def test_bytes_and_half_closes_pass_through_unchanged():
             writer.write(payload)
             await writer.drain()
             writer.write_eof()
-            assert await reader.read() == payload[::-1]
+            assert await reader.readexactly(len(payload)) == payload[::-1]
+            [info] = agent.connections()
+            assert (info.bytes_in, info.bytes_out) == (len(payload), len(payload))
+            release.set()
+            assert await reader.read() == b""  # the server's FIN came through too
             writer.close()
-            [info] = agent.connections() or [None]
-            assert info is None or info.bytes_in == len(payload)
+            async with asyncio.timeout(10):
+                while agent.connections():
+                    await asyncio.sleep(0.01)
         finally:
+            release.set()
             await agent.stop()
             upstream.close()
             await upstream.wait_closed()
@@ -298,41 +308,101 @@ def test_bytes_and_half_closes_pass_through_unchanged():
     run(scenario())
 
 
-def test_while_steering_new_connections_are_reset_and_later_ones_are_served():
+async def new_client(agent: ProxyAgent) -> str:
+    """Connect once: "reset" when the proxy refused the connection (and the client saw the
+    reset), "served" when it took it. The proxy decides as it accepts, so no timing is guessed."""
+    refused, active = agent.refused_total, agent.active_count()
+    reader, writer = await asyncio.open_connection(HOST, agent.port)
+    try:
+        async with asyncio.timeout(10):
+            while agent.refused_total == refused and agent.active_count() == active:
+                await asyncio.sleep(0.01)
+            if agent.refused_total == refused:
+                return "served"
+            with pytest.raises(ConnectionResetError):
+                await reader.read(1)
+            return "reset"
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def fake_clock_proxy(*, seed: int = 0) -> AsyncIterator[tuple[ProxyAgent, FakeClock]]:
+    """A proxy on real sockets whose clock moves only when the test advances it."""
+    writers: list[asyncio.StreamWriter] = []
+    upstream = await asyncio.start_server(lambda _r, w: writers.append(w), HOST, 0)
+    clock = FakeClock()
+    agent = ProxyAgent(
+        listen=(HOST, 0),
+        upstream=(HOST, upstream.sockets[0].getsockname()[1]),
+        max_fraction=1.0,
+        rng=random.Random(seed),
+        clock=clock,
+    )
+    await agent.start()
+    try:
+        yield agent, clock
+    finally:
+        await agent.stop()
+        for writer in writers:
+            writer.close()
+        upstream.close()
+        await upstream.wait_closed()
+
+
+def test_while_steering_new_connections_are_reset_until_the_refusal_ends_on_the_clock():
     async def scenario() -> None:
-        writers: list[asyncio.StreamWriter] = []
-        upstream = await asyncio.start_server(lambda _r, w: writers.append(w), HOST, 0)
-        agent = ProxyAgent(
-            listen=(HOST, 0),
-            upstream=(HOST, upstream.sockets[0].getsockname()[1]),
-            max_fraction=1.0,
-        )
-        await agent.start()
-        try:
+        async with fake_clock_proxy() as (agent, clock):
             agent.refuse_new(0.5)
-            loop = asyncio.get_running_loop()
+            assert await new_client(agent) == "reset"
+            await clock.advance(0.499)
+            assert await new_client(agent) == "reset"
+            await clock.advance(0.001)
+            assert await new_client(agent) == "served"
+            assert agent.refused_total == 2
 
-            def connect_and_read() -> bytes:
-                try:
-                    with socket.create_connection((HOST, agent.port), timeout=5) as sock:
-                        sock.settimeout(0.3)
-                        try:
-                            return sock.recv(1) or b"EOF"
-                        except TimeoutError:
-                            return b"open"
-                except ConnectionResetError:
-                    return b"reset"
+    run(scenario())
 
-            assert await loop.run_in_executor(None, connect_and_read) == b"reset"
-            assert agent.refused_total == 1
-            await asyncio.sleep(0.6)
-            assert await loop.run_in_executor(None, connect_and_read) == b"open"
-        finally:
-            await agent.stop()
-            for writer in writers:
+
+def test_a_steering_request_refuses_new_connections_for_its_window_and_a_second_more():
+    async def scenario() -> None:
+        async with fake_clock_proxy() as (agent, clock):
+            body = {**drain("steer", 0, window=2.0), "steer": True}
+            await agent.submit(DrainRequest.from_wire(body, now=clock.now()))
+            await clock.advance(2.999)
+            assert await new_client(agent) == "reset"
+            await clock.advance(0.001)
+            assert await new_client(agent) == "served"
+
+    run(scenario())
+
+
+def test_the_proxy_closes_connections_on_the_seeded_schedule_of_its_clock():
+    # Seed 4 over a 2 s window and 3 closes: at 0.1574, 0.7354 and 1.5974 s.
+    async def scenario() -> None:
+        async with fake_clock_proxy(seed=4) as (agent, clock):
+            conns = [await asyncio.open_connection(HOST, agent.port) for _ in range(5)]
+            async with asyncio.timeout(10):
+                while agent.active_count() < 5:
+                    await asyncio.sleep(0.01)
+            body = drain("spread", 3, window=2.0, quiet=0)
+            await agent.submit(DrainRequest.from_wire(body, now=clock.now()))
+            await clock.advance(0.0)
+            assert clock.sleeping() == pytest.approx([0.1574, 0.7354, 1.5974], abs=1e-4)
+            cycled = []
+            for at in (0.157, 0.158, 0.735, 0.736, 1.597, 1.598):
+                await clock.advance(at - clock.elapsed())
+                status = agent.request_status("spread")
+                assert status is not None
+                cycled.append(status.cycled)
+            assert cycled == [0, 1, 1, 2, 2, 3]
+            eofs = 0
+            for reader, writer in conns:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        eofs += await reader.read(1) == b""
                 writer.close()
-            upstream.close()
-            await upstream.wait_closed()
+            assert eofs == 3
 
     run(scenario())
 
@@ -359,14 +429,16 @@ def test_a_call_the_server_is_still_answering_holds_the_close_back_until_the_ans
         try:
             await client.wait_streaming()
             call = asyncio.create_task(client.slow_call(1500))
-            await asyncio.sleep(0.4)  # the request is at the server; the connection is silent
-            started = time.monotonic()
-            request = DrainRequest.from_wire(drain("slow", 1, window=0.0, quiet=100, deadline=20))
+            async with asyncio.timeout(10):
+                while not server.calls_started:  # the request is at the server
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # longer than quietMillis: the connection is silent
+            request = drain_request("slow", 1, window=0.0, quiet=100, deadline=20)
             await agent.submit(request)
             final = await agent.wait("slow", timeout=30)
+            # Closed before the answer, the call would have failed; closed after it, gracefully.
             assert await call == b"done"
             assert (final.cycled, final.forced) == (1, 0)
-            assert time.monotonic() - started >= 1.0
         finally:
             await client.stop()
             await agent.stop()
@@ -378,12 +450,12 @@ def test_a_call_the_server_is_still_answering_holds_the_close_back_until_the_ans
 def test_two_requests_running_at_once_share_one_ceiling():
     async def scenario() -> None:
         async with rig(10, max_fraction=0.5) as r:
-            first = await r.agent.submit(DrainRequest.from_wire(drain("a", 3, window=3.0)))
-            second = await r.agent.submit(DrainRequest.from_wire(drain("b", 3, window=3.0)))
+            first = await r.agent.submit(drain_request("a", 3, window=3.0))
+            second = await r.agent.submit(drain_request("b", 3, window=3.0))
             assert first.state is RequestState.RUNNING
             assert second.state is RequestState.REJECTED
             assert "3 of them held by running requests" in second.reason
-            third = await r.agent.submit(DrainRequest.from_wire(drain("c", 2, window=3.0)))
+            third = await r.agent.submit(drain_request("c", 2, window=3.0))
             assert third.state is RequestState.RUNNING
             await r.agent.wait("a", timeout=30)
             await r.agent.wait("c", timeout=30)
@@ -410,28 +482,5 @@ def test_an_oversized_body_is_refused_as_malformed():
             assert agent.status().requests == ()
         finally:
             await http.stop()
-
-    run(scenario())
-
-
-def test_closes_are_spread_over_the_window_not_done_at_once():
-    seed = 4
-    offsets = spread(count=5, window_seconds=2.0, rng=random.Random(seed))
-
-    async def scenario() -> None:
-        async with rig(10, max_fraction=1.0, unary=None, rng=random.Random(seed)) as r:
-            request = DrainRequest.from_wire(drain("spread", 5, window=2.0, quiet=20))
-            started = time.monotonic()
-            await r.agent.submit(request)
-            for _ in range(8):
-                await asyncio.sleep(0.25)
-                status = r.agent.request_status("spread")
-                assert status is not None
-                elapsed = time.monotonic() - started
-                # Never ahead of the schedule; behind it by at most a quiet wait and some lag.
-                assert status.cycled <= sum(1 for o in offsets if o <= elapsed + 0.05)
-                assert status.cycled >= sum(1 for o in offsets if o <= elapsed - 0.5)
-            final = await r.agent.wait("spread", timeout=30)
-            assert final.cycled == 5
 
     run(scenario())

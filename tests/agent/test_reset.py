@@ -11,6 +11,7 @@ import pytest
 from connbalance.agent.netlink import SockDiag
 from connbalance.agent.reset import ResetAgent, ResetUnavailable, check_sock_destroy
 from connbalance.model import DrainRequest
+from connbalance.ports.clock import SYSTEM_CLOCK
 from tests.agent.grpcfleet import FleetClient, FleetServer
 from tests.agent.support import deadline_in, run
 
@@ -86,13 +87,14 @@ def test_a_drain_destroys_only_idle_sockets_when_enough_idle_ones_exist():
             assert agent.active_count() == 10
             before = {c.id for c in agent.connections()}
             request = DrainRequest.from_wire(
-                {
+                now=SYSTEM_CLOCK.now(),
+                data={
                     "id": "r1",
                     "count": 4,
                     "windowSeconds": 0.5,
                     "quietMillis": 300,
                     "deadline": deadline_in(15),
-                }
+                },
             )
             await agent.submit(request)
             final = await agent.wait("r1", timeout=30)
@@ -129,13 +131,14 @@ def test_when_no_socket_goes_quiet_the_deadline_destroys_one_anyway_and_counts_i
             await busy.start()
             await busy.wait_streaming()
             request = DrainRequest.from_wire(
-                {
+                now=SYSTEM_CLOCK.now(),
+                data={
                     "id": "r2",
                     "count": 1,
                     "windowSeconds": 0,
                     "quietMillis": 2000,
                     "deadline": deadline_in(1.0),
-                }
+                },
             )
             await agent.submit(request)
             final = await agent.wait("r2", timeout=30)

@@ -44,20 +44,20 @@ def test_equally_idle_connections_go_oldest_first():
 
 
 def test_closes_are_spread_one_per_slice_of_the_window():
-    offsets = spread(count=10, window_seconds=2.0, rng=random.Random(7))
+    offsets = spread(count=10, window_seconds=2.0, rng=random.Random(7), start=0.0)
     assert len(offsets) == 10
     for i, offset in enumerate(offsets):
         assert 0.2 * i <= offset < 0.2 * (i + 1)
 
 
 def test_two_agents_with_different_randomness_do_not_close_in_lockstep():
-    first = spread(count=5, window_seconds=10.0, rng=random.Random(1))
-    second = spread(count=5, window_seconds=10.0, rng=random.Random(2))
+    first = spread(count=5, window_seconds=10.0, rng=random.Random(1), start=0.0)
+    second = spread(count=5, window_seconds=10.0, rng=random.Random(2), start=0.0)
     assert first != second
 
 
 def test_a_zero_window_closes_everything_at_once():
-    assert spread(count=3, window_seconds=0.0, rng=random.Random(0)) == [0.0, 0.0, 0.0]
+    assert spread(count=3, window_seconds=0.0, rng=random.Random(0), start=0.0) == [0.0, 0.0, 0.0]
 
 
 def test_pick_skips_connections_that_are_claimed_or_were_not_there_when_the_request_came():

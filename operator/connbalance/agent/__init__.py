@@ -1,22 +1,29 @@
 """The agent: a sidecar in the server pod that cycles a bounded share of client connections.
 
-Rule: imports ``connbalance.model`` and ``connbalance.ports`` only. Both modes share one engine
-(``engine.py``): deduplicated intake (an id is acted on at most once, even across restarts, via
-the state file), the ``max_fraction`` ceiling, closes spread over the window with jitter, idlest
-connections first, graceful (quiet) closes and forced ones at the deadline, counted apart.
+Rule: imports ``connbalance.model`` and ``connbalance.ports`` only, and reads the time only
+through an injected ``connbalance.ports.clock.Clock`` (monotonic seconds, UTC wall time, sleep):
+no ``time.monotonic``, ``time.time``, ``datetime.now`` or timed ``asyncio.sleep`` here, so every
+schedule can be driven by a fake clock in tests (timeouts on I/O, and the pace at which the
+intakes poll, stay on the event loop's time). Both modes share one engine (``engine.py``):
+deduplicated intake (an id is acted on at most once, even across restarts, via the state file),
+the ``max_fraction`` ceiling, closes spread over the window with jitter, idlest connections
+first, graceful (quiet) closes and forced ones at the deadline, counted apart.
 
 In-process API (stable; the fleet simulator uses it)::
 
     from connbalance.agent import ProxyAgent, AgentServer, build_http_app
     from connbalance.model import DrainRequest
+    from connbalance.ports.clock import SYSTEM_CLOCK
 
     agent = ProxyAgent(listen=("127.0.6.1", 0), upstream=("127.0.6.1", 7000), max_fraction=1.0,
-                       state_file=None, rng=None, registry=None)   # all keyword-only
+                       state_file=None, rng=None, registry=None,
+                       clock=SYSTEM_CLOCK)   # all keyword-only; clock: a ports.clock.Clock
     await agent.start()              # inside a running event loop
     agent.port                       # the bound proxy port
     agent.connections()              # list[ConnectionInfo]: id, peer, opened_at, last_activity,
                                      #   idle_seconds, bytes_in, bytes_out, queued,
-                                     #   client_spoke_last (times are time.monotonic() seconds)
+                                     #   client_spoke_last (times are agent.clock.monotonic()
+                                     #   seconds)
     agent.active_count()             # int
     status = await agent.submit(req) # RequestStatus(id, count, cycled, forced, state, reason,
                                      #   duplicate); returns at once, cycling runs in a task;

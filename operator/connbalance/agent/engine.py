@@ -1,8 +1,9 @@
 """What both modes share: deduplicated intake, the ceiling, the spread schedule, progress, metrics.
 
-A mode (proxy or reset) subclasses ``DrainEngine`` and supplies two things: the connections it can
-see (``connections``) and a way to close one (``_close_one``), which waits for the connection to
-be quiet and closes it gracefully, or closes it anyway at the deadline.
+A mode (proxy or reset) subclasses ``DrainEngine`` and supplies the connections it can see
+(``connections``), how long one has still to wait before it counts as quiet (``_quiet_wait``),
+and a way to close one (``_shut``). Every timing decision (when each close is due, how long to
+wait for quiet, when the deadline forces a close) is made here, on the injected clock.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import contextlib
 import enum
 import logging
 import random
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,14 @@ from connbalance.agent.metrics import AgentMetrics
 from connbalance.agent.selection import ConnectionInfo, ceiling, pick, spread
 from connbalance.agent.state import SeenRequests
 from connbalance.model import DrainRequest
+from connbalance.model.drain import DEFAULT_QUIET_MILLIS
+from connbalance.ports.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
 # How long a slot whose chosen connection vanished on its own may keep looking for another one.
 _REPICK_LIMIT = 64
-DEFAULT_DIRECT_QUIET_MILLIS = 200
+# Direct closes (outside any request) are asked for by strategies that sit in no policy.
 DEFAULT_DIRECT_DEADLINE_SECONDS = 30.0
 
 
@@ -98,6 +99,9 @@ class AgentStatus:
 
 
 class DrainEngine(abc.ABC):
+    """One mode's agent. ``clock`` times everything it does; the default, the system clock, is
+    for the command line and the in-process users that run in real time."""
+
     mode: str = ""
 
     def __init__(
@@ -107,10 +111,12 @@ class DrainEngine(abc.ABC):
         state_file: Path | None = None,
         rng: random.Random | None = None,
         registry: CollectorRegistry | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if not 0.0 <= max_fraction <= 1.0:
             raise ValueError(f"max_fraction must be between 0 and 1, not {max_fraction!r}")
         self.max_fraction = max_fraction
+        self.clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._seen = SeenRequests(path=state_file)
         self._statuses: dict[str, RequestStatus] = {}
@@ -122,7 +128,6 @@ class DrainEngine(abc.ABC):
             self._statuses[status.id] = status
         self._claimed: set[str] = set()
         self._tasks: dict[str, asyncio.Task[RequestStatus]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
         self.cycled_total = 0
         self._warned_no_steer = False
         self.metrics = AgentMetrics(mode=self.mode, active=self.active_count, registry=registry)
@@ -142,13 +147,13 @@ class DrainEngine(abc.ABC):
         """The client connections open now, with their idleness."""
 
     @abc.abstractmethod
-    async def _close_one(
-        self, conn_id: str, *, quiet_seconds: float, deadline: float
-    ) -> CloseOutcome | None:
-        """Close once quiet for ``quiet_seconds``, or anyway at monotonic ``deadline``.
+    def _quiet_wait(self, conn_id: str, *, quiet_seconds: float) -> float | None:
+        """Seconds to wait before looking again whether the connection is quiet: 0.0 when it is
+        quiet now (and may be closed gracefully), None when it is gone."""
 
-        None when the connection went away by itself first.
-        """
+    @abc.abstractmethod
+    def _shut(self, conn_id: str, *, graceful: bool) -> bool:
+        """Close the connection now, gracefully or not; False when it was already gone."""
 
     def active_count(self) -> int:
         return len(self.connections())
@@ -162,25 +167,17 @@ class DrainEngine(abc.ABC):
             self.metrics.count_request("duplicate")
             return replace(known, duplicate=True)
         reason = self._refusal(request)
-        if reason:
-            status = RequestStatus(
-                id=request.id,
-                count=request.count,
-                cycled=0,
-                forced=0,
-                state=RequestState.REJECTED,
-                reason=reason,
-            )
-            self._remember(status)
-            self.metrics.count_request("rejected")
-            return status
+        state = RequestState.REJECTED if reason else RequestState.RUNNING
         status = RequestStatus(
-            id=request.id, count=request.count, cycled=0, forced=0, state=RequestState.RUNNING
+            id=request.id, count=request.count, cycled=0, forced=0, state=state, reason=reason
         )
         # Written down before the first close, so a crash mid-request never repeats it.
         self._remember(status)
+        if reason:
+            self.metrics.count_request("rejected")
+            return status
         self.metrics.count_request("accepted")
-        self.metrics.last_request.set(time.time())
+        self.metrics.last_request.set(self.clock.now().timestamp())
         eligible = frozenset(c.id for c in self.connections())
         task = asyncio.get_running_loop().create_task(
             self._run(request, eligible), name=f"drain {request.id}"
@@ -201,7 +198,7 @@ class DrainEngine(abc.ABC):
             log.warning("%s mode cannot refuse new connections: steer is ignored", self.mode)
 
     def _refusal(self, request: DrainRequest) -> str:
-        if request.deadline <= datetime.now(UTC):
+        if request.deadline <= self.clock.now():
             return "deadline has passed"
         active = self.active_count()
         most = ceiling(active=active, max_fraction=self.max_fraction)
@@ -247,37 +244,17 @@ class DrainEngine(abc.ABC):
     # --- cycling ----------------------------------------------------------------------------------
 
     async def _run(self, request: DrainRequest, eligible: frozenset[str]) -> RequestStatus:
+        start = self.clock.monotonic()
+        # The deadline is wall time on the wire; from here on it is read on the monotonic clock.
+        deadline = start + (request.deadline - self.clock.now()).total_seconds()
+        due = spread(
+            count=request.count, window_seconds=request.window_seconds, rng=self._rng, start=start
+        )
         loop = asyncio.get_running_loop()
-        start = time.monotonic()
-        deadline = start + (request.deadline - datetime.now(UTC)).total_seconds()
-        offsets = spread(count=request.count, window_seconds=request.window_seconds, rng=self._rng)
-        progress = {"cycled": 0, "forced": 0}
-
-        async def slot(offset: float) -> None:
-            await asyncio.sleep(max(0.0, min(start + offset, deadline) - time.monotonic()))
-            for _ in range(_REPICK_LIMIT):
-                conn = pick(self.connections(), eligible=eligible, claimed=self._claimed)
-                if conn is None:
-                    return
-                self._claimed.add(conn.id)
-                try:
-                    outcome = await self._close_one(
-                        conn.id, quiet_seconds=request.quiet_millis / 1000.0, deadline=deadline
-                    )
-                finally:
-                    self._claimed.discard(conn.id)
-                if outcome is not None:
-                    self._count(outcome)
-                    progress["cycled"] += 1
-                    progress["forced"] += outcome is CloseOutcome.FORCED
-                    self._statuses[request.id] = replace(
-                        self._statuses[request.id],
-                        cycled=progress["cycled"],
-                        forced=progress["forced"],
-                    )
-                    return
-
-        slots = [loop.create_task(slot(offset)) for offset in offsets]
+        slots = [
+            loop.create_task(self._slot(request, min(at, deadline), eligible, deadline))
+            for at in due
+        ]
         reason = "fewer connections left than requested"
         try:
             await asyncio.gather(*slots)
@@ -287,27 +264,72 @@ class DrainEngine(abc.ABC):
         finally:
             for task in slots:
                 task.cancel()
-            final = replace(
-                self._statuses[request.id],
-                cycled=progress["cycled"],
-                forced=progress["forced"],
-                state=RequestState.DONE,
-            )
-            if progress["cycled"] < request.count:
+            final = replace(self._statuses[request.id], state=RequestState.DONE)
+            if final.cycled < request.count:
                 final = replace(final, reason=reason)
             self._remember(final)
         return final
 
-    def _count(self, outcome: CloseOutcome) -> None:
-        self.cycled_total += 1
-        self.metrics.count_cycled(forced=outcome is CloseOutcome.FORCED)
+    async def _slot(
+        self, request: DrainRequest, at: float, eligible: frozenset[str], deadline: float
+    ) -> None:
+        """One close of a request: at its time, the idlest eligible connection nobody else is
+        closing; another one if that one goes away by itself first."""
+        await self.clock.sleep(at - self.clock.monotonic())
+        for _ in range(_REPICK_LIMIT):
+            conn = pick(self.connections(), eligible=eligible, claimed=self._claimed)
+            if conn is None:
+                return
+            outcome = await self._claim_and_close(conn.id, request.quiet_millis / 1000.0, deadline)
+            if outcome is not None:
+                status = self._statuses[request.id]
+                self._statuses[request.id] = replace(
+                    status,
+                    cycled=status.cycled + 1,
+                    forced=status.forced + (outcome is CloseOutcome.FORCED),
+                )
+                return
+
+    async def _claim_and_close(
+        self, conn_id: str, quiet_seconds: float, deadline: float
+    ) -> CloseOutcome | None:
+        self._claimed.add(conn_id)
+        try:
+            outcome = await self._close_when_quiet(
+                conn_id, quiet_seconds=quiet_seconds, deadline=deadline
+            )
+        finally:
+            self._claimed.discard(conn_id)
+        if outcome is not None:
+            self.cycled_total += 1
+            self.metrics.count_cycled(forced=outcome is CloseOutcome.FORCED)
+        return outcome
+
+    async def _close_when_quiet(
+        self, conn_id: str, *, quiet_seconds: float, deadline: float
+    ) -> CloseOutcome | None:
+        """Close once quiet for ``quiet_seconds``, or anyway at the monotonic ``deadline``.
+
+        None when the connection went away by itself first.
+        """
+        while True:
+            wait = self._quiet_wait(conn_id, quiet_seconds=quiet_seconds)
+            if wait is None:
+                return None
+            now = self.clock.monotonic()
+            graceful = wait <= 0.0
+            if graceful or now >= deadline:
+                if not self._shut(conn_id, graceful=graceful):
+                    return None
+                return CloseOutcome.GRACEFUL if graceful else CloseOutcome.FORCED
+            await self.clock.sleep(min(wait, deadline - now))
 
     async def close(
         self,
         conn_ids: Iterable[str],
         *,
         graceful: bool = True,
-        quiet_millis: int = DEFAULT_DIRECT_QUIET_MILLIS,
+        quiet_millis: int = DEFAULT_QUIET_MILLIS,
         deadline_seconds: float = DEFAULT_DIRECT_DEADLINE_SECONDS,
     ) -> list[CloseOutcome | None]:
         """Close these connections now, outside any request (for strategies such as max-age).
@@ -315,21 +337,12 @@ class DrainEngine(abc.ABC):
         Graceful waits for ``quiet_millis`` of quiet, up to ``deadline_seconds``; otherwise each
         closes at once and counts as forced. None for an id that is not (or no longer) open.
         """
-        deadline = time.monotonic() + (deadline_seconds if graceful else 0.0)
+        deadline = self.clock.monotonic() + (deadline_seconds if graceful else 0.0)
 
         async def one(conn_id: str) -> CloseOutcome | None:
             if conn_id in self._claimed:
                 return None
-            self._claimed.add(conn_id)
-            try:
-                outcome = await self._close_one(
-                    conn_id, quiet_seconds=quiet_millis / 1000.0, deadline=deadline
-                )
-            finally:
-                self._claimed.discard(conn_id)
-            if outcome is not None:
-                self._count(outcome)
-            return outcome
+            return await self._claim_and_close(conn_id, quiet_millis / 1000.0, deadline)
 
         return list(await asyncio.gather(*(one(c) for c in conn_ids)))
 

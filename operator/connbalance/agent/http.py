@@ -70,7 +70,7 @@ async def _drain(request: web.Request) -> web.Response:
         agent.metrics.count_request("invalid")
         return _error(400, f"body larger than {MAX_BODY_BYTES} bytes", field="body")
     try:
-        drain = DrainRequest.from_json(body)
+        drain = DrainRequest.from_json(body, now=agent.clock.now())
     except InvalidDrainRequest as exc:
         agent.metrics.count_request("invalid")
         return _error(400, exc.message, field=exc.field)

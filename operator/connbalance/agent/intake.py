@@ -37,7 +37,7 @@ class AnnotationIntake:
             return
         self._last = value
         try:
-            request = DrainRequest.from_json(value)
+            request = DrainRequest.from_json(value, now=self._engine.clock.now())
         except InvalidDrainRequest as exc:
             self._engine.metrics.count_request("invalid")
             log.warning("ignoring %s annotation %s: %s", self._source, DRAIN_ANNOTATION, exc)
@@ -118,46 +118,92 @@ async def watch_pod_annotation(
     The official client is synchronous, so the watch runs in a thread and hands annotation
     values to the loop. ``api_client`` defaults to the in-cluster configuration, else kubeconfig.
     """
-    from kubernetes import client, config, watch
-
-    if api_client is None:
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        api_client = client.ApiClient()
-    core = client.CoreV1Api(api_client)
-    loop = asyncio.get_running_loop()
-    values: asyncio.Queue[str | None] = asyncio.Queue()
-    halt = threading.Event()
-    current: list[Any] = []
-
-    def follow() -> None:
-        while not halt.is_set():
-            watcher = watch.Watch()  # type: ignore[no-untyped-call]
-            current[:] = [watcher]
-            try:
-                for event in watcher.stream(  # type: ignore[no-untyped-call]
-                    core.list_namespaced_pod,
-                    namespace,
-                    field_selector=f"metadata.name={name}",
-                    timeout_seconds=WATCH_TIMEOUT_SECONDS,
-                    _request_timeout=WATCH_TIMEOUT_SECONDS + 10,
-                ):
-                    if halt.is_set():
-                        break
-                    pod = event["object"]
-                    annotations = (pod.metadata.annotations or {}) if pod.metadata else {}
-                    loop.call_soon_threadsafe(values.put_nowait, annotations.get(DRAIN_ANNOTATION))
-            except Exception as exc:  # the API server may be away for a while; keep trying
-                if halt.is_set():
-                    break
-                log.warning("watching pod %s/%s: %s; retrying", namespace, name, exc)
-                halt.wait(WATCH_RETRY_SECONDS)
-
+    watch = _PodWatch(
+        namespace=namespace,
+        name=name,
+        api_client=api_client if api_client is not None else _default_api_client(),
+        loop=asyncio.get_running_loop(),
+    )
     intake = AnnotationIntake(engine=engine, source=f"pod {namespace}/{name}")
-    thread = threading.Thread(target=follow, name="pod-annotation-watch", daemon=True)
-    thread.start()
+    watch.start()
+    try:
+        await _offer_until_stopped(watch.values, intake=intake, stop=stop)
+    finally:
+        watch.halt()
+
+
+def _default_api_client() -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+class _PodWatch:
+    """A thread following one pod's events, putting its drain annotation (or None) on
+    ``values`` each time the pod changes, and watching again after each timeout or error."""
+
+    def __init__(
+        self, *, namespace: str, name: str, api_client: Any, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        from kubernetes import client
+
+        self._core = client.CoreV1Api(api_client)
+        self._namespace = namespace
+        self._name = name
+        self._loop = loop
+        self.values: asyncio.Queue[str | None] = asyncio.Queue()
+        self._halt = threading.Event()
+        self._current: list[Any] = []
+        self._thread = threading.Thread(
+            target=self._follow, name="pod-annotation-watch", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def halt(self) -> None:
+        self._halt.set()
+        for watcher in self._current:
+            watcher.stop()
+
+    def _follow(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self._stream_once()
+            except Exception as exc:  # the API server may be away for a while; keep trying
+                if self._halt.is_set():
+                    break
+                log.warning("watching pod %s/%s: %s; retrying", self._namespace, self._name, exc)
+                self._halt.wait(WATCH_RETRY_SECONDS)
+
+    def _stream_once(self) -> None:
+        from kubernetes import watch
+
+        watcher = watch.Watch()  # type: ignore[no-untyped-call]
+        self._current[:] = [watcher]
+        for event in watcher.stream(  # type: ignore[no-untyped-call]
+            self._core.list_namespaced_pod,
+            self._namespace,
+            field_selector=f"metadata.name={self._name}",
+            timeout_seconds=WATCH_TIMEOUT_SECONDS,
+            _request_timeout=WATCH_TIMEOUT_SECONDS + 10,
+        ):
+            if self._halt.is_set():
+                return
+            pod = event["object"]
+            annotations = (pod.metadata.annotations or {}) if pod.metadata else {}
+            self._loop.call_soon_threadsafe(
+                self.values.put_nowait, annotations.get(DRAIN_ANNOTATION)
+            )
+
+
+async def _offer_until_stopped(
+    values: asyncio.Queue[str | None], *, intake: AnnotationIntake, stop: asyncio.Event
+) -> None:
     stopping = asyncio.ensure_future(stop.wait())
     try:
         while True:
@@ -165,10 +211,7 @@ async def watch_pod_annotation(
             done, _ = await asyncio.wait({getting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if getting not in done:
                 getting.cancel()
-                break
+                return
             await intake.offer(getting.result())
     finally:
-        halt.set()
-        for watcher in current:
-            watcher.stop()
         stopping.cancel()

@@ -19,9 +19,11 @@ from connbalance.agent.intake import watch_annotations_file, watch_pod_annotatio
 from connbalance.agent.proxy import ProxyAgent
 from connbalance.agent.reset import ResetAgent, ResetUnavailable
 from connbalance.agent.state import StateFileError
+from connbalance.model.settings import setting
 
 log = logging.getLogger("connbalance.agent")
-DEFAULT_LISTEN = "0.0.0.0:9095"
+# The operator posts to the policy's agent port, so the agent listens there unless told otherwise.
+DEFAULT_LISTEN = f"0.0.0.0:{setting('actuation.agentPort').default}"
 DEFAULT_MAX_FRACTION = 0.5
 
 

@@ -17,18 +17,20 @@ import itertools
 import random
 import socket
 import termios
-import time
 from pathlib import Path
 from typing import cast
 
 from prometheus_client import CollectorRegistry
 
-from connbalance.agent.engine import CloseOutcome, DrainEngine
+from connbalance.agent.engine import DrainEngine
 from connbalance.agent.selection import ConnectionInfo
+from connbalance.ports.clock import SYSTEM_CLOCK, Clock
 
 # Short, so a forced close still flushes what is in flight; after it the socket is aborted (RST).
 _FORCED_FLUSH_SECONDS = 1.0
 _BACKLOG = 4096
+# How often a connection that is busy now is looked at again while waiting for it to go quiet.
+_POLL_FLOOR_SECONDS = 0.005
 
 
 class _Pair:
@@ -50,8 +52,9 @@ class _Pair:
         "upstream_eof",
     )
 
-    def __init__(self, *, conn_id: str, client: asyncio.Transport, peer: tuple[str, int]) -> None:
-        now = time.monotonic()
+    def __init__(
+        self, *, conn_id: str, client: asyncio.Transport, peer: tuple[str, int], now: float
+    ) -> None:
         self.id = conn_id
         self.client = client
         self.upstream: asyncio.Transport | None = None
@@ -151,7 +154,7 @@ class _UpstreamSide(asyncio.Protocol):
         pair = self._pair
         if pair.closed:
             return
-        pair.last_activity = time.monotonic()
+        pair.last_activity = self._agent.clock.monotonic()
         pair.client_spoke_last = False
         pair.bytes_out += len(data)
         pair.client.write(data)
@@ -192,7 +195,7 @@ class _ClientSide(asyncio.Protocol):
         assert pair is not None
         if pair.closed:
             return  # a late request on a connection being closed: the client will resend it
-        pair.last_activity = time.monotonic()
+        pair.last_activity = self._agent.clock.monotonic()
         pair.client_spoke_last = True
         pair.bytes_in += len(data)
         if pair.upstream is None:
@@ -240,9 +243,14 @@ class ProxyAgent(DrainEngine):
         state_file: Path | None = None,
         rng: random.Random | None = None,
         registry: CollectorRegistry | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__(
-            max_fraction=max_fraction, state_file=state_file, rng=rng, registry=registry
+            max_fraction=max_fraction,
+            state_file=state_file,
+            rng=rng,
+            registry=registry,
+            clock=clock,
         )
         self.listen = listen
         self.upstream = upstream
@@ -292,18 +300,19 @@ class ProxyAgent(DrainEngine):
         A refused client sees its connection reset at once and retries, which a balancer in front
         sends to another pod with probability (N-1)/N.
         """
-        self._refuse_until = max(self._refuse_until, time.monotonic() + seconds)
+        self._refuse_until = max(self._refuse_until, self.clock.monotonic() + seconds)
 
     def connections(self) -> list[ConnectionInfo]:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         return [p.info(now) for p in self._pairs.values() if not p.closed]
 
     def active_count(self) -> int:
         return sum(1 for p in self._pairs.values() if not p.closed)
 
     def _accept(self, transport: asyncio.Transport, peer: tuple[str, int]) -> _Pair:
-        pair = _Pair(conn_id=f"c{next(self._ids)}", client=transport, peer=peer)
-        if time.monotonic() < self._refuse_until:
+        now = self.clock.monotonic()
+        pair = _Pair(conn_id=f"c{next(self._ids)}", client=transport, peer=peer, now=now)
+        if now < self._refuse_until:
             self.refused_total += 1
             sock = transport.get_extra_info("socket")
             if sock is not None:
@@ -346,30 +355,30 @@ class ProxyAgent(DrainEngine):
             pair.close()
         self._pairs.pop(pair.id, None)
 
-    async def _close_one(
-        self, conn_id: str, *, quiet_seconds: float, deadline: float
-    ) -> CloseOutcome | None:
+    def _quiet_wait(self, conn_id: str, *, quiet_seconds: float) -> float | None:
         pair = self._pairs.get(conn_id)
         if pair is None or pair.closed:
             return None
-        while True:
-            if pair.closed:
-                return None
-            now = time.monotonic()
-            quiet_for = now - pair.last_activity
-            # The server must have had the last word: silence after a request is a server
-            # still working on it, and closing then fails that call.
-            if (
-                quiet_for >= quiet_seconds
-                and not pair.client_spoke_last
-                and pair.queued() == 0
-                and pair.unread() == 0
-            ):
-                pair.finish()
-                return CloseOutcome.GRACEFUL
-            if now >= deadline:
-                pair.close()
-                asyncio.get_running_loop().call_later(_FORCED_FLUSH_SECONDS, pair.abort)
-                return CloseOutcome.FORCED
-            wait = max(quiet_seconds - quiet_for, 0.005)
-            await asyncio.sleep(min(wait, max(deadline - now, 0.0)))
+        quiet_for = self.clock.monotonic() - pair.last_activity
+        # The server must have had the last word: silence after a request is a server still
+        # working on it, and closing then fails that call. Unread bytes are looked for last,
+        # since that costs two system calls.
+        if (
+            quiet_for >= quiet_seconds
+            and not pair.client_spoke_last
+            and pair.queued() == 0
+            and pair.unread() == 0
+        ):
+            return 0.0
+        return max(quiet_seconds - quiet_for, _POLL_FLOOR_SECONDS)
+
+    def _shut(self, conn_id: str, *, graceful: bool) -> bool:
+        pair = self._pairs.get(conn_id)
+        if pair is None or pair.closed:
+            return False
+        if graceful:
+            pair.finish()
+        else:
+            pair.close()
+            asyncio.get_running_loop().call_later(_FORCED_FLUSH_SECONDS, pair.abort)
+        return True

@@ -9,19 +9,18 @@ the start, never the first request.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import random
 import socket
-import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from connbalance.agent.engine import CloseOutcome, DrainEngine
+from connbalance.agent.engine import DrainEngine
 from connbalance.agent.netlink import NetlinkError, SockDiag, TcpSocket
 from connbalance.agent.selection import ConnectionInfo
+from connbalance.ports.clock import SYSTEM_CLOCK, Clock
 
 # Scans are shared by every slot waiting for quiet: one dump per this many seconds at most, or
 # per four times what the last one took, so that with tens of thousands of sockets scanning
@@ -86,9 +85,14 @@ class ResetAgent(DrainEngine):
         state_file: Path | None = None,
         rng: random.Random | None = None,
         registry: CollectorRegistry | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__(
-            max_fraction=max_fraction, state_file=state_file, rng=rng, registry=registry
+            max_fraction=max_fraction,
+            state_file=state_file,
+            rng=rng,
+            registry=registry,
+            clock=clock,
         )
         self.port = port
         self._diag: SockDiag | None = None
@@ -110,11 +114,11 @@ class ResetAgent(DrainEngine):
     def _sockets(self, *, fresh: bool = False) -> dict[str, TcpSocket]:
         if self._diag is None:
             raise RuntimeError("the reset agent has not started")
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if fresh or now - self._scan_at > max(_SCAN_REUSE_SECONDS, _SCAN_DUTY * self._scan_cost):
             self._scan = {s.key: s for s in self._diag.established(port=self.port)}
             self._scan_at = now
-            self._scan_cost = time.monotonic() - now
+            self._scan_cost = self.clock.monotonic() - now
             self._first_seen = {k: self._first_seen.get(k, now) for k in self._scan}
         return self._scan
 
@@ -137,30 +141,28 @@ class ResetAgent(DrainEngine):
             for key, s in sockets.items()
         ]
 
-    async def _close_one(
-        self, conn_id: str, *, quiet_seconds: float, deadline: float
-    ) -> CloseOutcome | None:
-        quiet_ms = quiet_seconds * 1000.0
-        while True:
-            target = self._sockets().get(conn_id)
-            if target is None:
-                return None
-            now = time.monotonic()
-            idle_ms = target.idle_ms + (now - self._scan_at) * 1000.0
-            quiet = (
-                idle_ms >= quiet_ms
-                and not target.peer_spoke_last
-                and target.recv_queue == 0
-                and target.send_queue == 0
-            )
-            if quiet or now >= deadline:
-                assert self._diag is not None
-                if not self._diag.destroy(target):
-                    return None
-                self._scan.pop(conn_id, None)
-                return CloseOutcome.GRACEFUL if quiet else CloseOutcome.FORCED
-            wait = max((quiet_ms - idle_ms) / 1000.0, _POLL_FLOOR_SECONDS)
-            await asyncio.sleep(min(wait, max(deadline - now, 0.0)))
+    def _quiet_wait(self, conn_id: str, *, quiet_seconds: float) -> float | None:
+        target = self._sockets().get(conn_id)
+        if target is None:
+            return None
+        # Idle as of the scan, plus the time since: a scan may be reused for a few milliseconds.
+        idle = target.idle_ms / 1000.0 + (self.clock.monotonic() - self._scan_at)
+        if (
+            idle >= quiet_seconds
+            and not target.peer_spoke_last
+            and target.recv_queue == 0
+            and target.send_queue == 0
+        ):
+            return 0.0
+        return max(quiet_seconds - idle, _POLL_FLOOR_SECONDS)
+
+    def _shut(self, conn_id: str, *, graceful: bool) -> bool:
+        # Graceful or not, a reset is all this mode has: the difference is only when it comes.
+        target = self._sockets().get(conn_id)
+        if target is None or self._diag is None or not self._diag.destroy(target):
+            return False
+        self._scan.pop(conn_id, None)
+        return True
 
 
 __all__ = ["ResetAgent", "ResetUnavailable", "check_sock_destroy"]

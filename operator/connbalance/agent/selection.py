@@ -12,9 +12,10 @@ from dataclasses import dataclass
 class ConnectionInfo:
     """One client connection as the agent sees it.
 
-    Times are ``time.monotonic()`` seconds. ``idle_seconds`` is how long both directions have been
-    quiet; ``queued`` is data still waiting in a buffer (kernel queues in reset mode, the proxy's
-    write buffers in proxy mode): a connection with queued data is never idle.
+    Times are seconds on the agent clock's ``monotonic()``. ``idle_seconds`` is how long both
+    directions have been quiet; ``queued`` is data still waiting in a buffer (kernel queues in
+    reset mode, the proxy's write buffers in proxy mode): a connection with queued data is never
+    idle.
     ``client_spoke_last`` says the last bytes went from the client to the server: a request is
     probably waiting for its answer, however long the silence, so the connection is not idle.
     """
@@ -60,19 +61,20 @@ def idlest_first(connections: Iterable[ConnectionInfo]) -> list[ConnectionInfo]:
     )
 
 
-def spread(*, count: int, window_seconds: float, rng: random.Random) -> list[float]:
-    """Offsets in seconds, sorted, for ``count`` closes spread over the window with jitter.
+def spread(*, count: int, window_seconds: float, rng: random.Random, start: float) -> list[float]:
+    """When to make each of ``count`` closes, sorted: times on the clock that gave ``start``.
 
-    One offset falls at a random point in each of ``count`` equal slices of the window
-    (stratified jitter): closes never bunch up the way independent uniform draws can, and no two
-    agents that got the same request close in lockstep.
+    One close falls at a random point in each of ``count`` equal slices of the window that opens
+    at ``start`` (stratified jitter): closes never bunch up the way independent uniform draws can,
+    and no two agents that got the same request close in lockstep. ``start`` is the caller's
+    clock reading, so the schedule is arithmetic alone.
     """
     if count <= 0:
         return []
     if window_seconds <= 0:
-        return [0.0] * count
+        return [start] * count
     step = window_seconds / count
-    return [step * (i + rng.random()) for i in range(count)]
+    return [start + step * (i + rng.random()) for i in range(count)]
 
 
 def pick(
