@@ -251,15 +251,34 @@ def test_the_agent_acts_once_on_the_annotations_file_even_across_a_restart(tmp_p
             for conn in conns:
                 conn.close()
 
+        # Put away while the agent restarts: read at start-up, with no client connected yet, the
+        # request would be refused for a ceiling of 0, and nothing closed would prove nothing.
+        parked = annotations.with_name("parked")
+        annotations.rename(parked)
         with running_agent(*args, "--upstream", f"{HOST}:{upstream}") as agent:
             conns = open_connections(agent.proxy_port, 6)
             wait_until(lambda: agent.status()["active"] == 6)
-            time.sleep(2.5)  # more than two polls of the file
-            assert closed(conns) == 0
-            assert agent.status()["requests"][0]["id"] == "file-1"
+            parked.rename(annotations)
+            # Once read, the request is counted; only then does "nothing closed" mean anything.
+            wait_until(lambda: sum(requests_counted(agent, r) for r in OUTCOMES) > 0)
+            counted = {r: requests_counted(agent, r) for r in OUTCOMES}
+            assert counted == {"duplicate": 1, "accepted": 0, "rejected": 0, "invalid": 0}
             assert agent.status()["cycled_total"] == 0
+            assert closed(conns) == 0
             for conn in conns:
                 conn.close()
+
+
+OUTCOMES = ("duplicate", "accepted", "rejected", "invalid")
+
+
+def requests_counted(agent: Running, result: str) -> float:
+    metrics = agent.get("/metrics")[1].decode()
+    found = re.search(
+        rf'^connbalance_agent_requests_total{{result="{result}"}} (\S+)$', metrics, re.M
+    )
+    assert found is not None, metrics
+    return float(found.group(1))
 
 
 @pytest.mark.netadmin
