@@ -60,10 +60,23 @@ def fails_with(capsys: pytest.CaptureFixture[str], *args: str) -> str:
             "--state-file",
         ),
         (["--mode", "sideways"], "--mode"),
+        (["--mode", "reset", "--port", "3025", "--pod-ip", "pod-a"], "--pod-ip"),
+        (
+            [
+                *("--mode", "proxy", "--upstream", "127.0.0.1:1"),
+                *("--proxy-listen", "127.0.0.1:0", "--pod-ip", "10.0.0.7"),
+            ],
+            "--pod-ip",
+        ),
     ],
 )
 def test_a_bad_flag_is_refused_with_a_message_naming_it(args, flag, capsys):
     assert flag in fails_with(capsys, *args)
+
+
+def test_a_pod_ip_that_is_no_address_is_refused_naming_the_variable(capsys, monkeypatch):
+    monkeypatch.setenv("POD_IP", "not-an-ip")
+    assert "POD_IP" in fails_with(capsys, "--mode", "reset", "--port", "3025")
 
 
 def test_an_unreadable_state_file_stops_the_start_with_a_message_naming_the_flag(tmp_path, capsys):

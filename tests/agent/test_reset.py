@@ -154,6 +154,20 @@ def test_when_no_socket_goes_quiet_the_deadline_destroys_one_anyway_and_counts_i
     run(scenario())
 
 
+def test_the_scan_filtered_on_an_address_lists_only_sockets_on_that_address():
+    with socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection((HOST, port)), socket.create_connection(("::1", port)):
+            served = [listener.accept()[0] for _ in range(2)]
+            with SockDiag() as diag:
+                assert [s.local[0] for s in diag.established(port=port, address=HOST)] == [HOST]
+                assert [s.local[0] for s in diag.established(port=port, address="::1")] == ["::1"]
+                assert diag.established(port=port, address="127.0.4.99") == []
+                assert len(diag.established(port=port)) == 2
+            for sock in served:
+                sock.close()
+
+
 def test_a_dual_stack_server_sees_ipv4_clients_as_plain_addresses_and_can_destroy_them():
     with socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True) as listener:
         port = listener.getsockname()[1]

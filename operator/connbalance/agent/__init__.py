@@ -45,10 +45,12 @@ In-process API (stable; the fleet simulator uses it)::
     await server.stop()
     app = build_http_app(agent, token="secret")   # the bare aiohttp.web.Application
 
-``ResetAgent(port=3025, max_fraction=0.25, ...)`` (in ``connbalance.agent.reset``) offers the
-same engine API for reset mode; its ``start()`` raises ``ResetUnavailable`` when SOCK_DESTROY
-cannot be used. Connection ids: ``c<N>`` in proxy mode, the kernel's socket cookie (hex) in reset
-mode, where ``opened_at`` is when the agent first saw the socket.
+``ResetAgent(port=3025, address="10.0.3.7", max_fraction=0.25, ...)`` (in
+``connbalance.agent.reset``) offers the same engine API for reset mode; its ``start()`` raises
+``ResetUnavailable`` when SOCK_DESTROY cannot be used. With ``address`` it sees only connections
+to that address and steers with a self-expiring nftables element (``connbalance.agent.steering``)
+instead of a refusing listener. Connection ids: ``c<N>`` in proxy mode, the kernel's socket
+cookie (hex) in reset mode, where ``opened_at`` is when the agent first saw the socket.
 
 A connection is quiet, and may be closed gracefully, when neither direction carried data for
 ``quietMillis``, no buffer holds any, and the server had the last word (silence after a client's

@@ -190,9 +190,9 @@ class DrainEngine(abc.ABC):
         return status
 
     def steer(self, seconds: float) -> None:
-        """Keep new client connections off this pod for ``seconds``. Modes that cannot (reset
-        mode is out of the data path) say so once; the planner's steered estimate then
-        under-sheds, which costs steps but never overshoots."""
+        """Keep new client connections off this pod for ``seconds``. A mode that cannot (reset
+        mode without the pod's address or nftables) says so once; the planner's steered
+        estimate then under-sheds, which costs steps but never overshoots."""
         if not self._warned_no_steer:
             self._warned_no_steer = True
             log.warning("%s mode cannot refuse new connections: steer is ignored", self.mode)

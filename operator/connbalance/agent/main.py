@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -41,6 +42,15 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an IP address such as 10.0.3.7, not {text!r}"
+        ) from None
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -70,6 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "in front of the server that closes connections with FIN",
     )
     parser.add_argument("--port", type=_port, help="reset mode: the server port to cycle")
+    parser.add_argument(
+        "--pod-ip",
+        type=_address,
+        help="reset mode: this pod's address (default $POD_IP); only connections to it are "
+        "cycled, and steering refuses new ones to it for the window (nftables). Without it, "
+        "every connection on the port is a candidate and nothing steers",
+    )
     parser.add_argument("--upstream", type=_host_port, help="proxy mode: the server, HOST:PORT")
     parser.add_argument(
         "--proxy-listen", type=_host_port, help="proxy mode: where clients connect, HOST:PORT"
@@ -121,6 +138,11 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
         for flag in ("upstream", "proxy_listen"):
             if getattr(args, flag) is not None:
                 parser.error(f"--{flag.replace('_', '-')} only applies to --mode proxy")
+        if args.pod_ip is None and os.environ.get("POD_IP"):
+            try:
+                args.pod_ip = _address(os.environ["POD_IP"])
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"POD_IP: {exc}")
     else:
         if args.upstream is None:
             parser.error("--upstream HOST:PORT is required with --mode proxy")
@@ -128,6 +150,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
             parser.error("--proxy-listen HOST:PORT is required with --mode proxy")
         if args.port is not None:
             parser.error("--port only applies to --mode reset (proxy mode uses --upstream)")
+        if args.pod_ip is not None:
+            parser.error("--pod-ip only applies to --mode reset (proxy mode uses --upstream)")
     token = ""
     if args.token_file is not None:
         try:
@@ -187,7 +211,10 @@ def _run_loop(main: Coroutine[Any, Any, None], *, choice: str) -> None:
 def _make_agent(args: argparse.Namespace) -> DrainEngine:
     if args.mode == "reset":
         return ResetAgent(
-            port=args.port, max_fraction=args.max_fraction, state_file=args.state_file
+            port=args.port,
+            address=args.pod_ip,
+            max_fraction=args.max_fraction,
+            state_file=args.state_file,
         )
     return ProxyAgent(
         listen=args.proxy_listen,
@@ -224,7 +251,7 @@ async def _serve(args: argparse.Namespace, *, token: str) -> None:
         where = (
             f"{args.proxy_listen[0]}:{agent.port} -> {args.upstream[0]}:{args.upstream[1]}"
             if isinstance(agent, ProxyAgent)
-            else f"port {args.port}"
+            else f"port {args.port} on {args.pod_ip or 'every address'}"
         )
         log.info(
             "agent up: mode %s, %s, HTTP on %s:%d, max fraction %g, HTTP intake %s",

@@ -38,6 +38,7 @@ _SOCKID_TAIL = struct.Struct("=I8s")
 # inet_diag_msg in one go (a scan parses ten thousand): family, 3 skipped, the socket id (ports in
 # network order), expires skipped, queues, uid skipped, inode.
 _MSG = struct.Struct("=B3xHH16s16sI8s4xII4xI")
+_SRC_AT = 8  # where the local address starts in inet_diag_msg
 # tcp_info from byte 44: last_data_sent, last_ack_sent, last_data_recv (milliseconds ago), then
 # bytes_acked and bytes_received at 120 and 128.
 _TCPI = struct.Struct("=III64xQQ")
@@ -102,6 +103,17 @@ def _unpack_address(family: int, raw: bytes) -> str:
     return str(mapped) if mapped is not None else str(address)
 
 
+def _raw_local(family: int, address: str) -> bytes:
+    """How ``address`` appears as a local address in a dump of ``family`` (the leading bytes
+    of the 16-byte field), or b"" when no socket of that family can have it."""
+    parsed = ipaddress.ip_address(address)
+    if family == socket.AF_INET:
+        return parsed.packed if parsed.version == 4 else b""
+    if parsed.version == 4:
+        return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + parsed.packed).packed
+    return parsed.packed
+
+
 def _port_filter(port: int) -> bytes:
     # As ss builds "sport = :PORT": match -> jump to the end (accept), else jump past it (reject).
     ops = struct.pack("=BBH", INET_DIAG_BC_S_EQ, 8, 12) + struct.pack("=BBH", 0, 0, port)
@@ -127,14 +139,17 @@ class SockDiag:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def established(self, *, port: int) -> list[TcpSocket]:
-        """Established TCP sockets whose local port is ``port``, IPv4 and IPv6 (v4-mapped too)."""
+    def established(self, *, port: int, address: str | None = None) -> list[TcpSocket]:
+        """Established TCP sockets whose local port is ``port``, IPv4 and IPv6 (v4-mapped too);
+        with ``address``, only those whose local address it is."""
         found: list[TcpSocket] = []
         for family in (socket.AF_INET, socket.AF_INET6):
-            found.extend(self._dump(family=family, port=port))
+            local = None if address is None else _raw_local(family, address)
+            if local != b"":
+                found.extend(self._dump(family=family, port=port, local=local))
         return found
 
-    def _dump(self, *, family: int, port: int) -> list[TcpSocket]:
+    def _dump(self, *, family: int, port: int, local: bytes | None) -> list[TcpSocket]:
         payload = (
             _REQ.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), 1 << TCP_ESTABLISHED)
             + _SOCKID.pack(0, 0, b"\0" * 16, b"\0" * 16)
@@ -158,7 +173,9 @@ class SockDiag:
                     if kind == NLMSG_ERROR:
                         (code,) = struct.unpack_from("=i", data, body)
                         raise NetlinkError(-code, f"inet_diag dump: {os.strerror(-code)}")
-                    if kind == SOCK_DIAG_BY_FAMILY:
+                    if kind == SOCK_DIAG_BY_FAMILY and (
+                        local is None or data[body + _SRC_AT : body + _SRC_AT + len(local)] == local
+                    ):
                         found.append(_parse(data, body, offset + length))
                 offset += (length + 3) & ~3
 

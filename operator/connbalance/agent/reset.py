@@ -5,11 +5,18 @@ idleness, and destroys the chosen ones with SOCK_DESTROY (as ``ss -K`` does): th
 reset and reconnects. Needs CAP_NET_ADMIN in the pod's network namespace; checked at start-up by
 destroying a socket pair of its own on 127.0.0.1, so a missing capability or kernel option fails
 the start, never the first request.
+
+With the pod's own ``address`` (``--pod-ip`` or ``POD_IP``) the agent sees, cycles and refuses
+only connections to that address, so agents whose pods share a network namespace leave each
+other's alone, and it steers in the kernel (``steering.py``). Without one it takes every
+connection on the port and cannot steer. Steering that cannot be set up (no ``nft``) is logged
+and left off: the agent cycles all the same, and the pod never depends on it.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 import socket
@@ -20,7 +27,10 @@ from prometheus_client import CollectorRegistry
 from connbalance.agent.engine import DrainEngine
 from connbalance.agent.netlink import NetlinkError, SockDiag, TcpSocket
 from connbalance.agent.selection import ConnectionInfo
+from connbalance.agent.steering import KernelSteering, SteeringUnavailable
 from connbalance.ports.clock import SYSTEM_CLOCK, Clock
+
+log = logging.getLogger(__name__)
 
 # Scans are shared by every slot waiting for quiet: one dump per this many seconds at most, or
 # per four times what the last one took, so that with tens of thousands of sockets scanning
@@ -73,7 +83,8 @@ def check_sock_destroy() -> None:
 
 
 class ResetAgent(DrainEngine):
-    """The reset-mode agent for the server listening on ``port`` in this network namespace."""
+    """The reset-mode agent for the server listening on ``port`` (at ``address``, if given) in
+    this network namespace."""
 
     mode = "reset"
 
@@ -82,6 +93,7 @@ class ResetAgent(DrainEngine):
         *,
         port: int,
         max_fraction: float,
+        address: str | None = None,
         state_file: Path | None = None,
         rng: random.Random | None = None,
         registry: CollectorRegistry | None = None,
@@ -95,6 +107,8 @@ class ResetAgent(DrainEngine):
             clock=clock,
         )
         self.port = port
+        self.address = address
+        self._steering: KernelSteering | None = None
         self._diag: SockDiag | None = None
         self._scan_at = -1.0
         self._scan_cost = 0.0
@@ -104,19 +118,49 @@ class ResetAgent(DrainEngine):
     async def start(self) -> None:
         check_sock_destroy()
         self._diag = SockDiag()
+        if self.address is None:
+            log.warning(
+                "reset mode without the pod's address (--pod-ip or POD_IP): cycling every "
+                "connection on port %d in this network namespace, and not steering",
+                self.port,
+            )
+            return
+        steering = KernelSteering(address=self.address, port=self.port, clock=self.clock)
+        try:
+            steering.prepare()
+        except SteeringUnavailable as exc:
+            log.warning("%s; cycling without steering", exc)
+            return
+        self._steering = steering
 
     async def stop(self) -> None:
         await self._cancel_requests()
+        if self._steering is not None:
+            try:
+                self._steering.clear()
+            except SteeringUnavailable as exc:
+                log.warning("%s (the refusal expires by itself)", exc)
+            self._steering = None
         if self._diag is not None:
             self._diag.close()
             self._diag = None
+
+    def steer(self, seconds: float) -> None:
+        if self._steering is None:
+            super().steer(seconds)
+            return
+        try:
+            self._steering.refuse(seconds)
+        except SteeringUnavailable as exc:
+            log.warning("%s; this request cycles without steering", exc)
 
     def _sockets(self, *, fresh: bool = False) -> dict[str, TcpSocket]:
         if self._diag is None:
             raise RuntimeError("the reset agent has not started")
         now = self.clock.monotonic()
         if fresh or now - self._scan_at > max(_SCAN_REUSE_SECONDS, _SCAN_DUTY * self._scan_cost):
-            self._scan = {s.key: s for s in self._diag.established(port=self.port)}
+            found = self._diag.established(port=self.port, address=self.address)
+            self._scan = {s.key: s for s in found}
             self._scan_at = now
             self._scan_cost = self.clock.monotonic() - now
             self._first_seen = {k: self._first_seen.get(k, now) for k in self._scan}
