@@ -99,6 +99,8 @@ def test_mount_paths_are_rewritten_where_they_begin_a_path(text: str, rewritten:
 
 # -- on the test cluster ----------------------------------------------------------------------
 
+# One file server per volume: a mount path is rewritten where it is named (here in --directory),
+# so each server is told its volume's own mount path.
 FILE_SERVER = """
 apiVersion: v1
 kind: Pod
@@ -110,15 +112,22 @@ metadata:
 spec:
   automountServiceAccountToken: false
   containers:
-  - name: main
+  - name: podinfo
     image: python
-    command: [python, -m, http.server, "8080", --bind, "$(POD_IP)", --directory, /srv]
-    env: [{{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}]
+    command: [python, -m, http.server, "8080", --bind, "$(POD_IP)", --directory, /etc/podinfo]
     readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
-    volumeMounts:
-    - {{name: podinfo, mountPath: /srv/podinfo, readOnly: true}}
-    - {{name: creds, mountPath: /srv/creds, readOnly: true}}
-    - {{name: picked, mountPath: /srv/picked, readOnly: true}}
+    volumeMounts: [{{name: podinfo, mountPath: /etc/podinfo, readOnly: true}}]
+  - name: creds
+    image: python
+    command: [python, -m, http.server, "8081", --bind, "$(POD_IP)", --directory, /etc/creds]
+    readinessProbe: {{tcpSocket: {{port: 8081}}, periodSeconds: 1}}
+    volumeMounts: [{{name: creds, mountPath: /etc/creds, readOnly: true}}]
+  - name: picked
+    image: python
+    command: [python, -m, http.server, "8082", --bind, "$(POD_IP)"]
+    workingDir: /etc/picked
+    readinessProbe: {{tcpSocket: {{port: 8082}}, periodSeconds: 1}}
+    volumeMounts: [{{name: picked, mountPath: /etc/picked, readOnly: true}}]
   volumes:
   - name: podinfo
     downwardAPI:
@@ -174,16 +183,17 @@ def test_a_pods_process_sees_its_annotations_and_their_changes_at_the_mount_path
     cluster: Cluster, core: client.CoreV1Api, namespace: str
 ) -> None:
     cluster.run_kubectl("apply", "-f", "-", stdin=SECRET.format(ns=namespace))
-    cluster.run_kubectl("apply", "-f", "-", stdin=FILE_SERVER.format(ns=namespace))
-    base = f"http://{ready_pod(core, namespace, 'files').status.pod_ip}:8080/podinfo"
+    cluster.run_kubectl("create", "-f", "-", stdin=FILE_SERVER.format(ns=namespace))
+    base = f"http://{ready_pod(core, namespace, 'files').status.pod_ip}:8080"
     assert fetch(f"{base}/annotations") == 'first="one"'
     assert fetch(f"{base}/labels") == 'app="files"'
     assert fetch(f"{base}/first") == "one"
 
     drain = '{"id": "cb.t.files.1", "count": 3}'
     cluster.run_kubectl(
-        "annotate", "-n", namespace, "pod/files", f"connbalance.io/drain={drain}", "first=two"
-    )
+        "annotate", "--overwrite", "-n", namespace, "pod/files",
+        f"connbalance.io/drain={drain}", "first=two",
+    )  # fmt: skip
     expected = f"connbalance.io/drain={go_quote(drain)}\nfirst=" + '"two"'
     eventually(lambda: fetch(f"{base}/annotations") == expected, what="the file follows")
     assert fetch(f"{base}/first") == "two"
@@ -194,13 +204,13 @@ def test_a_secrets_keys_appear_as_files_with_their_modes_and_chosen_paths(
     cluster: Cluster, core: client.CoreV1Api, namespace: str
 ) -> None:
     cluster.run_kubectl("apply", "-f", "-", stdin=SECRET.format(ns=namespace))
-    cluster.run_kubectl("apply", "-f", "-", stdin=FILE_SERVER.format(ns=namespace))
+    cluster.run_kubectl("create", "-f", "-", stdin=FILE_SERVER.format(ns=namespace))
     pod = ready_pod(core, namespace, "files")
-    base = f"http://{pod.status.pod_ip}:8080"
-    assert fetch(f"{base}/creds/token") == "s3cret"
-    assert fetch(f"{base}/creds/ca.crt") == "-----BEGIN CERTIFICATE-----"
-    assert fetch(f"{base}/picked/auth/token") == "s3cret"
-    assert fetch(f"{base}/picked/ca.crt") is None  # items: only the keys named
+    creds_url, picked_url = (f"http://{pod.status.pod_ip}:{port}" for port in (8081, 8082))
+    assert fetch(f"{creds_url}/token") == "s3cret"
+    assert fetch(f"{creds_url}/ca.crt") == "-----BEGIN CERTIFICATE-----"
+    assert fetch(f"{picked_url}/auth/token") == "s3cret"  # through workingDir
+    assert fetch(f"{picked_url}/ca.crt") is None  # items: only the keys named
 
     creds, picked = (volume_dir(cluster, namespace, pod, v) for v in ("creds", "picked"))
     assert stat.S_IMODE((creds / "token").stat().st_mode) == 0o400
@@ -212,7 +222,7 @@ def test_a_secrets_keys_appear_as_files_with_their_modes_and_chosen_paths(
 def test_a_pod_waits_for_a_missing_secret_and_starts_once_it_exists(
     cluster: Cluster, core: client.CoreV1Api, namespace: str
 ) -> None:
-    cluster.run_kubectl("apply", "-f", "-", stdin=FILE_SERVER.format(ns=namespace))
+    cluster.run_kubectl("create", "-f", "-", stdin=FILE_SERVER.format(ns=namespace))
     log = cluster.run_dir / "logs" / "kubelet.log"
     refused = f'{namespace}/files: MountVolume: secret "creds" not found'
     eventually(lambda: refused in log.read_text(), what="the kubelet reports the missing Secret")
@@ -221,4 +231,4 @@ def test_a_pod_waits_for_a_missing_secret_and_starts_once_it_exists(
     assert not pod.status.container_statuses
     cluster.run_kubectl("apply", "-f", "-", stdin=SECRET.format(ns=namespace))
     pod = ready_pod(core, namespace, "files")
-    assert fetch(f"http://{pod.status.pod_ip}:8080/creds/token") == "s3cret"
+    assert fetch(f"http://{pod.status.pod_ip}:8081/token") == "s3cret"
