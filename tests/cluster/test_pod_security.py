@@ -27,14 +27,16 @@ def enforce(cluster: Cluster, namespace: str, level: str) -> None:
 
 
 def auth_pod(namespace: str, values: dict[str, Any]) -> str:
-    """A bare pod of the chart's auth template with ``values``' sidecars and volumes."""
-    (deployment,) = (o for o in auth_objects(namespace=namespace, values=values)
-                     if o["kind"] == "Deployment")  # fmt: skip
+    """One pod of the chart's auth template with ``values``' sidecars and volumes, and the
+    ServiceAccount and ConfigMap it needs."""
+    objects = auth_objects(namespace=namespace, values=values)
+    (deployment,) = (o for o in objects if o["kind"] == "Deployment")
     template = deployment["spec"]["template"]
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "auth", "namespace": namespace, **template["metadata"]},
            "spec": template["spec"]}  # fmt: skip
-    return yaml.safe_dump(pod)
+    needed = [o for o in objects if o["kind"] in ("ServiceAccount", "ConfigMap")]
+    return yaml.safe_dump_all([*needed, pod])
 
 
 def apply(cluster: Cluster, manifest: str) -> Any:
