@@ -113,7 +113,24 @@ def _scalar_schema(setting: Setting) -> dict[str, Any]:
         schema["enum"] = list(setting.choices)
     if setting.kind is str and not setting.choices:
         schema["minLength"] = 1
+    fractional = _fractional_bounds(setting)
+    if fractional:
+        schema["x-kubernetes-validations"] = fractional
     return schema
+
+
+def _fractional_bounds(setting: Setting) -> list[dict[str, str]]:
+    """CEL for bounds that are not whole numbers. The API server compares a whole-number value
+    with ``minimum`` truncated to an integer, so ``tolerance: 0`` would pass ``minimum: 0.01``;
+    CEL sees every ``number`` as a double and compares exactly."""
+    rules = []
+    if setting.minimum is not None and not float(setting.minimum).is_integer():
+        rules.append({"rule": f"self >= {setting.minimum!r}",
+                      "message": f"must be at least {setting.minimum:g}"})
+    if setting.maximum is not None and not float(setting.maximum).is_integer():
+        rules.append({"rule": f"self <= {setting.maximum!r}",
+                      "message": f"must be at most {setting.maximum:g}"})
+    return rules
 
 
 def spec_schema() -> dict[str, Any]:

@@ -238,11 +238,13 @@ def _string_map(value: object, name: str) -> tuple[tuple[str, str], ...]:
 def _selector(value: object, name: str) -> tuple[tuple[str, str], ...]:
     if value is None:
         raise PolicyError(name, "required: the labels of the pool's pods, under matchLabels")
-    if not isinstance(value, Mapping) or "matchLabels" not in value:
-        raise PolicyError(f"{name}.matchLabels", "required: the labels of the pool's pods")
-    if set(value) != {"matchLabels"}:
+    if not isinstance(value, Mapping):
+        raise PolicyError(name, "must be an object with matchLabels")
+    if set(value) - {"matchLabels"}:
         extra = sorted(set(value) - {"matchLabels"})[0]
         raise PolicyError(f"{name}.{extra}", "unknown field: only matchLabels is supported")
+    if "matchLabels" not in value:
+        raise PolicyError(f"{name}.matchLabels", "required: the labels of the pool's pods")
     labels = _string_map(value["matchLabels"], f"{name}.matchLabels")
     if not labels:
         raise PolicyError(f"{name}.matchLabels", "must hold at least one label")
