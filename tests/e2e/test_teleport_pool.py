@@ -10,11 +10,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client, config
 
 from tests.cluster.cluster import Cluster
 from tests.e2e.pool import clients
-from tests.e2e.teleport_pool import AGENT_PORT, AUTH_PORT, auth_manifest, recipe_sidecar
+from tests.e2e.teleport_pool import (
+    AGENT_PORT,
+    AUTH_PORT,
+    ROOT,
+    auth_manifest,
+    auth_objects,
+    recipe_sidecar,
+)
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.cluster
@@ -117,3 +125,25 @@ def test_a_drain_annotation_reaches_the_agent_through_the_file_and_is_acted_on(
     # From the downward-API file (the API watch is off, and the pod has no token for it).
     (log,) = (cluster.run_dir / "pods").glob(f"{auth_pool}_{name}_*/connbalance-agent.log")
     assert "connbalance-podinfo/annotations request t-drain-1" in log.read_text()
+
+
+def test_the_recipes_connectionbalancer_is_accepted_and_names_the_charts_pool(
+    cluster: Cluster, namespace: str
+) -> None:
+    cluster.run_kubectl("apply", "-f", str(ROOT / "manifests" / "crd.yaml"))
+    cluster.run_kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/connectionbalancers.connbalance.io",
+    )  # fmt: skip
+    balancer = yaml.safe_load((ROOT / "docs" / "teleport" / "connectionbalancer.yaml").read_text())
+    balancer["metadata"]["namespace"] = namespace
+    cluster.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump(balancer))
+    stored = json.loads(
+        cluster.run_kubectl("get", "cbal", "teleport-auth", "-n", namespace, "-o", "json").stdout
+    )["spec"]
+    assert stored["dryRun"] is True
+    assert stored["metrics"]["preset"] == "teleport-auth"
+    assert stored["actuation"]["method"] == "annotation"
+    (deployment,) = (o for o in auth_objects(namespace=namespace) if o["kind"] == "Deployment")
+    assert stored["workloadRef"] == {"kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert stored["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
