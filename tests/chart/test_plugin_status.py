@@ -88,17 +88,19 @@ def balancer(cluster: Cluster, namespace: str, crd: None) -> str:
 def test_status_shows_the_balancer_the_api_server_holds(cluster, namespace, balancer, plugin_path):
     done = kubectl_connbalance(cluster, plugin_path, "status", balancer, "-n", namespace)
     assert done.returncode == 0, done.stderr
-    first, *rest = done.stdout.splitlines()
-    assert f"ConnectionBalancer {namespace}/auth" in first
-    assert "phase CoolingDown" in first
-    assert "skew 1.234 (acts above 1.10)" in first, "the tolerance the API server defaulted"
-    assert "paused" in first
-    row = next(line for line in rest if "auth-0" in line and "│" in line)
-    assert [c.strip() for c in row.split("│")[1:-1]] == [
-        "auth-0", "yes", "140", "100", "1.40x", "cb.x.1.auth-0", "40", "38",
-    ]  # fmt: skip
+    first, second, *rest = done.stdout.splitlines()
+    assert first == f"ConnectionBalancer {namespace}/auth: phase CoolingDown (paused)"
+    assert second == "skew 1.234, acts above 1.10; 2 pods", "the tolerance the API server defaulted"
+    cells = [
+        [c.strip() for c in line.split("│")] for line in rest if "│ " in line and "auth-0" in line
+    ]
+    assert cells == [
+        ["auth-0", "yes", "140", "100", "1.40"],
+        ["auth-0", "cb.x.1.auth-0", "40", "38", "-"],
+    ]
     assert "NoImprovement" in done.stdout
-    assert "two steps without improvement" in done.stdout
+    assert "2026-01-02T03:05:05Z" in done.stdout
+    assert "two steps without improvement" in " ".join(done.stdout.split()).replace(" │", "")
 
 
 def test_status_takes_the_namespace_of_the_current_context(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -185,6 +186,7 @@ def last_drain(pod: Mapping[str, Any]) -> Drain | None:
 
 
 def render_status(body: Mapping[str, Any], console: Console) -> None:
+    """Four short tables under a two-line header: fits 80 columns and one screen."""
     meta, spec = body.get("metadata", {}), body.get("spec", {})
     status: Mapping[str, Any] = body.get("status") or {}
     title = f"{KIND} {meta.get('namespace')}/{meta.get('name')}"
@@ -193,55 +195,75 @@ def render_status(body: Mapping[str, Any], console: Console) -> None:
             f"{title}: no status yet (is the operator running and serving this namespace?)"
         )
         return
-    tolerance = (spec.get("balance") or {}).get("tolerance")
-    skew = status.get("skew")
-    skew_text = "-" if skew is None else f"{float(skew):.3f}"
-    if tolerance is not None:
-        skew_text += f" (acts above {1 + float(tolerance):.2f})"
     modes = [m for m, on in (("dry run", spec.get("dryRun")), ("paused", spec.get("paused"))) if on]
     console.print(
-        f"[bold]{title}[/bold]  phase [bold]{status.get('phase', '-')}[/bold]  skew {skew_text}  "
-        f"pods {status.get('podCount', '-')}"
-        + (f"  [yellow]{', '.join(modes)}[/yellow]" if modes else ""),
+        f"[bold]{title}[/bold]: phase [bold]{status.get('phase', '-')}[/bold]"
+        + (f" [yellow]({', '.join(modes)})[/yellow]" if modes else ""),
         highlight=False,
     )
+    skew = status.get("skew")
+    line = f"skew {'-' if skew is None else f'{float(skew):.3f}'}"
+    tolerance = (spec.get("balance") or {}).get("tolerance")
+    if tolerance is not None:
+        line += f", acts above {1 + float(tolerance):.2f}"
+    console.print(f"{line}; {status.get('podCount', '-')} pods", highlight=False)
     for label, key in (("last action", "lastAction"), ("reason", "reason")):
         if status.get(key):
             console.print(f"{label}: {status[key]}", highlight=False)
-    console.print(_pods_table(status.get("pods") or []))
+    pods = status.get("pods") or []
+    console.print(_pods_table(pods))
+    console.print(_drains_table(pods))
     console.print(_conditions_table(status.get("conditions") or []))
 
 
+def _table(title: str) -> Table:
+    return Table(title=title, title_justify="left", box=box.MINIMAL, show_edge=False)
+
+
 def _pods_table(pods: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table(title="pods: load against target, and the last drain", title_justify="left")
-    for column in ("pod", "ready"):
-        table.add_column(column)
-    for column in ("load", "target", "vs target"):
-        table.add_column(column, justify="right")
-    table.add_column("last drain")
-    for column in ("requested", "confirmed"):
+    table = _table("load per pod")
+    table.add_column("pod", overflow="fold")
+    table.add_column("ready")
+    for column in ("load", "target", "load/target"):
         table.add_column(column, justify="right")
     for pod in pods:
         load, target = _float(pod.get("load")), _float(pod.get("target"))
-        ratio = f"{load / target:.2f}x" if load is not None and target else "-"
-        drain = last_drain(pod)
         table.add_row(
             str(pod.get("name", "?")),
             "yes" if pod.get("ready") else "no",
             _number(load),
             _number(target),
-            ratio,
-            "-" if drain is None else drain.id + (f" ({drain.at})" if drain.at else ""),
-            "-" if drain is None or drain.requested is None else str(drain.requested),
-            "-" if drain is None or drain.confirmed is None else str(drain.confirmed),
+            f"{load / target:.2f}" if load is not None and target else "-",
+        )
+    return table
+
+
+def _drains_table(pods: Sequence[Mapping[str, Any]]) -> Table:
+    table = _table("last drains")
+    table.add_column("pod", overflow="fold")
+    table.add_column("request", overflow="fold")
+    for column in ("requested", "confirmed"):
+        table.add_column(column, justify="right")
+    table.add_column("at")
+    drains = [(str(pod.get("name", "?")), drain) for pod in pods if (drain := last_drain(pod))]
+    # Newest first: ids end in <episode>.<step>.<pod>, and the time when status gives one.
+    for name, drain in sorted(drains, key=lambda d: (d[1].at or "", d[1].id), reverse=True):
+        table.add_row(
+            name,
+            drain.id,
+            "-" if drain.requested is None else str(drain.requested),
+            "-" if drain.confirmed is None else str(drain.confirmed),
+            drain.at or "-",
         )
     return table
 
 
 def _conditions_table(conditions: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table(title="conditions", title_justify="left")
-    for column in ("type", "status", "reason", "since", "message"):
+    table = _table("conditions")
+    for column in ("type", "status", "reason"):
         table.add_column(column)
+    table.add_column("since", no_wrap=True, min_width=20)
+    table.add_column("message", overflow="fold")
     order = {name: index for index, name in enumerate(_CONDITIONS)}
     for condition in sorted(conditions, key=lambda c: order.get(str(c.get("type")), 99)):
         table.add_row(
