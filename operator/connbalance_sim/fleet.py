@@ -2,7 +2,13 @@
 
 In ``proxy`` mode the agent is an L4 proxy in front of the server and the balancer sends it the
 traffic; in ``reset`` mode (CAP_NET_ADMIN and SOCK_DESTROY) it stays out of the data path and
-destroys chosen server-side sockets, and the balancer talks to the server directly.
+destroys chosen server-side sockets, and the balancer talks to the server directly. Each pod has
+a loopback address of its own and its reset agent is given it, as ``POD_IP`` gives it in a pod:
+the agent cycles only that server's connections and steers with a self-expiring nftables element
+on that address and port (``nft`` and CAP_NET_ADMIN; without ``nft`` it cycles unsteered).
+The balancer's health check then goes to the metrics port, as a readiness probe goes to
+Teleport's diag port: a check on the served port would be refused while the pod steers, and the
+pod would leave the pool as if unready.
 
 ``LocalFleet`` is the ``Fleet`` port for the simulator and ``LocalActuator`` its ``Actuator``:
 the last drain request delivered to a pod is kept on that pod object (the analogue of the
@@ -147,9 +153,10 @@ class LocalFleet:
 
     async def _create(self, name: PodName) -> None:
         host = self._hosts[name]
+        uid = f"{name}-{next(self._uids)}"
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "connbalance_sim.server", "--listen", f"{host}:0",
-            "--metrics", f"{host}:0", "--grace", str(self._grace),
+            "--metrics", f"{host}:0", "--grace", str(self._grace), "--name", uid,
             # grpcio prints a traceback for every stream cancelled at shutdown: noise, not news.
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
         assert process.stdout is not None
@@ -163,17 +170,20 @@ class LocalFleet:
         grpc_port = int(ports["grpc"])
         agent: ProxyAgent | ResetAgent
         if self._agent_mode == "reset":
-            agent = ResetAgent(port=grpc_port, max_fraction=1.0, registry=CollectorRegistry())
+            agent = ResetAgent(port=grpc_port, address=host, max_fraction=1.0,
+                               registry=CollectorRegistry())
         else:
             agent = ProxyAgent(listen=(host, 0), upstream=(host, grpc_port), max_fraction=1.0,
                                registry=CollectorRegistry())
         await agent.start()
-        uid = f"{name}-{next(self._uids)}"
         pod = Pod(name=name, uid=uid, host=host, process=process, grpc_port=grpc_port,
                   metrics_port=int(ports["metrics"]), agent=agent, started_at=self._clock())
         self._pods[name] = pod
-        data_port = agent.port if isinstance(agent, ProxyAgent) else grpc_port
-        self._balancer.register(name=name, host=host, port=data_port, health_port=grpc_port)
+        if isinstance(agent, ProxyAgent):
+            data_port, health_port = agent.port, grpc_port
+        else:
+            data_port, health_port = grpc_port, pod.metrics_port
+        self._balancer.register(name=name, host=host, port=data_port, health_port=health_port)
 
     async def _delete(self, name: PodName) -> None:
         pod = self._pods.get(name)

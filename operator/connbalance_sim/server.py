@@ -6,6 +6,10 @@ ports, then runs until SIGTERM or SIGINT, and stops with a short grace.
 
 Metrics, on their own address and registry: ``teleport_connected_resources{type="node"}`` = the
 streams open now (what Teleport reports per auth pod), and ``process_open_fds``.
+
+Every answer carries the server's ``--name`` (default: its gRPC address) in the initial metadata
+``connbalance-server``, so that a client behind a balancer can say which server it is on. The
+messages are raw bytes, echoed: there is no .proto, and any client may send what it likes.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, start_http_server
@@ -24,6 +28,7 @@ from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, start_
 SERVICE = "connbalance.sim.Fleet"
 HOLD = f"/{SERVICE}/Hold"
 PING = f"/{SERVICE}/Ping"
+SERVER_HEADER = "connbalance-server"
 
 
 class Streams:
@@ -43,18 +48,20 @@ class Streams:
         self._gauge.set(self.open)
 
 
-def _handlers(streams: Streams) -> grpc.GenericRpcHandler:
+def _handlers(streams: Streams, name: Callable[[], str]) -> grpc.GenericRpcHandler:
     async def hold(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> (
         AsyncIterator[bytes]
     ):
         streams.change(+1)
         try:
+            await context.send_initial_metadata(((SERVER_HEADER, name()),))
             async for message in requests:
                 yield message
         finally:
             streams.change(-1)
 
     async def ping(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.send_initial_metadata(((SERVER_HEADER, name()),))
         return request
 
     return grpc.method_handlers_generic_handler(
@@ -71,15 +78,18 @@ def split_address(text: str, *, default_host: str) -> tuple[str, int]:
     return (host or default_host), int(port)
 
 
-async def serve(*, listen: tuple[str, int], metrics: tuple[str, int], grace: float) -> None:
+async def serve(*, listen: tuple[str, int], metrics: tuple[str, int], grace: float,
+                name: str | None = None) -> None:
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     streams = Streams(registry)
     http_server, _ = start_http_server(metrics[1], addr=metrics[0], registry=registry)
     # so_reuseport off: a restarted server must never share a port with a dying one.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((_handlers(streams),))
+    bound: list[str] = []  # the address, known once bound, before the first call is served
+    server.add_generic_rpc_handlers((_handlers(streams, lambda: name or bound[0]),))
     port = server.add_insecure_port(f"{listen[0]}:{listen[1]}")
+    bound.append(f"{listen[0]}:{port}")
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -98,12 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default=f"{host}:0", help="gRPC HOST:PORT (port 0: any)")
     parser.add_argument("--metrics", default=f"{host}:0", help="metrics HOST:PORT (port 0: any)")
     parser.add_argument("--grace", type=float, default=0.5, help="seconds to finish on stop")
+    parser.add_argument("--name", default=None,
+                        help=f"what the {SERVER_HEADER} metadata says (default: HOST:PORT)")
     args = parser.parse_args(argv)
     asyncio.run(
         serve(
             listen=split_address(args.listen, default_host=host),
             metrics=split_address(args.metrics, default_host=host),
             grace=args.grace,
+            name=args.name,
         )
     )
     return 0
