@@ -310,7 +310,7 @@ def test_the_operator_balances_a_pool_after_a_rolling_restart(cluster, namespace
     with urllib.request.urlopen(f"http://{pod.status.pod_ip}:9090/metrics", timeout=5) as got:
         metrics = got.read().decode()
     asked = [line for line in metrics.splitlines()
-             if line.startswith("connbalance_drain_requests_total{")
-             and f'policy="{namespace}/auth"' in line]
+             if line.startswith("connbalance_drains_total{")
+             and f'namespace="{namespace}"' in line and 'balancer="auth"' in line]
     assert asked, "the operator's own metrics count the requests"
     assert float(asked[0].rsplit(" ", 1)[1]) >= len(annotated)

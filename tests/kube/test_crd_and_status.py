@@ -133,16 +133,23 @@ def test_status_of_every_phase_is_plain_json():
 
 
 def test_a_tick_is_recorded_in_the_operator_metrics():
-    from connbalance.kube.metrics import REGISTRY, record
+    from connbalance.kube.metrics import REGISTRY, forget, record
 
     result = first_tick_on_a_skewed_pool("ns/metrics")
     record("ns/metrics", result)
 
     def value(name: str, **labels: str) -> float | None:
-        return REGISTRY.get_sample_value(name, {"policy": "ns/metrics", **labels})
+        return REGISTRY.get_sample_value(name, {"namespace": "ns", "balancer": "metrics", **labels})
 
     assert value("connbalance_skew") == result.state.skew
+    assert value("connbalance_pod_load", pod="a") == 364
     assert value("connbalance_phase", phase="Rebalancing") == 1
     assert value("connbalance_phase", phase="Balanced") == 0
-    assert value("connbalance_drain_requests_total") == len(result.issued)
-    assert value("connbalance_connections_requested_total") == sum(r.count for r in result.issued)
+    assert value("connbalance_drains_total") == len(result.issued)
+    assert value("connbalance_cycled_connections_total", outcome="requested") == sum(
+        r.count for r in result.issued
+    )
+    forget("ns/metrics")
+    assert value("connbalance_skew") is None
+    assert value("connbalance_pod_load", pod="a") is None
+    assert value("connbalance_drains_total") == len(result.issued), "counters keep their total"

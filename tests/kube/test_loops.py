@@ -105,7 +105,7 @@ def test_a_stopped_loop_never_runs_again():
         await loops.stop(KEY)
         loops.wake(KEY)
         await clock.advance(10)
-        return reconcile.runs, loops.keys()
+        return reconcile.runs, loops.active()
 
     runs, keys = run(scenario())
     assert runs == [0, 1]

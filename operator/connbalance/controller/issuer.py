@@ -115,7 +115,9 @@ class DrainIssuer:
             await self.actuator.deliver(pod=pod, request=request)
             delivered.append(request)
             self.events.emit(
-                kind="Normal", reason="DrainRequested", message=_requested(pod.name, request)
+                kind="Normal",
+                reason="DrainRequested",
+                message=_requested(pod.name, request, dry_run=self.policy.dry_run),
             )
         return tuple(delivered)
 
@@ -134,10 +136,11 @@ class DrainIssuer:
         )
 
 
-def _requested(pod: PodName, request: DrainRequest) -> str:
+def _requested(pod: PodName, request: DrainRequest, *, dry_run: bool) -> str:
+    asked = f"dry run: would ask {pod}" if dry_run else f"asked {pod}"
     if request.count:
-        return f"asked {pod} to cycle {request.count} connections ({request.id})"
+        return f"{asked} to cycle {request.count} connections ({request.id})"
     return (
-        f"asked {pod} to refuse new connections for the window, cycling none, so reconnects "
+        f"{asked} to refuse new connections for the window, cycling none, so reconnects "
         f"land on emptier pods ({request.id})"
     )

@@ -13,7 +13,7 @@ from connbalance.model import Phase, PodName, PodState, PolicyName, RequestId
 class Condition:
     """A metav1.Condition, less the timestamps the kube layer adds."""
 
-    type: Literal["Ready", "MetricsAvailable", "Balanced", "Converging"]
+    type: Literal["Ready", "MetricsAvailable", "Balanced", "Converging", "Paused"]
     status: Literal["True", "False", "Unknown"]
     reason: str
     message: str = ""

@@ -1,205 +1,228 @@
-"""The kopf handlers: one timer per ConnectionBalancer runs one controller tick.
+"""The kopf handlers of ``connbalance run``: watches that feed one loop per ConnectionBalancer.
 
-Thin on purpose: build the adapters from the spec, tick, write status. The controller's memory
-goes to ``status.controller`` and comes back on the next tick; the durable facts stay on the pods.
+No timers and no daemons, so no finalizer: deleting a ConnectionBalancer (or the namespace, or
+the operator) never waits for this operator to be running. Watch events only keep an index of
+what each balancer selects and wake its loop (``connbalance.kube.loops``):
+- a balancer appears, or its generation or pause annotation changes (not its status: that is
+  our own write);
+- a selected pod comes, goes, or changes readiness or restart count;
+- its workload's rollout has just finished.
+Otherwise each loop sleeps for as long as its controller asked. Only the holder of the leader
+Lease runs loops; losing it stops them all at once.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
+import asyncio
 import logging
-import os
-import tempfile
-import time
+import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, cast
 
 import kopf
+from aiohttp import web
 from kubernetes import client
 
-from connbalance.controller import Controller, ControllerState
-from connbalance.kube.actuator import AnnotationActuator, HttpActuator
+from connbalance.kube import metrics
 from connbalance.kube.crd import GROUP, PLURAL, VERSION
-from connbalance.kube.fleet import KubeFleet
-from connbalance.kube.metrics import record
-from connbalance.kube.secrets import SpecError, read_secret
-from connbalance.kube.status import conditions, status_patch
-from connbalance.model import (
-    MetricsSpec,
-    Phase,
-    Policy,
-    PolicyError,
-    PolicyName,
-)
-from connbalance.ports import Actuator
-from connbalance.prometheus import PrometheusLoadSource
+from connbalance.kube.events import Kind
+from connbalance.kube.index import BalancerIndex, PodSummary, Watched, rollout_complete
+from connbalance.kube.leader import LeaseElector, Timing
+from connbalance.kube.loops import Key, Loops
+from connbalance.kube.reconcile import PAUSE_ANNOTATION, Apis, reconcile
+from connbalance.kube.serving import serve
+from connbalance.kube.wiring import DEFAULT_PROMETHEUS_URL
 
 log = logging.getLogger(__name__)
 
-TICK_SECONDS = float(os.environ.get("CONNBALANCE_TICK_SECONDS", "5"))
+LEGACY_FINALIZER = "connbalance.io/finalizer"
 
 
 @dataclass(slots=True)
-class KopfEvents:
-    """Events on the ConnectionBalancer, posted by kopf's background poster."""
+class Options:
+    """Set by ``connbalance run`` before kopf starts."""
 
-    body: Any
-    posted: list[str] = field(default_factory=list)
-
-    def emit(self, *, kind: Literal["Normal", "Warning"], reason: str, message: str) -> None:
-        kopf.event(self.body, type=kind, reason=reason, message=message[:1000])
-        self.posted.append(reason)
-
-
-@functools.cache
-def _private_dir() -> str:
-    """A directory only this process can write, made once: never a predictable shared path."""
-    return tempfile.mkdtemp(prefix="connbalance-")
+    default_prometheus_url: str = DEFAULT_PROMETHEUS_URL
+    lease_namespace: str | None = None  # None: no election, this instance leads
+    lease_name: str = "connbalance-leader"
+    identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    timing: Timing = field(default_factory=Timing)
+    metrics: tuple[str, int] | None = None  # where /metrics and /readyz are served
 
 
-def _ca_file(bundle: str) -> str:
-    digest = hashlib.sha256(bundle.encode()).hexdigest()[:16]
-    path = os.path.join(_private_dir(), f"ca-{digest}.pem")
-    if not os.path.exists(path):
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-            out.write(bundle)
-    return path
+OPTIONS = Options()
 
 
-@functools.lru_cache(maxsize=256)
-def _load_source(
-    metrics: MetricsSpec,
-    namespace: str,
-    selector: tuple[tuple[str, str], ...],
-    token: str | None,
-    ca: str | None,
-) -> PrometheusLoadSource:
-    """One source per distinct setting, kept across ticks: building one checks files and warns
-    about skip-verify, which should happen once, not every few seconds."""
-    return PrometheusLoadSource.from_spec(
-        metrics, namespace=namespace, selector=selector, bearer_token=token, ca_file=ca
-    )
+@dataclass(slots=True)
+class Runtime:
+    apis: Apis
+    loops: Loops
+    index: BalancerIndex = field(default_factory=BalancerIndex)
+    seen: dict[Key, tuple[Any, str | None]] = field(default_factory=dict)
+    leading: bool = False
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    elector_task: asyncio.Task[None] | None = None
+    server: web.AppRunner | None = None
+    stopping: set[asyncio.Future[None]] = field(default_factory=set)
 
 
-def build_controller(
-    *, name: PolicyName, namespace: str, policy: Policy, body: Any, core: Any, apps: Any
-) -> Controller:
-    metrics = policy.metrics
-    token = ca = None
-    if metrics.bearer_token_secret is not None:
-        token = read_secret(
-            core,
-            namespace,
-            metrics.bearer_token_secret,
-            "spec.metrics.prometheus.bearerTokenSecret",
-        )
-    if metrics.ca_secret is not None:
-        ca = _ca_file(
-            read_secret(core, namespace, metrics.ca_secret, "spec.metrics.prometheus.caSecret")
-        )
-    try:
-        loads = _load_source(metrics, namespace, policy.selector, token, ca)
-    except ValueError as exc:
-        raise SpecError(f"spec.metrics: {exc}") from exc
-    annotate = AnnotationActuator(core=core, namespace=namespace)
-    actuator: Actuator = annotate
-    if policy.actuation.method == "http":
-        if policy.actuation.token_secret is None:
-            raise SpecError("spec.actuation.tokenSecret: required when method is http")
-        agent_token = read_secret(
-            core, namespace, policy.actuation.token_secret, "spec.actuation.tokenSecret"
-        )
-        actuator = HttpActuator(
-            annotate=annotate, port=policy.actuation.agent_port, token=agent_token
-        )
-    return Controller(
-        name=name,
-        policy=policy,
-        loads=loads,
-        fleet=KubeFleet(
-            core=core,
-            apps=apps,
-            namespace=namespace,
-            selector=policy.selector,
-            workload=policy.workload_ref,
-        ),
-        actuator=actuator,
-        events=KopfEvents(body),
-        clock=time.time,
-    )
+RUNTIME: Runtime | None = None
 
 
-async def reconcile(
-    *,
-    name: str,
-    namespace: str,
-    spec: Mapping[str, Any],
-    status: Mapping[str, Any],
-    generation: int | None,
-    body: Any,
-    core: Any,
-    apps: Any,
-) -> dict[str, Any]:
-    """One tick for one resource. Returns the status to write."""
-    policy_name = PolicyName(f"{namespace}/{name}")
-    previous = status if isinstance(status, Mapping) else {}
-    try:
-        policy = Policy.from_spec(dict(spec))
-        controller = build_controller(
-            name=policy_name, namespace=namespace, policy=policy, body=body, core=core, apps=apps
-        )
-    except (PolicyError, SpecError) as exc:
-        kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc))
-        from connbalance.controller import Condition
+def _post_event(ref: Mapping[str, Any], kind: Kind, reason: str, message: str) -> None:
+    kopf.event(cast(Any, dict(ref)), type=kind, reason=reason, message=message)
 
-        return {
-            "phase": Phase.DEGRADED.value,
-            "reason": str(exc),
-            "observedGeneration": generation,
-            "conditions": conditions(
-                [Condition("Ready", "False", "InvalidSpec", str(exc))],
-                previous.get("conditions") or [],
-                generation=generation,
-            ),
-        }
-    state = ControllerState.from_status(previous.get("controller"))
-    result = await controller.tick(state)
-    record(policy_name, result)
-    return status_patch(result, policy=policy_name, generation=generation, previous=previous)
+
+def _start_leading() -> None:
+    runtime = _runtime()
+    runtime.leading = True
+    metrics.LEADER.set(1)
+    for key in sorted(runtime.index.balancers):
+        runtime.loops.ensure(key)
+
+
+def _stop_leading() -> None:
+    runtime = _runtime()
+    runtime.leading = False
+    metrics.LEADER.set(0)
+    # At once, before another instance may take the Lease: cancelling a loop cancels any
+    # request it was about to write.
+    for key in runtime.loops.active():
+        stopping = asyncio.ensure_future(runtime.loops.stop(key))
+        runtime.stopping.add(stopping)
+        stopping.add_done_callback(runtime.stopping.discard)
+
+
+def _runtime() -> Runtime:
+    if RUNTIME is None:
+        raise RuntimeError("the operator has not started")
+    return RUNTIME
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global RUNTIME
     settings.posting.level = logging.INFO
-    settings.persistence.finalizer = "connbalance.io/finalizer"
     settings.watching.server_timeout = 300
+    apis = Apis(
+        core=client.CoreV1Api(),
+        apps=client.AppsV1Api(),
+        custom=client.CustomObjectsApi(),
+        post_event=_post_event,
+        default_prometheus_url=OPTIONS.default_prometheus_url,
+    )
+
+    async def run_one(key: Key) -> float | None:
+        return await reconcile(key, apis)
+
+    loops = Loops(reconcile=run_one, on_error=lambda key, exc: metrics.record_error("/".join(key)))
+    RUNTIME = Runtime(apis=apis, loops=loops)
+    if OPTIONS.metrics is not None:
+        host, port = OPTIONS.metrics
+        RUNTIME.server = await serve(
+            host=host, port=port, registry=metrics.REGISTRY, ready=RUNTIME.ready
+        )
+    if OPTIONS.lease_namespace is None:
+        _start_leading()
+        RUNTIME.ready.set()
+        return
+    elector = LeaseElector(
+        coordination=client.CoordinationV1Api(),
+        namespace=OPTIONS.lease_namespace,
+        name=OPTIONS.lease_name,
+        identity=OPTIONS.identity,
+        timing=OPTIONS.timing,
+        on_started=_start_leading,
+        on_stopped=_stop_leading,
+    )
+    RUNTIME.elector_task = asyncio.create_task(elector.run(), name="leader election")
+    await elector.settled.wait()
+    RUNTIME.ready.set()
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, initial_delay=1.0)
-async def tick(
-    *,
-    name: str,
-    namespace: str | None,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    meta: kopf.Meta,
-    body: kopf.Body,
-    patch: kopf.Patch,
+@kopf.on.cleanup()
+async def stop(**_: Any) -> None:
+    runtime = _runtime()
+    await runtime.loops.stop_all()
+    if runtime.elector_task is not None:
+        runtime.elector_task.cancel()
+        await asyncio.gather(runtime.elector_task, return_exceptions=True)
+    if runtime.server is not None:
+        await runtime.server.cleanup()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def balancer_event(
+    event: kopf.RawEvent, name: str, namespace: str | None, meta: kopf.Meta, spec: kopf.Spec,
     **_: Any,
 ) -> None:
-    core, apps = client.CoreV1Api(), client.AppsV1Api()
-    new_status = await reconcile(
-        name=name,
-        namespace=namespace or "default",
-        spec=spec,
-        status=dict(status),
-        generation=meta.get("generation"),
-        body=body,
-        core=core,
-        apps=apps,
+    runtime, key = _runtime(), (namespace or "", name)
+    if event.get("type") == "DELETED":
+        runtime.index.drop(key)
+        runtime.seen.pop(key, None)
+        await runtime.loops.stop(key)
+        metrics.forget("/".join(key))
+        return
+    runtime.index.put(key, Watched.from_spec(key[0], dict(spec)))
+    if LEGACY_FINALIZER in (meta.get("finalizers") or []):
+        await asyncio.to_thread(_drop_legacy_finalizer, runtime.apis.custom, key, meta)
+    version = (meta.get("generation"), (meta.get("annotations") or {}).get(PAUSE_ANNOTATION))
+    if runtime.seen.get(key) == version and runtime.loops.running(key):
+        return  # our own status write, or nothing a reconcile would judge differently
+    runtime.seen[key] = version
+    if runtime.leading:
+        runtime.loops.ensure(key)
+
+
+@kopf.on.event("", "v1", "pods")
+async def pod_event(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, labels: kopf.Labels,
+    uid: str, **_: Any,
+) -> None:
+    runtime = _runtime()
+    keys = runtime.index.for_pod(namespace or "", dict(labels))
+    if not keys:
+        return
+    gone = event.get("type") == "DELETED"
+    summary = None if gone else PodSummary.from_body(dict(body))
+    if runtime.index.pod_changed(uid, summary):
+        for key in keys:
+            runtime.loops.wake(key)
+
+
+async def _workload_event(kind: str, body: kopf.Body, namespace: str | None, name: str) -> None:
+    namespace = namespace or ""
+    runtime = _runtime()
+    keys = runtime.index.for_workload(namespace, kind, name)
+    if keys and runtime.index.rollout_finished(
+        namespace, kind, name, rollout_complete(kind, dict(body))
+    ):
+        log.info("%s %s/%s finished rolling out", kind, namespace, name)
+        for key in keys:
+            runtime.loops.wake(key)
+
+
+@kopf.on.event("apps", "v1", "deployments")
+async def deployment_event(
+    body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> None:
+    await _workload_event("Deployment", body, namespace, name)
+
+
+@kopf.on.event("apps", "v1", "statefulsets")
+async def statefulset_event(
+    body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> None:
+    await _workload_event("StatefulSet", body, namespace, name)
+
+
+def _drop_legacy_finalizer(custom: Any, key: Key, meta: Mapping[str, Any]) -> None:
+    """Objects written by versions that ran a timer carry its finalizer; nothing needs it now,
+    and left in place it would hold a deletion while the operator is away."""
+    kept = [f for f in meta.get("finalizers") or [] if f != LEGACY_FINALIZER]
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, key[0], PLURAL, key[1], {"metadata": {"finalizers": kept or None}}
     )
-    for key, value in new_status.items():
-        patch.status[key] = value
+

@@ -96,6 +96,7 @@ class LeaseElector:
         self._last_record: LeaseRecord | None = None
         self._seen_changing_at = clock.monotonic()
         self._renewed_at = clock.monotonic()
+        self._last_error: str | None = None
 
     async def run(self) -> None:
         try:
@@ -125,9 +126,18 @@ class LeaseElector:
             elif self.leading.is_set():
                 self._stop_leading(f"the Lease is held by {record.holder if record else None}")
         except Exception as exc:  # any failure to read or write is a missed renewal
-            log.debug("lease %s/%s: %s", self._namespace, self._name, exc)
+            self._report(exc)
             self._missed_renewal(exc)
+        else:
+            self._last_error = None
         self.settled.set()
+
+    def _report(self, exc: Exception) -> None:
+        """A failure is logged when it first happens or changes, not at every retry."""
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if message != self._last_error:
+            log.warning("lease %s/%s: %s", self._namespace, self._name, message)
+            self._last_error = message
 
     def _observe(self, record: LeaseRecord | None) -> None:
         if record != self._last_record:

@@ -52,8 +52,11 @@ class Loops:
         self._on_error = on_error
         self._loops: dict[Key, _Loop] = {}
 
-    def keys(self) -> list[Key]:
+    def active(self) -> list[Key]:
         return sorted(self._loops)
+
+    def running(self, key: Key) -> bool:
+        return key in self._loops
 
     def ensure(self, key: Key) -> None:
         """Start the key's loop if it is not running; wake it if it is."""

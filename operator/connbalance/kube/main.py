@@ -1,11 +1,16 @@
 """``connbalance run``: the operator. Watches ConnectionBalancer resources in the namespaces
-given (or all) and reconciles each on a timer."""
+given (or all), with the pods and workloads they select, and reconciles each when something
+changes or when its controller asked to look again. With POD_NAMESPACE set (the chart sets it),
+replicas elect one leader through a Lease there; only the leader acts."""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
+
+from connbalance.kube.logs import FORMATS, configure
+from connbalance.kube.wiring import DEFAULT_PROMETHEUS_URL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +39,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve the operator's Prometheus metrics here (default: off)",
     )
+    parser.add_argument("--log-format", choices=FORMATS, default="text",
+                        help="text or json lines (default %(default)s)")
+    parser.add_argument(
+        "--default-prometheus-url",
+        default=DEFAULT_PROMETHEUS_URL,
+        help="for ConnectionBalancers that name no spec.metrics.prometheus.url "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--leader-election",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="auto: on when POD_NAMESPACE is set, where the Lease lives (default %(default)s)",
+    )
+    parser.add_argument("--lease-namespace", help="the Lease's namespace (default POD_NAMESPACE)")
+    parser.add_argument("--lease-name", default="connbalance-leader",
+                        help="the Lease's name (default %(default)s)")
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
+
+
+def _lease_namespace(args: argparse.Namespace) -> str | None:
+    """Where the Lease lives, or None without election. Raises ValueError naming the flag."""
+    namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or None
+    if args.leader_election == "off":
+        return None
+    if args.leader_election == "on" and namespace is None:
+        raise ValueError("--leader-election on: needs --lease-namespace or POD_NAMESPACE")
+    return namespace
 
 
 def run(argv: list[str]) -> int:
@@ -44,10 +76,12 @@ def run(argv: list[str]) -> int:
     from kubernetes import config
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure(log_format=args.log_format, verbose=args.verbose)
+    try:
+        lease_namespace = _lease_namespace(args)
+    except ValueError as exc:
+        print(f"connbalance run: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.kubeconfig:
             config.load_kube_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
@@ -63,10 +97,8 @@ def run(argv: list[str]) -> int:
         )
         return 2
     import kopf
-    from prometheus_client import start_http_server
 
     from connbalance.kube import handlers
-    from connbalance.kube.metrics import REGISTRY
 
     if args.metrics:
         host, _, port = args.metrics.rpartition(":")
@@ -75,9 +107,10 @@ def run(argv: list[str]) -> int:
                 f"connbalance run: --metrics: want HOST:PORT, not {args.metrics!r}", file=sys.stderr
             )
             return 2
-        start_http_server(int(port), addr=host, registry=REGISTRY)
-
-    del handlers  # imported for its registrations
+        handlers.OPTIONS.metrics = (host, int(port))
+    handlers.OPTIONS.default_prometheus_url = args.default_prometheus_url
+    handlers.OPTIONS.lease_namespace = lease_namespace
+    handlers.OPTIONS.lease_name = args.lease_name
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,

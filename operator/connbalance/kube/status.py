@@ -77,5 +77,5 @@ def conditions(
             ),
             "observedGeneration": generation,
         }
-    order = ["Ready", "MetricsAvailable", "Balanced", "Converging"]
+    order = ["Ready", "MetricsAvailable", "Balanced", "Converging", "Paused"]
     return [merged[t] for t in order if t in merged]

@@ -52,7 +52,7 @@ class MetricsSpec:
     query: str | None
     pod_label: str
     max_staleness_seconds: float
-    url: str
+    url: str | None  # None: the operator's default
     bearer_token_file: str | None
     bearer_token_secret: SecretKeyRef | None
     ca_file: str | None
@@ -85,6 +85,8 @@ class ActuationSpec:
     deadline_seconds: float
     steer: bool
     agent_port: int
+    agent: str
+    server_port: int
     token_secret: SecretKeyRef | None
 
 

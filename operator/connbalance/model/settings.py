@@ -16,6 +16,7 @@ from typing import Any, Final, Protocol
 PRESETS: Final = ("teleport-auth", "open-fds", "custom")
 MODES: Final = ("postRollout", "continuous")
 METHODS: Final = ("annotation", "http")
+AGENTS: Final = ("sidecar", "node")
 WORKLOAD_KINDS: Final = ("Deployment", "StatefulSet")
 DEFAULT_SECRET_KEY: Final = "token"
 # An HTTP header name as the spec accepts it; CEL's matches() and Python's re read it alike.
@@ -70,8 +71,8 @@ FIELDS: Final[tuple[Setting, ...]] = (
     Setting("metrics.podLabel", str, "pod", "The label that names the pod in each series."),
     _number("metrics.maxStalenessSeconds", float, 60.0, 1, 3600,
             "Older samples are not acted on."),
-    Setting("metrics.prometheus.url", str, "http://prometheus-server.monitoring.svc:80",
-            "Prometheus base URL."),
+    Setting("metrics.prometheus.url", str, None,
+            "Prometheus base URL; unset, the operator's --default-prometheus-url."),
     Setting("metrics.prometheus.bearerTokenFile", str, None, "File holding a bearer token."),
     Setting("metrics.prometheus.caFile", str, None, "CA bundle to verify Prometheus with."),
     Setting("metrics.prometheus.insecureSkipVerify", bool, False,
@@ -114,6 +115,13 @@ FIELDS: Final[tuple[Setting, ...]] = (
             "there, in proxy mode), so each cycled connection moves once. Where nothing steers, "
             "steps under-shed and take longer, but never overshoot."),
     _number("actuation.agentPort", int, 9095, 1, 65535, "The agent's HTTP port (method http)."),
+    Setting("actuation.agent", str, "sidecar",
+            "Who acts on the requests: sidecar, the agent in each pod; node, the node agent "
+            "(a DaemonSet) in the pod's network namespace. Each acts only when named here.",
+            choices=AGENTS),
+    _number("actuation.serverPort", int, 3025, 1, 65535,
+            "The server port whose connections the node agent cycles and steers (agent node; "
+            "a sidecar takes --port). 3025 is Teleport auth's."),
     Setting("dryRun", bool, False, "Plan and report, but cycle nothing."),
     Setting("paused", bool, False, "Do nothing until unpaused."),
 )

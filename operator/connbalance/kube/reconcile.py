@@ -1,0 +1,220 @@
+"""One reconcile of one ConnectionBalancer: re-read it, tick its controller, write what changed.
+
+Level-triggered: everything is read again each time (the resource, its pods through the fleet,
+the load), so a reconcile can run at any moment, twice, or after a restart, and do the right
+thing. Status is written only when it differs from what the API server holds; Events only on
+transitions (``connbalance.kube.events``). The loop that calls this sleeps for the seconds it
+returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from connbalance.controller import Condition, ControllerState, TickResult
+from connbalance.kube.crd import GROUP, PLURAL, VERSION
+from connbalance.kube.events import Kind, TransitionEvents
+from connbalance.kube.metrics import record
+from connbalance.kube.secrets import SpecError
+from connbalance.kube.status import conditions, status_patch
+from connbalance.kube.wiring import DEFAULT_PROMETHEUS_URL, build_controller
+from connbalance.model import Phase, Policy, PolicyError, PolicyName
+
+log = logging.getLogger(__name__)
+
+PAUSE_ANNOTATION = "connbalance.io/paused"
+Key = tuple[str, str]
+# Posts one Event on an object given as a minimal body (apiVersion, kind, metadata).
+PostEvent = Callable[[Mapping[str, Any], Kind, str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Apis:
+    core: Any
+    apps: Any
+    custom: Any
+    post_event: PostEvent
+    default_prometheus_url: str = DEFAULT_PROMETHEUS_URL
+
+
+def pause_source(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> str | None:
+    """What pauses the balancer, if anything: the spec, or the annotation (as KEDA's is)."""
+    if spec.get("paused") is True:
+        return "spec.paused"
+    annotations = meta.get("annotations") or {}
+    if str(annotations.get(PAUSE_ANNOTATION, "")).strip().lower() == "true":
+        return f"annotation {PAUSE_ANNOTATION}"
+    return None
+
+
+async def reconcile(key: Key, apis: Apis) -> float | None:
+    """Returns the seconds until the balancer wants to be looked at again (None: when woken)."""
+    body = await asyncio.to_thread(_read, apis.custom, key)
+    if body is None:
+        return None  # deleted: its loop is stopped by the watch
+    namespace, name = key
+    meta = body.get("metadata") or {}
+    previous: Mapping[str, Any] = body.get("status") or {}
+    generation = meta.get("generation")
+    state = ControllerState.from_status(previous.get("controller"))
+    events = TransitionEvents.resuming(
+        lambda kind, reason, message: apis.post_event(_ref(body), kind, reason, message),
+        scope=f"{generation}/{state.episode}/{state.step}",
+        posted=previous.get("postedEvents") or [],
+    )
+    context = {"namespace": namespace, "balancer": name, "episode": state.episode,
+               "step": state.step}
+    new, requeue = await _next_status(key, apis, body, state, events, context)
+    new["postedEvents"] = events.posted
+    if _differs(previous, new):
+        await asyncio.to_thread(_write_status, apis.custom, key, _merge_patch(previous, new))
+        _log_change(previous, new, context)
+    return requeue
+
+
+async def _next_status(
+    key: Key,
+    apis: Apis,
+    body: Mapping[str, Any],
+    state: ControllerState,
+    events: TransitionEvents,
+    context: Mapping[str, Any],
+) -> tuple[dict[str, Any], float | None]:
+    namespace, name = key
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    previous: Mapping[str, Any] = body.get("status") or {}
+    generation = meta.get("generation")
+    paused = pause_source(spec, meta)
+    if paused is not None:
+        return _paused_status(paused, previous, generation), None
+    policy_name = PolicyName(f"{namespace}/{name}")
+    try:
+        policy = Policy.from_spec(dict(spec))
+        controller = await asyncio.to_thread(
+            build_controller,
+            name=policy_name,
+            namespace=namespace,
+            policy=policy,
+            events=events,
+            core=apis.core,
+            apps=apis.apps,
+            default_prometheus_url=apis.default_prometheus_url,
+        )
+    except (PolicyError, SpecError) as exc:
+        events.emit(kind="Warning", reason="InvalidSpec", message=str(exc))
+        log.warning("invalid spec: %s", exc, extra=dict(context))
+        return _invalid_status(str(exc), previous, generation), None
+    result = await controller.tick(state)
+    record(policy_name, result)
+    _post_on_pods(apis, namespace, result, dry_run=policy.dry_run)
+    status = status_patch(result, policy=policy_name, generation=generation, previous=previous)
+    status["conditions"] = _with_paused(status["conditions"], None, generation)
+    return status, result.requeue_after
+
+
+def _paused_status(
+    source: str, previous: Mapping[str, Any], generation: int | None
+) -> dict[str, Any]:
+    status = {k: v for k, v in previous.items() if k != "postedEvents"}
+    status.update(phase=Phase.PAUSED.value, reason=f"paused by {source}",
+                  observedGeneration=generation)
+    status["conditions"] = _with_paused(previous.get("conditions") or [], source, generation)
+    return status
+
+
+def _with_paused(
+    current: list[dict[str, Any]], source: str | None, generation: int | None
+) -> list[dict[str, Any]]:
+    if source is None:
+        paused_now = Condition("Paused", "False", "NotPaused", "")
+    else:
+        reason = "SpecPaused" if source == "spec.paused" else "AnnotationPaused"
+        message = f"paused by {source}: nothing is drained until it is lifted"
+        paused_now = Condition("Paused", "True", reason, message)
+    others = [c for c in current if c.get("type") != "Paused"]
+    paused = conditions([paused_now],
+                        [c for c in current if c.get("type") == "Paused"], generation=generation)
+    return others + paused
+
+
+def _invalid_status(
+    message: str, previous: Mapping[str, Any], generation: int | None
+) -> dict[str, Any]:
+    return {
+        "phase": Phase.DEGRADED.value,
+        "reason": message,
+        "observedGeneration": generation,
+        "conditions": conditions(
+            [Condition("Ready", "False", "InvalidSpec", message)],
+            previous.get("conditions") or [],
+            generation=generation,
+        ),
+        **({"controller": previous["controller"]} if "controller" in previous else {}),
+    }
+
+
+def _post_on_pods(apis: Apis, namespace: str, result: TickResult, *, dry_run: bool) -> None:
+    """Each drain is also told on the pod it concerns, where someone debugging the pod looks."""
+    for request in result.issued:
+        pod = next((p for p in result.seen.pods if request.id.endswith(f".{p.name}")), None)
+        if pod is None:
+            continue
+        verb = "would be asked (dry run)" if dry_run else "asked"
+        what = f"to cycle {request.count} connections" if request.count else "to refuse new ones"
+        ref = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": pod.name, "namespace": namespace, "uid": pod.uid}}
+        apis.post_event(ref, "Normal", "DrainRequested",
+                        f"{verb} {what} by {request.policy} ({request.id})")
+
+
+def _ref(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ConnectionBalancer",
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")},
+    }
+
+
+def _read(custom: Any, key: Key) -> Mapping[str, Any] | None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        body: Mapping[str, Any] = custom.get_namespaced_custom_object(
+            GROUP, VERSION, key[0], PLURAL, key[1]
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return body
+
+
+def _write_status(custom: Any, key: Key, patch: Mapping[str, Any]) -> None:
+    custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, key[0], PLURAL, key[1], {"status": patch}
+    )
+
+
+def _differs(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return any(previous.get(k) != v for k, v in new.items())
+
+
+def _merge_patch(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from ``previous`` to ``new``: changed keys, and None for the dropped."""
+    patch = {k: v for k, v in new.items() if previous.get(k) != v}
+    patch.update({k: None for k in previous if k not in new})
+    return patch
+
+
+def _log_change(
+    previous: Mapping[str, Any], new: Mapping[str, Any], context: Mapping[str, Any]
+) -> None:
+    if previous.get("phase") != new.get("phase") or previous.get("reason") != new.get("reason"):
+        log.info("phase %s -> %s: %s", previous.get("phase") or "none", new.get("phase"),
+                 new.get("reason") or "", extra=dict(context))
+

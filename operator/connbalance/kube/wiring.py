@@ -1,0 +1,117 @@
+"""Wiring: the controller of one ConnectionBalancer, with its adapters built from the spec.
+
+Secrets are read by name here (and only here), a CA bundle from a Secret goes to a private file,
+and one Prometheus load source is kept per distinct setting across reconciles.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import replace
+from typing import Any, Final
+
+from connbalance.controller import Controller
+from connbalance.kube.actuator import AnnotationActuator, HttpActuator
+from connbalance.kube.fleet import KubeFleet
+from connbalance.kube.secrets import SpecError, read_secret
+from connbalance.model import MetricsSpec, Policy, PolicyName
+from connbalance.ports import Actuator, EventSink
+from connbalance.prometheus import PrometheusLoadSource
+
+# Where balancers that name no Prometheus look, unless `connbalance run --default-prometheus-url`
+# says otherwise: the address of the prometheus-community chart's server in "monitoring".
+DEFAULT_PROMETHEUS_URL: Final = "http://prometheus-server.monitoring.svc:80"
+
+
+@functools.cache
+def _private_dir() -> str:
+    """A directory only this process can write, made once: never a predictable shared path."""
+    return tempfile.mkdtemp(prefix="connbalance-")
+
+
+def _ca_file(bundle: str) -> str:
+    digest = hashlib.sha256(bundle.encode()).hexdigest()[:16]
+    path = os.path.join(_private_dir(), f"ca-{digest}.pem")
+    if not os.path.exists(path):
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(bundle)
+    return path
+
+
+@functools.lru_cache(maxsize=256)
+def _load_source(
+    metrics: MetricsSpec,
+    namespace: str,
+    selector: tuple[tuple[str, str], ...],
+    token: str | None,
+    ca: str | None,
+) -> PrometheusLoadSource:
+    """One source per distinct setting, kept across ticks: building one checks files and warns
+    about skip-verify, which should happen once, not every few seconds."""
+    return PrometheusLoadSource.from_spec(
+        metrics, namespace=namespace, selector=selector, bearer_token=token, ca_file=ca
+    )
+
+
+def build_controller(
+    *,
+    name: PolicyName,
+    namespace: str,
+    policy: Policy,
+    events: EventSink,
+    core: Any,
+    apps: Any,
+    default_prometheus_url: str = DEFAULT_PROMETHEUS_URL,
+) -> Controller:
+    """The controller for one balancer, its adapters built from the spec. Raises SpecError when
+    something the spec names (a Secret, a key, a file) cannot be used."""
+    metrics = policy.metrics
+    if metrics.url is None:
+        metrics = replace(metrics, url=default_prometheus_url)
+    token = ca = None
+    if metrics.bearer_token_secret is not None:
+        token = read_secret(
+            core,
+            namespace,
+            metrics.bearer_token_secret,
+            "spec.metrics.prometheus.bearerTokenSecret",
+        )
+    if metrics.ca_secret is not None:
+        ca = _ca_file(
+            read_secret(core, namespace, metrics.ca_secret, "spec.metrics.prometheus.caSecret")
+        )
+    try:
+        loads = _load_source(metrics, namespace, policy.selector, token, ca)
+    except ValueError as exc:
+        raise SpecError(f"spec.metrics: {exc}") from exc
+    annotate = AnnotationActuator(core=core, namespace=namespace)
+    actuator: Actuator = annotate
+    if policy.actuation.method == "http":
+        if policy.actuation.token_secret is None:
+            raise SpecError("spec.actuation.tokenSecret: required when method is http")
+        agent_token = read_secret(
+            core, namespace, policy.actuation.token_secret, "spec.actuation.tokenSecret"
+        )
+        actuator = HttpActuator(
+            annotate=annotate, port=policy.actuation.agent_port, token=agent_token
+        )
+    return Controller(
+        name=name,
+        policy=policy,
+        loads=loads,
+        fleet=KubeFleet(
+            core=core,
+            apps=apps,
+            namespace=namespace,
+            selector=policy.selector,
+            workload=policy.workload_ref,
+        ),
+        actuator=actuator,
+        events=events,
+        clock=time.time,
+    )
