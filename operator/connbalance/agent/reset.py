@@ -11,6 +11,9 @@ only connections to that address, so agents whose pods share a network namespace
 other's alone, and it steers in the kernel (``steering.py``). Without one it takes every
 connection on the port and cannot steer. Steering that cannot be set up (no ``nft``) is logged
 and left off: the agent cycles all the same, and the pod never depends on it.
+
+Given a ``NetworkNamespace`` (the node agent's, ``node.py``), it opens its netlink socket and
+runs ``nft`` in that namespace, and works in it as a sidecar works in its own.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from connbalance.agent.engine import DrainEngine
 from connbalance.agent.netlink import NetlinkError, SockDiag, TcpSocket
+from connbalance.agent.netns import NetworkNamespace
 from connbalance.agent.selection import ConnectionInfo
 from connbalance.agent.steering import KernelSteering, SteeringUnavailable
 from connbalance.ports.clock import SYSTEM_CLOCK, Clock
@@ -98,6 +102,7 @@ class ResetAgent(DrainEngine):
         rng: random.Random | None = None,
         registry: CollectorRegistry | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        namespace: NetworkNamespace | None = None,
     ) -> None:
         super().__init__(
             max_fraction=max_fraction,
@@ -108,6 +113,8 @@ class ResetAgent(DrainEngine):
         )
         self.port = port
         self.address = address
+        # Given (the node agent), the sockets are opened and nft is run in that namespace.
+        self.namespace = namespace if namespace is not None else NetworkNamespace.own()
         self._steering: KernelSteering | None = None
         self._diag: SockDiag | None = None
         self._scan_at = -1.0
@@ -116,8 +123,8 @@ class ResetAgent(DrainEngine):
         self._first_seen: dict[str, float] = {}
 
     async def start(self) -> None:
-        check_sock_destroy()
-        self._diag = SockDiag()
+        self.namespace.call(check_sock_destroy)
+        self._diag = self.namespace.call(SockDiag)
         if self.address is None:
             log.warning(
                 "reset mode without the pod's address (--pod-ip or POD_IP): cycling every "
@@ -125,7 +132,9 @@ class ResetAgent(DrainEngine):
                 self.port,
             )
             return
-        steering = KernelSteering(address=self.address, port=self.port, clock=self.clock)
+        steering = KernelSteering(
+            address=self.address, port=self.port, clock=self.clock, namespace=self.namespace
+        )
         try:
             steering.prepare()
         except SteeringUnavailable as exc:

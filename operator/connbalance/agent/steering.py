@@ -9,7 +9,8 @@ Each agent only ever writes the element for its own address and port, so agents 
 a namespace (the test cluster, ``hostNetwork`` pods) never undo each other's refusals. The element
 carries its own timeout: the kernel drops it when the window ends, so an agent killed mid-window
 never leaves its pod refusing clients. At start-up an agent removes its own leftover element, and
-on a clean stop the one it set.
+on a clean stop the one it set. Given a ``NetworkNamespace``, it runs ``nft`` in that one (the
+node agent's way into a pod), else in its own.
 
 Each change is one ``nft -f -`` transaction, applied whole or not at all; the table, sets and
 rules are declared idempotently, so agents may start in any order and at the same time.
@@ -17,6 +18,7 @@ rules are declared idempotently, so agents may start in any order and at the sam
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import math
@@ -24,6 +26,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
+from connbalance.agent.netns import NamespaceUnavailable, NetworkNamespace
 from connbalance.ports.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ class KernelSteering:
         port: int,
         nft: Sequence[str] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        namespace: NetworkNamespace | None = None,
     ) -> None:
         parsed = ipaddress.ip_address(address)
         self.address = str(parsed)
@@ -63,6 +67,8 @@ class KernelSteering:
         self._set = "refuse4" if parsed.version == 4 else "refuse6"
         self._nft = list(nft) if nft is not None else [shutil.which("nft") or "nft"]
         self._clock = clock
+        # The node agent's: nft runs from the thread that entered the pod's namespace.
+        self._namespace = namespace
         self._until = -math.inf
 
     @property
@@ -107,21 +113,23 @@ class KernelSteering:
         )
 
     def _apply(self, script: str, *, doing: str) -> None:
+        run = functools.partial(
+            subprocess.run,
+            [*self._nft, "-f", "-"],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=_NFT_TIMEOUT_SECONDS,
+            check=False,
+        )
         try:
-            done = subprocess.run(
-                [*self._nft, "-f", "-"],
-                input=script,
-                capture_output=True,
-                text=True,
-                timeout=_NFT_TIMEOUT_SECONDS,
-                check=False,
-            )
+            done = run() if self._namespace is None else self._namespace.call(run)
         except FileNotFoundError:
             raise SteeringUnavailable(
                 f"reset-mode steering needs the nft command ({self._nft[0]} is missing): "
                 "install nftables in the image"
             ) from None
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except (OSError, subprocess.TimeoutExpired, NamespaceUnavailable) as exc:
             raise SteeringUnavailable(f"nft could not {doing} for {self.element}: {exc}") from None
         if done.returncode != 0:
             reason = done.stderr.strip().splitlines()[0] if done.stderr.strip() else "no message"

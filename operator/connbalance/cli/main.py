@@ -1,9 +1,9 @@
 """``connbalance``: parse the subcommand and hand over.
 
-``run`` and ``agent`` belong to this package. ``demo`` and ``bench`` are plugins, as pytest and
-flake8 find theirs: a distribution registers ``name = "module:run"`` in the ``connbalance.commands``
-entry-point group (the simulator, ``connbalance-sim``, registers both), so connbalance itself
-imports nothing of it and runs without it.
+``run``, ``agent`` and ``node-agent`` belong to this package. ``demo`` and ``bench`` are plugins,
+as pytest and flake8 find theirs: a distribution registers ``name = "module:run"`` in the
+``connbalance.commands`` entry-point group (the simulator, ``connbalance-sim``, registers both),
+so connbalance itself imports nothing of it and runs without it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Final
 
 from connbalance import __version__
 from connbalance.agent.main import run as run_agent
+from connbalance.agent.nodemain import run as run_node_agent
 from connbalance.cli.errors import EXIT_USAGE, CliError
 from connbalance.cli.plan import add_parser as add_plan_parser
 from connbalance.kube.main import run as run_operator
@@ -28,6 +29,7 @@ Command = Callable[[list[str]], int]
 _BUILT_IN: Final[dict[str, tuple[Command, str]]] = {
     "run": (run_operator, "the operator: watches ConnectionBalancer resources"),
     "agent": (run_agent, "the pod-side agent that cycles connections"),
+    "node-agent": (run_node_agent, "the node agent: cycles connections of the pods on its node"),
 }
 # Listed in --help whether or not the plugin is installed, so people learn that they exist.
 _PLUGINS: Final[dict[str, str]] = {
