@@ -22,6 +22,11 @@ EVERYTHING_ON = [
 ]
 
 
+def not_leases(docs):
+    """The rights that serve ConnectionBalancers: all but the leader election's Lease Role."""
+    return [d for d in docs if not d["metadata"]["name"].endswith("-leader-election")]
+
+
 def test_the_chart_lints_clean(helm):
     done = helm.run("lint", "--strict", str(CHART))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -84,10 +89,10 @@ def test_secrets_and_agent_access_are_granted_only_when_asked(helm):
     role = one(docs, "ClusterRole")
     secrets = [r for r in role["rules"] if "secrets" in r["resources"]]
     assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
-    agent = one(docs, "Role")
+    agent = one(not_leases(docs), "Role")
     assert agent["metadata"]["namespace"] == "teleport"
     assert agent["rules"][0]["verbs"] == ["get", "list", "watch"]
-    bound = sorted(b["subjects"][0]["name"] for b in by_kind(docs, "RoleBinding"))
+    bound = sorted(b["subjects"][0]["name"] for b in by_kind(not_leases(docs), "RoleBinding"))
     assert bound == ["auth", "proxy"]
 
 
@@ -112,14 +117,25 @@ def test_watch_namespaces_become_flags_and_roles_in_those_namespaces_only(helm):
         ("", "namespaces"),
     }
     assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in cluster_rules)
-    roles = {d["metadata"]["namespace"]: d for d in by_kind(docs, "Role")}
+    roles = {d["metadata"]["namespace"]: d for d in by_kind(not_leases(docs), "Role")}
     assert set(roles) == {"a", "b"}
     for role in roles.values():
         resources = {r for rule in role["rules"] for r in rule["resources"]}
         assert {"connectionbalancers", "connectionbalancers/status", "pods", "secrets"} <= resources
-    bindings = by_kind(docs, "RoleBinding")
+    bindings = by_kind(not_leases(docs), "RoleBinding")
     assert {b["metadata"]["namespace"] for b in bindings} == {"a", "b"}
     assert all(b["subjects"][0]["namespace"] == "ops" for b in bindings)
+
+
+def test_the_leader_elections_lease_is_the_only_right_in_the_release_namespace(helm):
+    docs = helm.render("watchNamespaces={a}")
+    leases = [d for d in by_kind(docs, "Role") if d["metadata"]["namespace"] == "ops"]
+    assert [r["resources"] for r in one(leases, "Role")["rules"]] == [["leases"]]
+    env = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {
+        "name": "POD_NAMESPACE",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+    } in env
 
 
 @pytest.mark.parametrize(("replicas", "strategy"), [(1, "Recreate"), (3, "RollingUpdate")])
@@ -167,6 +183,7 @@ def test_monitors_are_made_only_where_the_prometheus_operator_api_is_served(helm
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     )
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True, "the metrics' namespace wins"
     pod_monitor = one(docs, "PodMonitor")
     pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -241,7 +258,6 @@ def test_the_notes_point_at_a_readme_that_exists_and_say_how_to_remove_the_crd(h
             "method is http without examples.teleport.tokenSecret",
         ),
         (["rbac.readSecrets=true"], "rbac.readSecrets is true without rbac.secretNames"),
-        (["replicaCount=2"], "every replica reconciles"),
         (["replicaCount=0"], "no operator runs"),
     ],
 )

@@ -2,7 +2,8 @@
 
 Every PromQL expression in the dashboard (panel targets and template variables) is read for the
 metric names it selects, and each name is looked up among the series the operator's registry
-(``connbalance.kube.metrics.REGISTRY``) can export.
+(``connbalance.kube.metrics.REGISTRY``) can export; each label it groups by, matches or shows is
+one those metrics carry, or one the scrape adds.
 """
 
 from __future__ import annotations
@@ -18,16 +19,10 @@ from tests.chart.helmrun import CHART
 
 DASHBOARD = CHART / "dashboards" / "connbalance.json"
 
-# Metrics the dashboard shows that the operator does not export yet: issue 9 adds or renames them.
-AWAITING_ISSUE_9 = frozenset(
-    {
-        "connbalance_pod_load",
-        "connbalance_drains_total",
-        "connbalance_cycled_connections_total",
-        "connbalance_reconcile_errors_total",
-        "connbalance_leader",
-    }
-)
+# Labels the scrape adds (Kubernetes discovery through a ServiceMonitor or PodMonitor); the
+# monitors honour the metrics' own labels, so the operator's `namespace` and `pod` win.
+SCRAPE_LABELS = frozenset({"job", "instance", "namespace", "pod", "container", "service",
+                           "endpoint"})  # fmt: skip
 
 _KEYWORDS = frozenset(
     {
@@ -133,20 +128,48 @@ def test_the_dashboard_has_the_panels_the_issue_asks_for():
     assert {"connbalance_skew", "connbalance_phase"} <= set(USED)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 9: the operator does not export this metric yet",
-            ),
-        )
-        if name in AWAITING_ISSUE_9
-        else name
-        for name in sorted(USED)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(USED))
 def test_each_metric_the_dashboard_queries_is_one_the_operator_exports(name):
     assert name in exported_names(), f"{name} (in {', '.join(USED[name])}) is not exported"
+
+
+def label_names(expr: str) -> set[str]:
+    """The label names an expression groups by or matches on."""
+    names = set()
+    for group in re.finditer(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr):
+        names.update(n.strip() for n in group.group(1).split(",") if n.strip())
+    for matchers in re.finditer(r"\{([^}]*)\}", re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)):
+        names.update(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)", matchers.group(1)))
+    return names
+
+
+def metric_labels() -> dict[str, set[str]]:
+    """Each exported series name's label names, from the registry's collectors."""
+    from connbalance.kube.metrics import REGISTRY
+
+    out: dict[str, set[str]] = {}
+    # prometheus_client keeps which collector exports which names, and the labels it was
+    # declared with, only in private attributes; the test reads them rather than guess.
+    for collector, names in REGISTRY._collector_to_names.items():
+        for name in names:
+            out[name] = set(getattr(collector, "_labelnames", ()))
+    return out
+
+
+def test_the_label_reader_finds_grouping_and_matcher_labels():
+    expr = 'sum by (a, b) (x{c=~"$c", d!="{e=}"}) / on (f) y'
+    assert label_names(expr) == {"a", "b", "c", "d", "f"}
+
+
+def test_each_label_the_dashboard_uses_is_one_its_metrics_carry():
+    labels = metric_labels()
+    dashboard = json.loads(DASHBOARD.read_text())
+    targets = [t for p in dashboard["panels"] for t in p.get("targets", [])]
+    for target in targets:
+        carried = set(SCRAPE_LABELS)
+        for name in metric_names(target["expr"]):
+            carried |= labels.get(name, set())
+        used = label_names(target["expr"]) | set(
+            re.findall(r"{{\s*(\w+)\s*}}", target["legendFormat"])
+        )
+        assert used <= carried, f"{target['expr']}: {sorted(used - carried)} on no metric of it"
