@@ -1,0 +1,219 @@
+"""The grpc-go client fleet (tests/goclients) against real simulated servers on loopback.
+
+The binary is built once per source (tests/goclients/build.py, cached under ~/.cache/connbalance,
+made by ``make goclients-build``; a cold machine builds it here from the Go module proxy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from connbalance.agent.engine import DrainEngine
+from connbalance.agent.reset import ResetAgent, ResetUnavailable, check_sock_destroy
+from connbalance.model import DrainRequest, RequestId
+from connbalance_sim.balancer import FlowHashBalancer
+from connbalance_sim.fleet import LocalFleet
+from tests.goclients import build
+
+NET = "127.0.11"
+Report = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def binary() -> Path:
+    return build.ensure_built()
+
+
+def _require_reset_mode(*, steering: bool) -> None:
+    try:
+        check_sock_destroy()
+    except ResetUnavailable as exc:
+        pytest.skip(f"SOCK_DESTROY unavailable on this machine: {exc}")
+    if steering and shutil.which("nft") is None:
+        pytest.skip("no nft command (make system-deps installs nftables)")
+
+
+class GoFleet:
+    """One goclients process, and the last report line it printed."""
+
+    def __init__(self, binary: Path, *, target: str, count: int, failfast: int) -> None:
+        self._args = [str(binary), "--target", target, "--count", str(count),
+                      "--failfast", str(failfast), "--ping", "0.2", "--backoff-ms", "100",
+                      "--report", "0.1", "--ramp", "0.5", "--lifetime", "120"]
+        self.latest: Report = {}
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            *self._args, stdout=asyncio.subprocess.PIPE)
+        self._reader = asyncio.create_task(self._read(self._process))
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            self.latest = json.loads(line)
+
+    async def stop(self) -> Report:
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.terminate()
+            await asyncio.wait_for(self._process.wait(), timeout=10)
+        if self._reader is not None:
+            await self._reader
+        return self.latest
+
+    async def until(self, what: str, check: Callable[[Report], bool], *,
+                    timeout: float = 20.0) -> Report:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (self.latest and check(self.latest)):
+            if loop.time() > deadline:
+                raise AssertionError(f"not {what} in {timeout:g}s; last report: {self.latest}")
+            await asyncio.sleep(0.1)
+        return self.latest
+
+
+class Server:
+    """``python -m connbalance_sim.server`` on ``host``, named ``name`` in its metadata."""
+
+    def __init__(self, host: str, *, name: str, port: int = 0) -> None:
+        self.host, self.name, self.port = host, name, port
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "connbalance_sim.server", "--listen", f"{self.host}:{self.port}",
+            "--metrics", f"{self.host}:0", "--name", self.name, "--grace", "0.2",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        assert self._process.stdout is not None
+        line = await asyncio.wait_for(self._process.stdout.readline(), timeout=20)
+        self.port = int(json.loads(line)["grpc"])
+
+    async def stop(self) -> None:
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.terminate()
+            await asyncio.wait_for(self._process.wait(), timeout=10)
+
+
+def on(server: str, count: int) -> Callable[[Report], bool]:
+    return lambda report: bool(report["servers"].get(server, 0) == count)
+
+
+def _drain(agent: DrainEngine, *, count: int, steer: bool, window: float) -> DrainRequest:
+    now = datetime.now(UTC)
+    return DrainRequest(id=RequestId(f"go-{now.timestamp()}"), count=count, window_seconds=window,
+                        quiet_millis=0, deadline=now + timedelta(seconds=window + 5), steer=steer)
+
+
+def test_go_clients_come_back_when_their_server_restarts_on_the_same_address(binary):
+    async def scenario() -> Report:
+        first = Server(f"{NET}.1", name="first")
+        await first.start()
+        fleet = GoFleet(binary, target=f"{first.host}:{first.port}", count=6, failfast=3)
+        await fleet.start()
+        second = Server(first.host, name="second", port=first.port)
+        try:
+            await fleet.until("6 streams on the first server", on("first", 6))
+            # A graceful stop: GOAWAY, then the streams end; nothing listens for a moment.
+            await first.stop()
+            await second.start()
+            return await fleet.until("6 streams on the second server", on("second", 6))
+        finally:
+            await fleet.stop()
+            await first.stop()
+            await second.stop()
+
+    report = asyncio.run(scenario())
+    assert report["stream_breaks"] == 6
+    # grpc-go's own reconnect: each channel was READY, lost its connection, and is READY again.
+    assert report["reconnects"] == 6
+    assert report["dials"] >= 12
+
+
+@pytest.mark.netadmin
+def test_go_clients_redial_the_same_server_when_a_reset_agent_destroys_their_connections(binary):
+    _require_reset_mode(steering=False)
+
+    async def scenario() -> tuple[Report, int]:
+        server = Server(f"{NET}.2", name="only")
+        await server.start()
+        agent = ResetAgent(port=server.port, address=server.host, max_fraction=1.0,
+                           registry=CollectorRegistry())
+        await agent.start()
+        fleet = GoFleet(binary, target=f"{server.host}:{server.port}", count=6, failfast=3)
+        await fleet.start()
+        try:
+            await fleet.until("6 streams", on("only", 6))
+            status = await agent.submit(_drain(agent, count=6, steer=False, window=0.5))
+            assert status.reason == ""
+            await fleet.until("6 streams again", lambda r: r["stream_breaks"] == 6)
+            report = await fleet.until("6 streams again", on("only", 6))
+            return report, agent.cycled_total
+        finally:
+            await fleet.stop()
+            await agent.stop()
+            await server.stop()
+
+    report, cycled = asyncio.run(scenario())
+    assert cycled == 6
+    assert report["reconnects"] == 6
+    assert report["stream_errors_by_code"] == {"Unavailable": 6}
+    # Nothing refused the redial, so no call met a channel in TRANSIENT_FAILURE.
+    assert report["groups"]["retry"]["calls_failed"] == 0
+
+
+@pytest.mark.netadmin
+def test_go_clients_with_the_retry_policy_fail_no_call_while_a_steering_reset_agent_moves_them(
+        binary):
+    _require_reset_mode(steering=True)
+
+    async def scenario() -> tuple[Report, Report, str, int]:
+        balancer = FlowHashBalancer(host=f"{NET}.10", health_interval=0.1)
+        await balancer.start()
+        pods = LocalFleet(hosts=[f"{NET}.11", f"{NET}.12"], balancer=balancer,
+                          agent_mode="reset")
+        fleet = GoFleet(binary, target=f"{NET}.10:{balancer.port}", count=40, failfast=20)
+        try:
+            await pods.start()
+            for name in pods.names:
+                await pods.wait_ready(name)
+            await fleet.start()
+            before = await fleet.until("40 streams", lambda r: r["streams"] == 40)
+            shedding = max(pods.pods(), key=lambda p: before["servers"].get(p.uid, 0))
+            moving = before["servers"][shedding.uid]
+            status = await shedding.agent.submit(
+                _drain(shedding.agent, count=moving, steer=True, window=1.0))
+            assert status.reason == ""
+            # The window and the agent's margin: 2 s; the clients' backoff is at most 0.5 s.
+            await asyncio.sleep(3.0)
+            after = await fleet.until("40 streams again", lambda r: r["streams"] == 40)
+            return before, after, shedding.uid, balancer.stats.refused
+        finally:
+            await fleet.stop()
+            await pods.stop()
+            await balancer.stop()
+
+    before, after, shedding, refused = asyncio.run(scenario())
+    assert before["calls_failed"] == 0
+    # The kernel refused new connections to the shedding server for the window: every client
+    # it shed landed on the other one, some only after a refused attempt.
+    assert refused > 0
+    assert after["servers"].get(shedding, 0) <= 2
+    retry, failfast = after["groups"]["retry"], after["groups"]["failfast"]
+    assert retry["transient_failures"] > 0
+    assert retry["calls_failed"] == 0, retry
+    # The same refusals cost the fail-fast group calls: they are what the retry policy absorbs.
+    print(json.dumps({"retry": retry, "failfast": failfast, "refused": refused}))
