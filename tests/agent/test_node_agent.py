@@ -255,3 +255,20 @@ def test_a_count_above_the_ceiling_is_rejected_whole_in_the_pods_namespace(serve
     finally:
         for sock in inside:
             sock.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--node", ""], "--node is required (or NODE_NAME"),
+        (["--node", "n", "--netns-from", "cgroup,proc"], "expected a comma-separated list of"),
+        (["--node", "n", "--netns-from", "cgroup,cgroup"], "expected a comma-separated list of"),
+        (["--node", "n", "--state-dir", "/nonexistent/dir"], "no such directory"),
+    ],
+)
+def test_the_command_line_names_what_is_wrong(argv, says, capsys, monkeypatch):
+    from connbalance.cli.main import main
+
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    assert main(["node-agent", *argv]) == 2
+    assert says in capsys.readouterr().err
