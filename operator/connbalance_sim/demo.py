@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
                         "or a real Prometheus scraping them (Debian's, from make system-deps)")
     p.add_argument("--agent-mode", choices=AGENT_MODES, default="proxy",
                    help="the agent in front of each server (proxy), or out of the data path "
-                        "(reset: needs CAP_NET_ADMIN); auto picks reset where it works")
+                        "(reset: needs CAP_NET_ADMIN, and nft to steer); auto picks reset where "
+                        "it works")
     p.add_argument("--no-tty", action="store_true", help="plain log lines instead of a live view")
     return p
 

@@ -43,6 +43,11 @@ class Scenario:
     net: str = "127.0.6"  # a /24 of loopback, by its first three octets
     block: int = 0  # which 30 addresses of it: runs side by side use different blocks
     client_processes: int = 1
+    # A goclients binary (tests/goclients, `make goclients-build`): grpc-go clients, as Teleport's
+    # agents are, instead of grpcio's; ``failfast`` of them have no retry policy, the rest retry
+    # UNAVAILABLE from their service config.
+    go_clients: str = ""
+    failfast: int = 0
     agent_mode: str = "proxy"  # or reset (needs CAP_NET_ADMIN and SOCK_DESTROY)
     metrics: str = "scrape"  # how the controller reads load: scrape, or prometheus (a real one)
     # The controller's timing, demo-sized.
@@ -122,13 +127,19 @@ class ClientProcesses:
 
     async def start(self, *, target: str, scenario: Scenario, reconnect_mean: float | None) -> None:
         share, extra = divmod(scenario.clients, scenario.client_processes)
+        failfast_share, failfast_extra = divmod(scenario.failfast, scenario.client_processes)
         for index in range(scenario.client_processes):
             count = share + (1 if index < extra else 0)
-            args = [sys.executable, "-m", "connbalance_sim.clients", "--target", target,
-                    "--count", str(count), "--ping", str(scenario.ping),
-                    "--backoff-ms", str(scenario.backoff_ms),
-                    "--seed", str(scenario.seed * 1000 + index), "--report", "0.25",
-                    "--lifetime", "3600"]
+            # The two fleets take the same flags; the Go one also splits into its two groups.
+            if scenario.go_clients:
+                failfast = failfast_share + (1 if index < failfast_extra else 0)
+                args = [scenario.go_clients, "--failfast", str(min(failfast, count))]
+            else:
+                args = [sys.executable, "-m", "connbalance_sim.clients"]
+            args += ["--target", target, "--count", str(count), "--ping", str(scenario.ping),
+                     "--backoff-ms", str(scenario.backoff_ms),
+                     "--seed", str(scenario.seed * 1000 + index), "--report", "0.25",
+                     "--lifetime", "3600"]
             if reconnect_mean is not None:
                 args += ["--random-reconnect", str(reconnect_mean)]
             process = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)

@@ -1,5 +1,5 @@
-"""The strategies the bench compares. Every close goes through the pod's agent (proxy mode), except
-random-reconnect's, which the clients make themselves.
+"""The strategies the bench compares. Every close goes through the pod's agent (a FIN in proxy
+mode, a reset in reset mode), except random-reconnect's, which the clients make themselves.
 
 - ``none``: what happens today: nothing.
 - ``max-age``: every connection is closed at a fixed age with +-10% jitter (gRPC's
@@ -11,8 +11,8 @@ random-reconnect's, which the clients make themselves.
 - ``wazuh``: when max/mean exceeds 1 + 0.1, pods above the mean close a chunk of their excess
   while every pod but the idlest is out of rotation, so reconnects land on the idle one.
 - ``connbalance``, ``connbalance-steer`` and ``connbalance-uniform``: the real controller and
-  planner, through the local Fleet and Actuator: steering by the agent (the default), by the
-  balancer, or none.
+  planner, through the local Fleet and Actuator: steering by the agent (the default: at its
+  listener in proxy mode, with nftables in reset mode), by the balancer, or none.
 """
 
 from __future__ import annotations

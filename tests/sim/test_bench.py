@@ -42,3 +42,38 @@ def test_quick_bench_prints_one_well_formed_document_where_only_connbalance_bala
     assert connbalance["cycled"] >= 1
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert json.loads((tmp_path / "bench.json").read_text()) == doc
+
+
+def _doc(mode: str, *, cycled: int, go_clients: str = "") -> dict:
+    return {
+        "scenario": {"servers": 3, "clients": 30, "restarts": 3, "duration": 5.0, "seed": 1,
+                     "agent_mode": mode, "go_clients": go_clients, "failfast": 0,
+                     "machine": "a machine", "wall_seconds": 9.0,
+                     "load_average": {"start": [1.5, 1.0, 1.0], "end": [2.25, 1.0, 1.0]}},
+        "results": [{"strategy": "connbalance", "time_to_balance_s": 1.0, "cycled": cycled,
+                     "needed": 10, "cycled_ratio": cycled / 10, "failed_calls": 0,
+                     "final_skew": 1.05, "churn_when_balanced": 0}],
+    }
+
+
+def test_docs_keep_each_agent_modes_figures_so_a_reset_run_leaves_the_proxy_table(tmp_path):
+    from connbalance_sim import benchdocs
+
+    assert benchdocs.update(tmp_path, _doc("proxy", cycled=11)) == "proxy"
+    assert benchdocs.update(tmp_path, _doc("reset", cycled=12)) == "reset"
+    assert benchdocs.update(tmp_path, _doc("reset", cycled=13, go_clients="goclients")) == (
+        "reset-go")
+    assert benchdocs.update(tmp_path, _doc("reset", cycled=14)) == "reset"
+    stored = json.loads((tmp_path / "bench.json").read_text())
+    assert list(stored) == ["proxy", "reset", "reset-go"]
+    assert [stored[k]["results"][0]["cycled"] for k in stored] == [11, 14, 13]
+    page = (tmp_path / "bench.md").read_text()
+    sections = page.split("\n## ")[1:]
+    assert [s.splitlines()[0] for s in sections] == [
+        "Agent in proxy mode", "Agent in reset mode", "Agent in reset mode, grpc-go clients"]
+    assert "| connbalance | 1.0 s | 11 | 10 | 1.10 |" in sections[0]
+    assert "| connbalance | 1.0 s | 14 | 10 | 1.40 |" in sections[1]
+    assert "nftables" in sections[1]
+    assert "load average 1.50 (1 min) at the start, 2.25 at the end" in sections[1]
+    assert "(bench-reset.png)" in sections[1]
+    assert "grpc-go clients (0 fail-fast" in sections[2]

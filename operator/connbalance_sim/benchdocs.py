@@ -1,0 +1,159 @@
+"""What the bench writes as Markdown: its table, and docs/bench.md with one section per run kind.
+
+``connbalance bench --docs`` keeps the last JSON document of each kind of run in
+``docs/bench.json``, keyed by agent mode (``proxy``, ``reset``; ``<mode>-go`` for runs with grpc-go
+clients). It replaces the entry of the kind it ran and writes the page again from all of them, so a
+run in one mode leaves the other's figures alone. Each section's plot is ``docs/bench.png``
+(proxy) or ``docs/bench-<key>.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+ORDER: Final = ("proxy", "reset", "proxy-go", "reset-go")
+
+HOW: Final[Mapping[str, str]] = {
+    "proxy": (
+        "The agent in proxy mode, in front of each server: the balancer sends it the traffic, "
+        "it closes chosen connections with a FIN at a quiet moment, and while its pod steers "
+        "it refuses new connections at its own listener."
+    ),
+    "reset": (
+        "The agent in reset mode, out of the data path, as beside an unmodified Teleport: the "
+        "balancer dials each server directly, and the agent destroys the server's own sockets "
+        "(SOCK_DESTROY), so a cycled client sees a reset rather than a FIN. While its pod "
+        "steers, the agent adds a self-expiring nftables element on its pod's address and port: "
+        "the kernel answers the balancer's SYNs to that server with a reset, and the balancer "
+        "resets the client, which dials again and lands elsewhere. The balancer's health check "
+        "goes to the metrics port, as a readiness probe goes to Teleport's diag port, so a "
+        "steering pod stays in the pool."
+    ),
+}
+
+COLUMNS: Final = (
+    "Columns: *balanced after* runs from the finished rollout until max/mean stays at or "
+    "under 1.10 to the end (a strategy that only wanders under it near the end gets a "
+    "late time by luck); *needed* is the load above the mean when the rollout finished; "
+    "*cycled* counts connections closed on purpose from the start of the rollout (the "
+    "restarts' own excluded); *churn when balanced* counts closes made while the pool was "
+    "already balanced. Each table comes from one run, on a machine that may be shared (the "
+    "load average is given beside it): a strategy that only wanders around 1.10 (max-age, "
+    "random-reconnect) can land either side of it from one run to the next."
+)
+
+
+def table(doc: Mapping[str, Any]) -> str:
+    rows = ["| strategy | balanced after | cycled | needed | cycled/needed | failed calls "
+            "| final skew | churn when balanced |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in doc["results"]:
+        ttb = "never" if r["time_to_balance_s"] is None else f"{r['time_to_balance_s']:.1f} s"
+        ratio = "-" if r["cycled_ratio"] is None else f"{r['cycled_ratio']:.2f}"
+        rows.append(f"| {r['strategy']} | {ttb} | {r['cycled']} | {r['needed']} | {ratio} "
+                    f"| {r['failed_calls']} | {r['final_skew']:.2f} "
+                    f"| {r['churn_when_balanced']} |")
+    s = doc["scenario"]
+    rows.append("")
+    rows.append(f"{s['servers']} servers, {s['clients']} {_clients(s)}, rolling restart of "
+                f"{s['restarts']}, {s['duration']:g} s after it, seed {s['seed']}, agent in "
+                f"{s['agent_mode']} mode; {s['machine']}, {_load(s)}; "
+                f"{s['wall_seconds']:g} s in all.")
+    return "\n".join(rows) + "\n"
+
+
+def _clients(scenario: Mapping[str, Any]) -> str:
+    if not scenario.get("go_clients"):
+        return "grpcio clients"
+    failfast = int(scenario.get("failfast", 0))
+    return f"grpc-go clients ({failfast} fail-fast, the others with the retry policy)"
+
+
+def _load(scenario: Mapping[str, Any]) -> str:
+    load = scenario.get("load_average")
+    if not load:
+        return "load average not recorded"
+    return (f"load average {load['start'][0]:.2f} (1 min) at the start, "
+            f"{load['end'][0]:.2f} at the end")
+
+
+WHY: Final = """\
+Why each behaves as it does:
+
+- **none**: an L4 balancer (NLB flow hash, kube-proxy) never moves an established connection.
+  Clients of each restarted pod reconnect to the pods still up, and the last pod restarted comes
+  back nearly empty; nothing moves them back until the clients themselves restart.
+- **max-age** (gRPC MaxConnectionAge, Envoy max_connection_duration): cycles every connection on
+  a schedule, skewed or not. Each reconnect lands at random, so the pool only ever gets a random
+  spread (about the square root of the load per pod either way), the cost grows with time and
+  not with the skew, and connections opened together are closed together, in waves. Most of
+  what it cycles is churn on a pool that was already balanced.
+- **random-reconnect**: the same from the client side: random landings, constant churn, and a
+  spread that keeps wandering around the 1.10 bound instead of settling under it.
+- **piko** (shed above 1.2 x mean at 0.5% per second): stops at 20% over the mean, above the
+  1.10 bound, and sheds so slowly that after a rolling restart the gap closes over minutes; its
+  reconnects land uniformly, a third of them back on the pod that shed them.
+- **wazuh** (tolerance 0.1, chunks, the other backends drained): aims reconnects by taking
+  every backend but the idlest out of rotation while a chunk reconnects, so most closes move a
+  client where it is needed. It rounds in fixed chunks and re-aims at whichever pod is idlest,
+  and in a real cluster taking all but one backend out sends every new client to one pod.
+- **connbalance** (the defaults): plans the fewest closes that bring max/mean within tolerance,
+  in bounded steps measured one after the other, and stops once balanced. The agent of each
+  shedding pod refuses new connections for the drain window, so a cycled client's retry lands
+  on another pod: each cycled connection moves about once, at the price of one refused attempt
+  for the clients whose retry hashed to a shedding pod. A gRPC client fails the calls it makes
+  while its channel waits out that backoff, hence the failed calls: clients with a retry policy
+  or wait-for-ready see none, others can set `steer: false` or steer at the balancer.
+- **connbalance-steer**: the same plan, steered at the balancer instead (a readiness gate takes
+  the shedding pod out of the endpoints for the window): no refused attempts at all.
+- **connbalance-uniform** (`steer: false`): reconnects land anywhere, the shedding pods included,
+  so the plan solves for where they land; that costs about 2.4 to 3 times the excess.
+"""
+
+
+def key(doc: Mapping[str, Any]) -> str:
+    scenario = doc["scenario"]
+    return str(scenario["agent_mode"]) + ("-go" if scenario.get("go_clients") else "")
+
+
+def plot_path(docs: Path, doc_key: str) -> Path:
+    return docs / ("bench.png" if doc_key == "proxy" else f"bench-{doc_key}.png")
+
+
+def update(docs: Path, doc: Mapping[str, Any]) -> str:
+    """Keep ``doc`` under its key in ``docs/bench.json``, write ``docs/bench.md`` from all the
+    documents there, and return the key."""
+    store = docs / "bench.json"
+    docs.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {}
+    doc_key = key(doc)
+    runs[doc_key] = doc
+    ordered = {k: runs[k] for k in [*ORDER, *sorted(set(runs) - set(ORDER))] if k in runs}
+    store.write_text(json.dumps(ordered, indent=2) + "\n")
+    (docs / "bench.md").write_text(page(ordered))
+    return doc_key
+
+
+def page(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """docs/bench.md: how it was made, a table per kind of run, and why each strategy behaves as
+    it does."""
+    parts = [
+        "# Benchmark: strategies after a rolling restart\n\n"
+        "Made by `make bench` (`connbalance bench --json`). `connbalance bench --docs` keeps "
+        "its figures in `docs/bench.json` under its agent mode and writes this page and the "
+        "mode's plot; run it once as it is and once with `--agent-mode reset`. "
+        "Each strategy runs the same scenario in turn on loopback: real grpcio servers, each on "
+        "a loopback address of its own beside its agent, a flow-hash balancer, one connection "
+        "per client, a rolling restart of every server.\n"
+    ]
+    for doc_key, doc in runs.items():
+        mode = str(doc["scenario"]["agent_mode"])
+        title = f"Agent in {mode} mode" + (", grpc-go clients" if doc_key.endswith("-go") else "")
+        parts.append(f"## {title}\n\n{HOW.get(mode, '')}\n\n{table(doc)}\n"
+                     f"![load per pod over time: {title}]({plot_path(Path(), doc_key).name})\n")
+    parts.append(COLUMNS + "\n")
+    parts.append(WHY)
+    return "\n".join(parts)
