@@ -130,6 +130,8 @@ def served(cluster, core, namespace, crd, tmp_path) -> Iterator[dict[str, Any]]:
     except ResetUnavailable as exc:
         pytest.skip(f"SOCK_DESTROY unavailable on this machine: {exc}")
     node = f"netns-node-{uuid.uuid4().hex[:6]}"
+    # A Node no kubelet runs: the pod garbage collector deletes pods bound to none at all.
+    core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
     with network_namespace() as netns, echo_server(POD_IP, PORT, netns=netns) as server:
         uid = bound_pod(core, namespace, node)
         with pod_cgroup(uid, server.pid):
@@ -137,6 +139,7 @@ def served(cluster, core, namespace, crd, tmp_path) -> Iterator[dict[str, Any]]:
                 namespace, "auth", agent="node", serverPort=PORT, windowSeconds=2))
             cluster.run_kubectl("apply", "-f", "-", stdin=balancer(namespace, "sidecars"))
             yield {"node": node, "netns": netns, "uid": uid, "state": tmp_path}
+    core.delete_node(node)
 
 
 def annotate(cluster: Cluster, namespace: str, body: dict[str, Any]) -> None:
