@@ -12,13 +12,8 @@ finds it with ``--netns-from cgroup``.
 from __future__ import annotations
 
 import json
-import re
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +25,7 @@ from kubernetes import client, config
 
 from connbalance.agent.reset import ResetUnavailable, check_sock_destroy
 from tests.agent.netns import network_namespace, require_tools
+from tests.agent.nodeproc import NodeAgentProcess
 from tests.agent.podnet import accepted, connect, echo_server, echoes, pod_cgroup, refusals
 from tests.agent.support import deadline_in
 from tests.cluster.cluster import Cluster
@@ -79,49 +75,6 @@ def bound_pod(core: client.CoreV1Api, namespace: str, node: str) -> str:
     return str(created.metadata.uid)
 
 
-class NodeAgentProcess:
-    """``connbalance node-agent`` for ``node``, its HTTP port read from its log."""
-
-    def __init__(self, *, cluster: Cluster, node: str, namespace: str, state: Path, log: Path):
-        self.log = log
-        env = {**cluster.env, "PYTHONPATH": str(ROOT / "operator")}
-        env.pop("NODE_NAME", None)
-        self._out = log.open("a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "connbalance.cli.main", "node-agent", "--node", node,
-             "--netns-from", "cgroup", "--listen", "127.0.0.1:0", "--state-dir", str(state),
-             "--namespace", namespace, "--loop", "asyncio"],
-            stdout=self._out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-        )  # fmt: skip
-        found = eventually(
-            lambda: re.search(r"HTTP on 127\.0\.0\.1:(\d+)", log.read_text())
-            or self.proc.poll() is not None,
-            what="the node agent up", timeout=60,
-        )  # fmt: skip
-        assert self.proc.poll() is None, log.read_text()
-        self.port = int(found.group(1))
-        log.write_text("")
-
-    def get(self, path: str) -> Any:
-        url = f"http://127.0.0.1:{self.port}{path}"
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            body = answer.read().decode()
-        return json.loads(body) if path != "/metrics" else body
-
-    def request(self, namespace: str, request_id: str) -> dict[str, Any] | None:
-        try:
-            status = self.get(f"/v1/pods/{namespace}/{POD}")
-        except urllib.error.HTTPError:
-            return None
-        return next((r for r in status["requests"] if r["id"] == request_id), None)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=15)
-        self._out.close()
-
-
 @pytest.fixture
 def served(cluster, core, namespace, crd, tmp_path) -> Iterator[dict[str, Any]]:
     require_tools()
@@ -154,14 +107,15 @@ def test_the_node_agent_serves_its_nodes_pod_by_its_annotation_and_a_sigkill_lea
 ):
     netns = served["netns"]
     conns = connect(POD_IP, PORT, 6, netns=netns)
-    start = {"cluster": cluster, "node": served["node"], "namespace": namespace,
-             "state": served["state"], "log": tmp_path / "node-agent.log"}  # fmt: skip
+    start = {"env": cluster.env, "node": served["node"], "namespace": namespace,
+             "state": served["state"], "log": tmp_path / "node-agent.log",
+             "netns_from": "cgroup"}  # fmt: skip
     agent = NodeAgentProcess(**start)
     try:
         # A balancer whose pods' sidecars act: the node agent must not.
         annotate(cluster, namespace, {"id": "n-sidecar", "count": 2,
                                       "policy": f"{namespace}/sidecars"})  # fmt: skip
-        refused = eventually(lambda: agent.request(namespace, "n-sidecar"), what="the refusal")
+        refused = eventually(lambda: agent.request(namespace, POD, "n-sidecar"), what="refused")
         assert refused["state"] == "rejected"
         assert "actuation.agent sidecar" in refused["reason"]
         assert all(echoes(c) for c in conns)
@@ -169,10 +123,10 @@ def test_the_node_agent_serves_its_nodes_pod_by_its_annotation_and_a_sigkill_lea
         annotate(cluster, namespace, {"id": "n-cycle", "count": 3, "windowSeconds": 2,
                                       "quietMillis": 0, "steer": True,
                                       "policy": f"{namespace}/auth"})  # fmt: skip
-        eventually(lambda: agent.request(namespace, "n-cycle"), what="the node agent takes it")
+        eventually(lambda: agent.request(namespace, POD, "n-cycle"), what="the node agent takes it")
         assert not accepted(POD_IP, PORT, netns=netns)  # refused for the window
         done = eventually(
-            lambda: (r := agent.request(namespace, "n-cycle")) and r["state"] == "done" and r,
+            lambda: (r := agent.request(namespace, POD, "n-cycle")) and r["state"] == "done" and r,
             what="the request done",
         )
         assert (done["count"], done["cycled"]) == (3, 3)
