@@ -6,6 +6,11 @@ after ``unhealthy_after`` failed checks in a row, or at once when it is deregist
 deleted leaves the endpoints first). ``steer_off(name, until=)`` keeps new connections off a
 backend until then, unless that would leave none: how the ``steer`` actuation is simulated.
 
+A backend that refuses the dial (a steering agent, in proxy or reset mode) costs the client a
+reset, as an NLB's does; with ``redials=N`` the balancer first dials again up to N times, each on
+a fresh pick that may land on the same backend, as Teleport's proxy dials the auth Service again
+through kube-proxy.
+
 Every ended connection is reported to ``on_end`` with whether its backend was still in service,
 so that connections cycled on purpose are counted apart from those a restart broke.
 """
@@ -48,17 +53,20 @@ class ConnectionEnd:
 @dataclass(slots=True)
 class BalancerStats:
     accepted: int = 0
-    refused: int = 0  # no ready backend, or the chosen one did not answer
+    refused: int = 0  # no ready backend, or a dial the chosen one did not answer
+    redialled: int = 0  # refused dials tried again on a fresh pick (redials)
     ends: list[ConnectionEnd] = field(default_factory=list)
 
 
 class _Pair:
     """A client connection and the backend connection it was given."""
 
-    __slots__ = ("backend", "client", "ended", "served", "started", "upstream")
+    __slots__ = ("backend", "client", "ended", "peer", "served", "started", "upstream")
 
-    def __init__(self, *, client: asyncio.Transport, backend: Backend, started: float) -> None:
+    def __init__(self, *, client: asyncio.Transport, peer: tuple[str, int], backend: Backend,
+                 started: float) -> None:
         self.client = client
+        self.peer = peer
         self.backend = backend
         self.started = started
         self.upstream: asyncio.Transport | None = None
@@ -133,8 +141,9 @@ class _BackendSide(asyncio.Protocol):
 class FlowHashBalancer:
     def __init__(self, *, host: str, port: int = 0, seed: int = 0, health_interval: float = 0.25,
                  unhealthy_after: int = 2, clock: Callable[[], float] = time.time,
-                 on_end: Callable[[ConnectionEnd], None] | None = None) -> None:
+                 on_end: Callable[[ConnectionEnd], None] | None = None, redials: int = 0) -> None:
         self._host = host
+        self._redials = redials
         self._port = port
         self._salt = str(seed).encode()
         self._interval = health_interval
@@ -211,14 +220,14 @@ class FlowHashBalancer:
         now = self._clock()
         return sorted(b.name for b in self._backends.values() if b.steer_until > now)
 
-    def choose(self, peer: tuple[str, int]) -> Backend | None:
+    def choose(self, peer: tuple[str, int], *, attempt: int = 0) -> Backend | None:
         ready = [self._backends[name] for name in self.ready()]
         now = self._clock()
         open_to_new = [b for b in ready if b.steer_until <= now] or ready
         if not open_to_new:
             return None
-        digest = hashlib.blake2b(f"{peer[0]}:{peer[1]}".encode(), key=self._salt[:64],
-                                 digest_size=8).digest()
+        flow = f"{peer[0]}:{peer[1]}" + (f"#{attempt}" if attempt else "")
+        digest = hashlib.blake2b(flow.encode(), key=self._salt[:64], digest_size=8).digest()
         return open_to_new[int.from_bytes(digest, "big") % len(open_to_new)]
 
     def _accepted(self, client: asyncio.Transport) -> _Pair | None:
@@ -228,7 +237,8 @@ class FlowHashBalancer:
             self.stats.refused += 1
             client.abort()
             return None
-        pair = _Pair(client=client, backend=backend, started=self._clock())
+        pair = _Pair(client=client, peer=(str(peer[0]), int(peer[1])), backend=backend,
+                     started=self._clock())
         task = asyncio.get_running_loop().create_task(self._connect(pair))
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
@@ -236,16 +246,23 @@ class FlowHashBalancer:
 
     async def _connect(self, pair: _Pair) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait_for(loop.create_connection(
-                lambda: _BackendSide(self, pair), pair.backend.host, pair.backend.port),
-                timeout=1.0)
-        except (OSError, TimeoutError):
-            # As an NLB does before its health check notices: the client sees a reset, retries.
-            self.stats.refused += 1
-            pair.ended = True
-            pair.client.abort()
-            return
+        for attempt in range(1 + self._redials):
+            try:
+                await asyncio.wait_for(loop.create_connection(
+                    lambda: _BackendSide(self, pair), pair.backend.host, pair.backend.port),
+                    timeout=1.0)
+                break
+            except (OSError, TimeoutError):
+                self.stats.refused += 1
+                again = (self.choose(pair.peer, attempt=attempt + 1)
+                         if attempt < self._redials and not pair.client.is_closing() else None)
+                if again is None:
+                    # As an NLB does before its health check notices: the client sees a reset.
+                    pair.ended = True
+                    pair.client.abort()
+                    return
+                self.stats.redialled += 1
+                pair.backend = again
         if pair.client.is_closing():
             pair.ended = True
             pair.abort()

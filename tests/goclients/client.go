@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +65,7 @@ type settings struct {
 	ping          time.Duration
 	backoff       time.Duration // 0: grpc-go's defaults (1 s, up to 120 s)
 	reconnectMean time.Duration // 0: never redial on purpose
+	logFailures   bool          // one JSON line on stderr per failed call
 }
 
 type client struct {
@@ -221,6 +224,9 @@ func (c *client) pings(ctx context.Context, conn *grpc.ClientConn) {
 			c.counters.callsOK.Add(1)
 		} else {
 			c.counters.callsFailed[status.Code(err)].Add(1)
+			if c.settings.logFailures {
+				logFailure(c, err)
+			}
 		}
 		sleep(ctx, time.Duration(float64(c.settings.ping)*(0.8+0.4*c.pingRNG.Float64())))
 	}
@@ -243,6 +249,14 @@ func (c *client) watch(ctx context.Context, conn *grpc.ClientConn) {
 			return
 		}
 	}
+}
+
+func logFailure(c *client, err error) {
+	line, _ := json.Marshal(map[string]any{
+		"t": float64(time.Now().UnixNano()) / 1e9, "client": c.id, "group": c.group,
+		"code": status.Code(err).String(), "message": status.Convert(err).Message(),
+	})
+	_, _ = os.Stderr.Write(append(line, '\n'))
 }
 
 func first(md metadata.MD, key string) *string {

@@ -14,7 +14,8 @@
 // calls_ok, calls_failed, stream_breaks, voluntary), what grpc-go adds (calls failed and stream
 // errors by status code, reconnects, transient failures, dials), how many streams each server
 // holds (its connbalance-server metadata), the same per group, and with --per-client one entry
-// per client. The last line, at SIGTERM, SIGINT or --lifetime, has "done": true.
+// per client. The last line, at SIGTERM, SIGINT or --lifetime, has "done": true. With
+// --log-failures each failed call is also one JSON line on stderr: when, which client, the status.
 package main
 
 import (
@@ -128,6 +129,7 @@ func main() {
 	lifetime := flag.Float64("lifetime", 3600, "seconds to run")
 	ramp := flag.Float64("ramp", 1.0, "seconds to start all clients")
 	perClientToo := flag.Bool("per-client", false, "add one entry per client to each report")
+	logFailures := flag.Bool("log-failures", false, "one JSON line on stderr per failed call")
 	flag.Parse()
 	if *target == "" || *count < 1 || *failfast < 0 || *failfast > *count || *ping <= 0 {
 		fmt.Fprintln(os.Stderr, "goclients: needs --target, --count >= 1, 0 <= --failfast <= --count, --ping > 0")
@@ -150,7 +152,8 @@ func main() {
 	}()
 
 	s := settings{target: *target, ping: seconds(*ping),
-		backoff: time.Duration(*backoffMS) * time.Millisecond, reconnectMean: seconds(*reconnect)}
+		backoff: time.Duration(*backoffMS) * time.Millisecond, reconnectMean: seconds(*reconnect),
+		logFailures: *logFailures}
 	clients := make([]*client, *count)
 	for i := range clients {
 		group := "retry"

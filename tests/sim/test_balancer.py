@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import socket
 
 from connbalance_sim.balancer import FlowHashBalancer
 
@@ -39,9 +40,14 @@ class Backend:
 
 
 async def _landings(balancer: FlowHashBalancer, count: int) -> collections.Counter[str]:
+    """Where ``count`` new connections land, by backend name ("" for a reset)."""
+
     async def one() -> str:
         reader, writer = await asyncio.open_connection(balancer.host, balancer.port)
-        data = await reader.read(100)
+        try:
+            data = await reader.read(100)
+        except ConnectionResetError:
+            data = b""
         writer.close()
         return data.decode()
 
@@ -51,8 +57,10 @@ async def _landings(balancer: FlowHashBalancer, count: int) -> collections.Count
     return landed
 
 
-async def _fleet(count: int, *, seed: int = 3) -> tuple[FlowHashBalancer, list[Backend]]:
-    balancer = FlowHashBalancer(host=f"{NET}.230", seed=seed, health_interval=0.05)
+async def _fleet(count: int, *, seed: int = 3,
+                 redials: int = 0) -> tuple[FlowHashBalancer, list[Backend]]:
+    balancer = FlowHashBalancer(host=f"{NET}.230", seed=seed, health_interval=0.05,
+                                redials=redials)
     await balancer.start()
     backends = [Backend(f"b{i}", f"{NET}.{231 + i}") for i in range(count)]
     for backend in backends:
@@ -117,6 +125,39 @@ def test_keeps_new_connections_off_a_steered_backend_until_the_window_ends():
     during, after = asyncio.run(scenario())
     assert during == {"b1": 100}
     assert after["b0"] > 0
+
+
+def _refusing_dials(balancer: FlowHashBalancer, backend: Backend) -> None:
+    """Send ``backend``'s traffic to a port nobody listens on, its health check still passing:
+    how a steering agent looks from the balancer."""
+    with socket.socket() as probe:
+        probe.bind((backend.host, 0))
+        closed = probe.getsockname()[1]
+    balancer.register(name=backend.name, host=backend.host, port=closed, health_port=backend.port)
+
+
+def test_a_refused_dial_resets_the_client_as_an_nlb_does_or_is_dialled_again_with_redials():
+    async def scenario(redials: int) -> tuple[collections.Counter[str], int, int]:
+        balancer, backends = await _fleet(2, redials=redials)
+        try:
+            _refusing_dials(balancer, backends[0])
+            while not balancer.is_ready("b0"):
+                await asyncio.sleep(0.02)
+            landed = await _landings(balancer, 100)
+            return landed, balancer.stats.refused, balancer.stats.redialled
+        finally:
+            await balancer.stop()
+            for backend in backends:
+                await backend.stop()
+
+    landed, refused, redialled = asyncio.run(scenario(0))
+    assert set(landed) == {"", "b1"}
+    assert landed[""] == refused > 20  # Binomial(100, 1/2): under 20 once in 10 million
+    assert redialled == 0
+    # Each redial is a fresh pick, so one in 2**9 clients is still refused after 8.
+    landed, refused, redialled = asyncio.run(scenario(8))
+    assert landed["b1"] >= 99
+    assert redialled == refused - landed[""] > 20
 
 
 def test_reports_each_ended_connection_as_cycled_unless_its_backend_was_deregistered():

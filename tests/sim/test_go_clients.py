@@ -175,45 +175,66 @@ def test_go_clients_redial_the_same_server_when_a_reset_agent_destroys_their_con
     assert report["groups"]["retry"]["calls_failed"] == 0
 
 
+async def _steer_one_server(binary: Path, *, redials: int) -> tuple[Report, Report, str, Any]:
+    """Two reset-mode pods behind the balancer, 40 clients (20 of them fail-fast); the pod that
+    holds more sheds all of them with steering. Returns the reports before and after, the
+    shedding server's name, and the balancer's counts."""
+    balancer = FlowHashBalancer(host=f"{NET}.10", health_interval=0.1, redials=redials)
+    await balancer.start()
+    pods = LocalFleet(hosts=[f"{NET}.11", f"{NET}.12"], balancer=balancer, agent_mode="reset")
+    fleet = GoFleet(binary, target=f"{NET}.10:{balancer.port}", count=40, failfast=20)
+    try:
+        await pods.start()
+        for name in pods.names:
+            await pods.wait_ready(name)
+        await fleet.start()
+        before = await fleet.until("40 streams", lambda r: r["streams"] == 40)
+        shedding = max(pods.pods(), key=lambda p: before["servers"].get(p.uid, 0))
+        moving = before["servers"][shedding.uid]
+        status = await shedding.agent.submit(
+            _drain(shedding.agent, count=moving, steer=True, window=1.0))
+        assert status.reason == ""
+        # The window and the agent's margin: 2 s; the clients' backoff is at most 0.5 s.
+        await asyncio.sleep(3.0)
+        after = await fleet.until("40 streams again", lambda r: r["streams"] == 40)
+        return before, after, shedding.uid, balancer.stats
+    finally:
+        await fleet.stop()
+        await pods.stop()
+        await balancer.stop()
+
+
 @pytest.mark.netadmin
 def test_go_clients_with_the_retry_policy_fail_no_call_while_a_steering_reset_agent_moves_them(
         binary):
     _require_reset_mode(steering=True)
-
-    async def scenario() -> tuple[Report, Report, str, int]:
-        balancer = FlowHashBalancer(host=f"{NET}.10", health_interval=0.1)
-        await balancer.start()
-        pods = LocalFleet(hosts=[f"{NET}.11", f"{NET}.12"], balancer=balancer,
-                          agent_mode="reset")
-        fleet = GoFleet(binary, target=f"{NET}.10:{balancer.port}", count=40, failfast=20)
-        try:
-            await pods.start()
-            for name in pods.names:
-                await pods.wait_ready(name)
-            await fleet.start()
-            before = await fleet.until("40 streams", lambda r: r["streams"] == 40)
-            shedding = max(pods.pods(), key=lambda p: before["servers"].get(p.uid, 0))
-            moving = before["servers"][shedding.uid]
-            status = await shedding.agent.submit(
-                _drain(shedding.agent, count=moving, steer=True, window=1.0))
-            assert status.reason == ""
-            # The window and the agent's margin: 2 s; the clients' backoff is at most 0.5 s.
-            await asyncio.sleep(3.0)
-            after = await fleet.until("40 streams again", lambda r: r["streams"] == 40)
-            return before, after, shedding.uid, balancer.stats.refused
-        finally:
-            await fleet.stop()
-            await pods.stop()
-            await balancer.stop()
-
-    before, after, shedding, refused = asyncio.run(scenario())
+    # Through a balancer that dials again when a dial is refused, as Teleport's proxy dials the
+    # auth Service: the shedding server's kernel refuses, the balancer dials another.
+    before, after, shedding, stats = asyncio.run(_steer_one_server(binary, redials=5))
     assert before["calls_failed"] == 0
-    # The kernel refused new connections to the shedding server for the window: every client
-    # it shed landed on the other one, some only after a refused attempt.
-    assert refused > 0
+    assert stats.refused > 0
+    assert stats.redialled > 0
+    # Every client it shed landed on the other server, and none of the retry group's calls
+    # failed. Fail-fast clients may lose the call in flight when their connection is reset, and
+    # the calls of the one in 2**6 the balancer resets after six refused dials; the policy
+    # retries both.
+    assert after["servers"].get(shedding, 0) <= 2
+    assert after["reconnects"] >= 10
+    assert after["groups"]["retry"]["calls_failed"] == 0, after["groups"]
+
+
+@pytest.mark.netadmin
+def test_go_clients_behind_a_balancer_that_resets_refused_clients_need_their_retry_policy(binary):
+    _require_reset_mode(steering=True)
+    # As an NLB does: a refused dial resets the client, whose channel waits out grpc-go's backoff
+    # in TRANSIENT_FAILURE. Fail-fast calls made meanwhile fail; the retry policy's attempts
+    # (0.1 s to 1 s apart) outlast most such waits, not every one.
+    before, after, shedding, stats = asyncio.run(_steer_one_server(binary, redials=0))
+    assert before["calls_failed"] == 0
     assert after["servers"].get(shedding, 0) <= 2
     retry, failfast = after["groups"]["retry"], after["groups"]["failfast"]
     assert retry["transient_failures"] > 0
-    assert retry["calls_failed"] == 0, retry
-    # The same refusals cost the fail-fast group calls: they are what the retry policy absorbs.
-    print(json.dumps({"retry": retry, "failfast": failfast, "refused": refused}))
+    assert failfast["transient_failures"] > 0
+    assert failfast["failed_by_code"].get("Unavailable", 0) > 0
+    assert retry["calls_failed"] < failfast["calls_failed"], after["groups"]
+    assert stats.refused > 0
