@@ -34,17 +34,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
-OWN = Path("/proc/self/ns/net")
 
 
 class NamespaceUnavailable(RuntimeError):
     """A network namespace could not be opened or entered; the message says why."""
-
-
-def same_namespace(path: Path, other: Path = OWN) -> bool:
-    """Whether two namespace files name one namespace (as ``ip netns identify`` compares)."""
-    first, second = os.stat(path), os.stat(other)
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 def _setns(fd: int) -> None:
@@ -147,4 +140,4 @@ class NetworkNamespace:
                 done.set_exception(exc)
 
 
-__all__ = ["OWN", "NamespaceUnavailable", "NetworkNamespace", "same_namespace"]
+__all__ = ["NamespaceUnavailable", "NetworkNamespace"]
