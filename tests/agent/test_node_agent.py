@@ -272,3 +272,35 @@ def test_the_command_line_names_what_is_wrong(argv, says, capsys, monkeypatch):
     monkeypatch.delenv("NODE_NAME", raising=False)
     assert main(["node-agent", *argv]) == 2
     assert says in capsys.readouterr().err
+
+
+def test_a_file_that_is_no_network_namespace_is_refused_saying_why(tmp_path):
+    from connbalance.agent.netns import NamespaceUnavailable, NetworkNamespace
+
+    with pytest.raises(NamespaceUnavailable, match=r"cannot open .*missing: No such file"):
+        NetworkNamespace.open(tmp_path / "missing", name="gone")
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(NamespaceUnavailable, match="cannot enter network namespace p: Invalid"):
+        NetworkNamespace.open(tmp_path / "plain", name="p")
+
+
+@pytest.mark.netadmin
+def test_calls_run_inside_the_namespace_entered_and_not_after_it_is_closed():
+    import os
+
+    from connbalance.agent.netns import NamespaceUnavailable, NetworkNamespace
+
+    require_tools()
+    with network_namespace() as name:
+        entered = NetworkNamespace.open(Path("/run/netns") / name, name=name)
+        own = NetworkNamespace.own()
+        try:
+            inode = entered.call(lambda: os.stat("/proc/thread-self/ns/net").st_ino)
+            assert inode == os.stat(Path("/run/netns") / name).st_ino
+            assert own.call(lambda: os.stat("/proc/thread-self/ns/net").st_ino) == os.stat(
+                "/proc/self/ns/net"
+            ).st_ino
+        finally:
+            entered.close()
+        with pytest.raises(NamespaceUnavailable, match="is closed"):
+            entered.call(os.getpid)
