@@ -142,6 +142,13 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     RUNTIME.ready.set()
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, its ServiceAccount; elsewhere the kubeconfig ``connbalance run`` was given
+    (exported as KUBECONFIG), read when kopf asks rather than when the client was imported."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
     runtime = _runtime()

@@ -73,9 +73,13 @@ def _lease_namespace(args: argparse.Namespace) -> str | None:
 def run(argv: list[str]) -> int:
     # Here, as kopf below: the CLI imports this module for every subcommand, and the kubernetes
     # client alone takes most of a second to import, which `connbalance agent` should not pay.
+    args = build_parser().parse_args(argv)
+    if args.kubeconfig:
+        # kopf logs in on its own, through the client's default kubeconfig, which the client
+        # reads from the environment when it is first imported: point it there first.
+        os.environ["KUBECONFIG"] = args.kubeconfig
     from kubernetes import config
 
-    args = build_parser().parse_args(argv)
     configure(log_format=args.log_format, verbose=args.verbose)
     try:
         lease_namespace = _lease_namespace(args)

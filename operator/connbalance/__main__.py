@@ -1,0 +1,7 @@
+"""``python -m connbalance``: the same as the ``connbalance`` command."""
+
+import sys
+
+from connbalance.cli import main
+
+sys.exit(main())
