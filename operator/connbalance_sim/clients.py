@@ -7,8 +7,9 @@ channel instead of one shared by all. With ``--random-reconnect MEAN`` each clie
 channel after a random time (uniform in 0.5-1.5 x MEAN) and dials again: the client-side strategy.
 It starts doing so on SIGUSR1, so the fleet can first settle as it would without it.
 
-Every ``--report`` seconds the process prints one JSON line of counters on stdout; it runs until
-SIGTERM, SIGINT or ``--lifetime`` seconds.
+Every ``--report`` seconds the process prints one JSON line of counters on stdout (failed calls
+also by status code, spelled as grpc-go spells them); it runs until SIGTERM, SIGINT or
+``--lifetime`` seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import grpc
 
@@ -33,6 +34,7 @@ class Counters:
     streams: int = 0  # streams established now (the server answered the first message)
     calls_ok: int = 0
     calls_failed: int = 0
+    failed_by_code: dict[str, int] = field(default_factory=dict)  # as the Go fleet reports them
     stream_breaks: int = 0
     voluntary: int = 0  # channels dropped on purpose (random-reconnect)
 
@@ -118,9 +120,17 @@ class Client:
             try:
                 await ping(b"ping", timeout=max(2.0, self._ping))
                 self._counters.calls_ok += 1
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as exc:
                 self._counters.calls_failed += 1
+                code = _code_name(exc.code())
+                self._counters.failed_by_code[code] = self._counters.failed_by_code.get(code, 0) + 1
             await asyncio.sleep(self._ping * self._rng.uniform(0.8, 1.2))
+
+
+def _code_name(code: grpc.StatusCode) -> str:
+    """grpc-go's spelling (Unavailable, DeadlineExceeded), so the two fleets' reports compare."""
+    return "".join(part.capitalize() for part in code.name.split("_")).replace(
+        "Cancelled", "Canceled")
 
 
 async def swarm(*, target: str, count: int, ping: float, backoff_ms: int, seed: int,
