@@ -149,7 +149,7 @@ def operator(cluster: Cluster, namespace: str) -> Iterator[str]:
     done = helm().run(
         "install", release, str(ROOT / "charts" / "connbalance"), "--namespace", namespace,
         "--kubeconfig", str(cluster.kubeconfig), "--set", f"watchNamespaces={{{namespace}}}",
-        "--set", "tickSeconds=2", "--set", "logLevel=DEBUG", "--wait", "--timeout", "120s",
+        "--set", "logLevel=DEBUG", "--wait", "--timeout", "120s",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     yield release

@@ -234,7 +234,7 @@ def release(helm: Helm, cluster: Cluster, crd: None) -> Iterator[tuple[str, str]
     name = f"cb-{namespace}"
     done = helm_in(
         helm, cluster, "install", name, str(CHART), "--namespace", namespace,
-        "--set", f"watchNamespaces={{{namespace}}}", "--set", "tickSeconds=2",
+        "--set", f"watchNamespaces={{{namespace}}}",
         "--set", f"prometheus.url={cluster.prometheus_url}", "--wait", "--timeout", "120s",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -175,7 +175,6 @@ def test_well_typed_kubernetes_values_are_taken_and_rendered_as_given(helm):
         ("nodeSelector: {zone: 1}", "zone"),
         ("replicaCount: -1", "replicaCount"),
         ("logFormat: yaml", "logFormat"),
-        ("tickSeconds: 0", "tickSeconds"),
         ("image: {pullPolicy: Sometimes}", "pullPolicy"),
         ("prometheus: {url: prometheus:9090}", "url"),
         ("watchNamespaces: [a, a]", "watchNamespaces"),

@@ -132,8 +132,6 @@ def operator(cluster: Cluster, namespace: str, crd: None) -> Iterator[str]:
             "--set",
             f"watchNamespaces={{{namespace}}}",
             "--set",
-            "tickSeconds=2",
-            "--set",
             "logLevel=DEBUG",
             "--wait",
             "--timeout",

@@ -127,6 +127,12 @@ HANDWRITTEN = [
         "spec.metrics.prometheus.bearerTokenSecret.name",
         id="secret-without-name",
     ),
+    pytest.param(
+        {"actuation": {"method": "http", "agent": "node", "tokenSecret": {"name": "t"}}},
+        "spec.actuation.method",
+        id="http-to-the-node-agent",
+    ),
+    pytest.param({"actuation": {"agent": "node"}}, None, id="node-agent-by-annotation"),
     pytest.param({"surprise": True}, "spec.surprise", id="unknown-top-level"),
     pytest.param({"balance": {"tolerence": 0.2}}, "spec.balance.tolerence", id="typo-nested"),
     pytest.param({"selector": None}, "spec.selector", id="no-selector"),

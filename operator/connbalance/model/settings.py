@@ -258,10 +258,35 @@ class ExcludesWhenTrue:
         return f"!self.{self.field} || ({absent})"
 
 
+@dataclass(frozen=True, slots=True)
+class NotTogether:
+    """``field`` may not have ``value`` while ``other`` has ``other_value``."""
+
+    scope: str
+    field: str
+    value: str
+    other: str
+    other_value: str
+
+    @property
+    def message(self) -> str:
+        return f"cannot be {self.value} when {self.other} is {self.other_value}"
+
+    def holds(self, get: Lookup) -> bool:
+        return not (get(self.field) == self.value and get(self.other) == self.other_value)
+
+    def cel(self) -> str:
+        mine = f"self.{self.field} == '{self.value}'"
+        theirs = f"self.{self.other} == '{self.other_value}'"
+        return f"!({mine} && {theirs})"
+
+
 RULES: Final[tuple[Rule, ...]] = (
     RequiredWhen("metrics", "query", other="preset", value="custom"),
     OnlyWhen("metrics", "query", other="preset", value="custom"),
     NotAbove("balance", "targetTolerance", bound="tolerance"),
     NotBelow("actuation", "deadlineSeconds", bound="windowSeconds"),
+    # The node agent takes requests from the pod's annotation only: it has no HTTP intake.
+    NotTogether("actuation", "method", value="http", other="agent", other_value="node"),
     ExcludesWhenTrue("metrics.prometheus", "insecureSkipVerify", others=("caFile", "caSecret")),
 )
