@@ -130,6 +130,8 @@ def summary(record: Record) -> list[str]:
         + ("" if ratio is None else f" (ratio {ratio:.2f}; 1.00 is the least possible)"),
         f"churn when balanced {result['churn_when_balanced']}",
         f"failed calls        {record.failed_calls} of {record.calls} unary calls "
-        "(the restarts cause most of them)",
+        "(fail-fast calls made while their client redialled)",
+        f"refused dials       {record.refused} (a steering pod's, or none ready: each costs "
+        "its client a backoff)",
     ]
     return lines
