@@ -251,7 +251,7 @@ def test_the_operator_balances_a_pool_after_a_rolling_restart(cluster, namespace
             assert skew(skewed) > 1.25, f"the rolling restart should skew the pool: {skewed}"
 
             eventually(
-                lambda: status().get("controller", {}).get("cycled_total", 0) > 0,
+                lambda: status().get("controller", {}).get("requested_total", 0) > 0,
                 what="the operator cycles connections",
                 timeout=120,
             )

@@ -320,3 +320,33 @@ def test_state_survives_its_status_round_trip(field):
 def test_unreadable_status_starts_afresh():
     assert ControllerState.from_status({"step": "many"}) == ControllerState()
     assert replace(ControllerState(), step=0) == ControllerState.from_status(None)
+
+
+def test_continuous_mode_leaves_a_pool_it_gave_up_on_alone_for_its_hold_then_tries_again():
+    world = World({"a": 364, "b": 236, "c": 0}, balance__mode="continuous")  # sticky clients
+    window = world.policy.balance.max_steps_without_improvement
+    hold = world.policy.balance.max_steps * world.policy.balance.step_interval_seconds
+    results = []
+    for _ in range(window + 1):
+        results.append(world.tick())
+        world.clock.advance(31)
+    gave_up_at = world.clock.now - 31
+    assert results[-1].state.phase is Phase.DEGRADED
+    delivered = len(world.actuator.delivered)
+    while world.clock.now < gave_up_at + hold:
+        held = world.tick()
+        assert held.issued == (), "no churn on a pool given up on"
+        assert "gave up on this pool" in held.state.reason
+        world.clock.advance(31)
+    assert len(world.actuator.delivered) == delivered
+    assert world.tick().state.phase is Phase.REBALANCING, "the hold is over: look again"
+
+
+def test_continuous_mode_ends_the_hold_when_the_pool_changes():
+    world = World({"a": 364, "b": 236, "c": 0}, balance__mode="continuous")
+    for _ in range(world.policy.balance.max_steps_without_improvement + 1):
+        world.tick()
+        world.clock.advance(31)
+    assert world.state.phase is Phase.DEGRADED
+    world.fleet.replace_pod("c", uid="uid-c2", since=world.clock.now - 60)
+    assert world.tick().state.phase is Phase.REBALANCING

@@ -124,7 +124,7 @@ class Controller:
         )
         state = state.with_(skew=plan.skew if ready else None)
         seen = replace(seen, plan=plan)
-        judged = self._already_judged(state, view, plan, verdict, seen)
+        judged = self._already_judged(state, view, plan, verdict, seen, now)
         if judged is not None:
             return judged
         return await self._decided(state, view, plan, verdict, now, seen)
@@ -177,15 +177,14 @@ class Controller:
         plan: Plan,
         verdict: Verdict,
         seen: Seen,
+        now: float,
     ) -> TickResult | None:
         """In postRollout mode a pool found balanced, or given up on, waits for the next
-        rollout."""
-        judged = (
-            self._policy.balance.mode == "postRollout"
-            and state.episode is None
-            and state.judged_revision == view.revision
-        )
-        if not judged or verdict is Verdict.SETTLING:
+        rollout; in continuous mode a pool given up on waits for a change, or for its hold."""
+        same_pool = state.episode is None and state.judged_revision == view.revision
+        if self._policy.balance.mode != "postRollout":
+            return self._held(state, plan, seen, now) if same_pool else None
+        if not same_pool or verdict is Verdict.SETTLING:
             return None
         if verdict is Verdict.WITHIN_TOLERANCE:
             return tick_result(
@@ -193,6 +192,24 @@ class Controller:
             )
         reason = f"{plan.reason}; postRollout mode waits for the next rollout"
         return tick_result(state, Phase.IDLE, reason, self._interval, balanced=plan.skew, seen=seen)
+
+    def _held(
+        self, state: ControllerState, plan: Plan, seen: Seen, now: float
+    ) -> TickResult | None:
+        """A continuous-mode balancer that gave up on this pool leaves it alone until the hold
+        ends: trying again at once would churn connections on clients that will not move."""
+        if state.held_until is None or now >= state.held_until:
+            return None
+        wait = state.held_until - now
+        reason = f"{plan.reason}; gave up on this pool, trying again in {wait:.0f}s"
+        return tick_result(
+            state,
+            Phase.DEGRADED,
+            reason,
+            min(self._interval, wait),
+            balanced=plan.skew,
+            seen=seen,
+        )
 
     async def _decided(
         self,
@@ -220,13 +237,13 @@ class Controller:
         if verdict is Verdict.WITHIN_TOLERANCE:
             return self._balanced(state, view, plan, seen)
         if verdict is Verdict.CAPPED:
-            return self._give_up(state, view, plan, plan.reason, seen)
+            return self._give_up(state, view, plan, plan.reason, seen, now)
         if self._stalled(state, plan.skew):
             why = (
                 f"{state.step} step(s) did not lower skew enough (now {plan.skew:.3f}); "
                 "stopping until the pool changes"
             )
-            return self._give_up(state, view, plan, why, seen)
+            return self._give_up(state, view, plan, why, seen, now)
         return await self._step(state, view, plan, now, seen)
 
     def _balanced(
@@ -239,18 +256,29 @@ class Controller:
                 reason="Balanced",
                 message=f"balanced after {state.step} step(s): {plan.reason}",
             )
-        done = state.with_(episode=None, step=0, skews=(), judged_revision=view.revision)
+        done = state.with_(
+            episode=None, step=0, skews=(), judged_revision=view.revision, held_until=None
+        )
         return tick_result(
             done, Phase.BALANCED, plan.reason, self._interval, balanced=plan.skew, seen=seen
         )
 
     def _give_up(
-        self, state: ControllerState, view: FleetView, plan: Plan, why: str, seen: Seen
+        self,
+        state: ControllerState,
+        view: FleetView,
+        plan: Plan,
+        why: str,
+        seen: Seen,
+        now: float,
     ) -> TickResult:
         """No step helps (the caps leave none, or steps stopped lowering skew): stop, say so,
         and wait for the pool to change rather than churn."""
         self._events.emit(kind="Warning", reason="NotConverging", message=why)
-        done = state.with_(episode=None, step=0, skews=(), judged_revision=view.revision)
+        hold = self._policy.balance.max_steps * self._interval
+        done = state.with_(
+            episode=None, step=0, skews=(), judged_revision=view.revision, held_until=now + hold
+        )
         return tick_result(
             done,
             Phase.DEGRADED,
@@ -319,7 +347,8 @@ class Controller:
             step=step,
             last_step_at=now,
             skews=(*state.skews, plan.skew),
-            cycled_total=state.cycled_total + sum(r.count for r in issued),
+            requested_total=state.requested_total + sum(r.count for r in issued),
+            held_until=None,
             last_action=f"step {step}: cycle {summary}",
         )
         return TickResult(

@@ -26,7 +26,9 @@ class ControllerState:
     ``episode`` names the current rebalancing run and ``step`` counts its steps; both are also
     written into every request id, so they can be recovered from the pods if status is lost.
     ``judged_revision`` is the pool revision last found balanced or given up on: in postRollout
-    mode nothing more is done until the pool changes.
+    mode nothing more is done until the pool changes. ``held_until`` is when a continuous-mode
+    balancer that gave up may try that same pool again. ``requested_total`` counts connections
+    the agents were *asked* to cycle (what they confirm is theirs to say).
     """
 
     phase: Phase = Phase.IDLE
@@ -38,7 +40,8 @@ class ControllerState:
     skew: float | None = None
     reason: str = ""
     last_action: str = ""
-    cycled_total: int = 0
+    requested_total: int = 0
+    held_until: float | None = None
 
     def to_status(self) -> dict[str, Any]:
         data = asdict(self)
@@ -63,7 +66,9 @@ class ControllerState:
                 skew=_float_or_none(data.get("skew")),
                 reason=str(data.get("reason", "")),
                 last_action=str(data.get("last_action", "")),
-                cycled_total=int(data.get("cycled_total", 0)),
+                # Written as cycled_total before it was named for what it counts.
+                requested_total=int(data.get("requested_total", data.get("cycled_total", 0))),
+                held_until=_float_or_none(data.get("held_until")),
             )
         except (TypeError, ValueError):
             return cls()
