@@ -54,6 +54,11 @@ def record(policy: str, result: TickResult) -> None:
         CYCLED.labels(namespace, balancer, "requested").inc(sum(r.count for r in result.issued))
 
 
+def record_confirmed(policy: str, count: int) -> None:
+    """Connections an agent says it cycled, counted once, when its answer is final."""
+    CYCLED.labels(*_labels(policy), "confirmed").inc(count)
+
+
 def record_error(policy: str) -> None:
     RECONCILE_ERRORS.labels(*_labels(policy)).inc()
 

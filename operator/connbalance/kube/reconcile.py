@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from connbalance.controller import Condition, ControllerState, TickResult
+from connbalance.kube.confirm import UNREACHABLE, UNSEEN, Outcome, outcomes
 from connbalance.kube.crd import GROUP, PLURAL, VERSION
 from connbalance.kube.events import Kind, TransitionEvents
-from connbalance.kube.metrics import record
+from connbalance.kube.metrics import record, record_confirmed
 from connbalance.kube.secrets import SpecError
 from connbalance.kube.status import conditions, status_patch
-from connbalance.kube.wiring import DEFAULT_PROMETHEUS_URL, build_controller
+from connbalance.kube.wiring import DEFAULT_PROMETHEUS_URL, Wired, build_controller
 from connbalance.model import Phase, Policy, PolicyError, PolicyName
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ async def _next_status(
     policy_name = PolicyName(f"{namespace}/{name}")
     try:
         policy = Policy.from_spec(dict(spec))
-        controller = await asyncio.to_thread(
+        wired = await asyncio.to_thread(
             build_controller,
             name=policy_name,
             namespace=namespace,
@@ -108,12 +109,55 @@ async def _next_status(
         events.emit(kind="Warning", reason="InvalidSpec", message=str(exc))
         log.warning("invalid spec: %s", exc, extra=dict(context))
         return _invalid_status(str(exc), previous, generation), None
-    result = await controller.tick(state)
+    result = await wired.controller.tick(state)
     record(policy_name, result)
     _post_on_pods(apis, namespace, result, dry_run=policy.dry_run)
     status = status_patch(result, policy=policy_name, generation=generation, previous=previous)
     status["conditions"] = _with_paused(status["conditions"], None, generation)
+    await _confirm(status, previous, result, policy_name, wired, events)
     return status, result.requeue_after
+
+
+async def _confirm(
+    status: dict[str, Any],
+    previous: Mapping[str, Any],
+    result: TickResult,
+    policy: PolicyName,
+    wired: Wired,
+    events: TransitionEvents,
+) -> None:
+    """Beside each pod's last request, what its agent says became of it; a refusal, a short
+    count or silence is told once, as an Event."""
+    known = {
+        str(e.get("name")): o
+        for e in previous.get("pods") or []
+        if isinstance(e, Mapping) and (o := Outcome.from_status(e)) is not None
+    }
+    found = await outcomes(result.seen.pods, policy=policy, known=known,
+                           reader=wired.confirmations)
+    for entry in status.get("pods") or []:
+        outcome = found.get(str(entry.get("name")))
+        if outcome is None:
+            continue
+        entry.update(outcome.to_status())
+        if known.get(entry["name"]) != outcome:
+            _tell(outcome, str(entry["name"]), policy, events)
+
+
+def _tell(outcome: Outcome, pod: str, policy: PolicyName, events: TransitionEvents) -> None:
+    if outcome.state == "done" and outcome.confirmed is not None:
+        record_confirmed(policy, outcome.confirmed)
+        if outcome.confirmed < outcome.requested:
+            events.emit(kind="Warning", reason="DrainIncomplete",
+                        message=f"{pod} cycled {outcome.confirmed} of {outcome.requested} "
+                        f"({outcome.request}): {outcome.reason or 'too few connections'}")
+    elif outcome.state == "rejected":
+        events.emit(kind="Warning", reason="DrainRefused",
+                    message=f"{pod} refused {outcome.request}: {outcome.reason}")
+    elif outcome.state in (UNSEEN, UNREACHABLE):
+        events.emit(kind="Warning", reason="DrainUnconfirmed",
+                    message=f"{pod}: the agent has not confirmed {outcome.request} "
+                    f"({outcome.state}{': ' + outcome.reason if outcome.reason else ''})")
 
 
 def _paused_status(

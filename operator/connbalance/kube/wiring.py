@@ -11,11 +11,12 @@ import hashlib
 import os
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from connbalance.controller import Controller
 from connbalance.kube.actuator import AnnotationActuator, HttpActuator
+from connbalance.kube.confirm import AgentStatusReader
 from connbalance.kube.fleet import KubeFleet
 from connbalance.kube.secrets import SpecError, read_secret
 from connbalance.model import MetricsSpec, Policy, PolicyName
@@ -25,6 +26,12 @@ from connbalance.prometheus import PrometheusLoadSource
 # Where balancers that name no Prometheus look, unless `connbalance run --default-prometheus-url`
 # says otherwise: the address of the prometheus-community chart's server in "monitoring".
 DEFAULT_PROMETHEUS_URL: Final = "http://prometheus-server.monitoring.svc:80"
+
+
+@dataclass(frozen=True, slots=True)
+class Wired:
+    controller: Controller
+    confirmations: AgentStatusReader | None  # None: no way to ask the agents (annotation)
 
 
 @functools.cache
@@ -67,9 +74,10 @@ def build_controller(
     core: Any,
     apps: Any,
     default_prometheus_url: str = DEFAULT_PROMETHEUS_URL,
-) -> Controller:
-    """The controller for one balancer, its adapters built from the spec. Raises SpecError when
-    something the spec names (a Secret, a key, a file) cannot be used."""
+) -> Wired:
+    """The controller for one balancer, its adapters built from the spec, and where the agents'
+    confirmations come from. Raises SpecError when something the spec names (a Secret, a key, a
+    file) cannot be used."""
     metrics = policy.metrics
     if metrics.url is None:
         metrics = replace(metrics, url=default_prometheus_url)
@@ -91,6 +99,7 @@ def build_controller(
         raise SpecError(f"spec.metrics: {exc}") from exc
     annotate = AnnotationActuator(core=core, namespace=namespace)
     actuator: Actuator = annotate
+    reader = None
     if policy.actuation.method == "http":
         if policy.actuation.token_secret is None:
             raise SpecError("spec.actuation.tokenSecret: required when method is http")
@@ -100,7 +109,8 @@ def build_controller(
         actuator = HttpActuator(
             annotate=annotate, port=policy.actuation.agent_port, token=agent_token
         )
-    return Controller(
+        reader = AgentStatusReader(port=policy.actuation.agent_port, token=agent_token)
+    controller = Controller(
         name=name,
         policy=policy,
         loads=loads,
@@ -115,3 +125,4 @@ def build_controller(
         events=events,
         clock=time.time,
     )
+    return Wired(controller=controller, confirmations=reader)
