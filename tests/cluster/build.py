@@ -17,6 +17,7 @@ package is built without Kubernetes discovery, since Debian does not package cli
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -199,9 +200,16 @@ def go_build(command: list[str], *, cwd: Path, env: dict[str, str]) -> None:
 
 def ensure_built() -> Path:
     out = bin_dir()
-    if not (out / "clusterbin").exists():
-        build(out)
-        prune(keep=out)
+    if (out / "clusterbin").exists():
+        return out
+    # One build at a time per machine: a second test run waits for the first instead of
+    # compiling the same ~2,000 packages beside it on two cores.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "clusterbin").exists():
+            build(out)
+            prune(keep=out)
     return out
 
 
@@ -209,7 +217,7 @@ def prune(*, keep: Path) -> None:
     """Drop the binaries of older sources (about 240 MB each): only the current build is used,
     and the Go build cache makes going back to an older one cheap."""
     for old in keep.parent.iterdir():
-        if old != keep and old.is_dir():
+        if old != keep and old.is_dir() and not old.name.startswith("."):
             shutil.rmtree(old, ignore_errors=True)
 
 
