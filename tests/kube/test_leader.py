@@ -67,6 +67,8 @@ class Candidate:
     def stop(self) -> None:
         self.process.kill()
         self.process.wait(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 @pytest.fixture

@@ -157,7 +157,8 @@ def test_the_policy_spec_builds_the_same_connection(gateway: Gateway, tmp_path: 
 def test_a_token_from_a_secret_must_be_handed_in() -> None:
     policy = Policy.from_spec({
         "selector": {"matchLabels": {"app": "x"}},
-        "metrics": {"prometheus": {"bearerTokenSecret": {"name": "prom-token"}}},
+        "metrics": {"prometheus": {"url": "http://127.0.0.1:9090",
+                                   "bearerTokenSecret": {"name": "prom-token"}}},
     })
     with pytest.raises(ValueError, match="Secret prom-token"):
         PrometheusLoadSource.from_spec(policy.metrics, namespace="ns", selector=policy.selector)

@@ -121,7 +121,7 @@ def policy_file(directory: Path, *, settle: float) -> str:
     path.write_text(json.dumps({
         "apiVersion": "connbalance.io/v1alpha1", "kind": "ConnectionBalancer",
         "metadata": {"name": "auth"},
-        "spec": {"selector": LABELS, "balance": {"settleSeconds": settle}},
+        "spec": {"selector": {"matchLabels": LABELS}, "balance": {"settleSeconds": settle}},
     }))
     return str(path)
 

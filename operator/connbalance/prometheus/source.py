@@ -48,8 +48,6 @@ class PrometheusLoadSource:
     ) -> PrometheusLoadSource:
         """Build from a policy's metrics. ``bearer_token`` and ``ca_file`` stand for what the
         kube layer read from ``bearerTokenSecret`` and ``caSecret``; they override the files."""
-        if spec.url is None:
-            raise ValueError("metrics.prometheus.url: required (no default given here)")
         if spec.bearer_token_secret is not None and bearer_token is None:
             raise ValueError(
                 "metrics.prometheus.bearerTokenSecret is set: pass the token read from "
@@ -60,6 +58,8 @@ class PrometheusLoadSource:
                 "metrics.prometheus.caSecret is set: write the bundle read from Secret "
                 f"{spec.ca_secret.name} to a file and pass it as ca_file"
             )
+        if spec.url is None:
+            raise ValueError("metrics.prometheus.url: required (no default given here)")
         connection = Connection(
             url=spec.url,
             bearer_token=bearer_token,
