@@ -7,9 +7,14 @@ channel instead of one shared by all. With ``--random-reconnect MEAN`` each clie
 channel after a random time (uniform in 0.5-1.5 x MEAN) and dials again: the client-side strategy.
 It starts doing so on SIGUSR1, so the fleet can first settle as it would without it.
 
+The clients come in two groups, spread evenly as the Go fleet spreads them: ``--failfast N`` of
+them have no retry policy (gRPC's defaults: transparent retries only, as grpc-go always has); the
+rest retry by the pinned policy (``connbalance_sim.retrypolicy``: UNAVAILABLE, 5 attempts, 0.1 s
+to 1 s, no wait-for-ready).
+
 Every ``--report`` seconds the process prints one JSON line of counters on stdout (failed calls
-also by status code, spelled as grpc-go spells them); it runs until SIGTERM, SIGINT or
-``--lifetime`` seconds.
+also by status code, spelled as grpc-go spells them), the totals at the top and each group's under
+``groups`` (``retry``, ``failfast``); it runs until SIGTERM, SIGINT or ``--lifetime`` seconds.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from dataclasses import asdict, dataclass, field
 
 import grpc
 
+from connbalance_sim.retrypolicy import grpcio_retry_options
 from connbalance_sim.server import HOLD, PING
+
+RETRY, FAILFAST = "retry", "failfast"
 
 
 @dataclass(slots=True)
@@ -39,25 +47,51 @@ class Counters:
     voluntary: int = 0  # channels dropped on purpose (random-reconnect)
 
 
-def channel_options(*, backoff_ms: int) -> list[tuple[str, int]]:
-    return [
+    def add(self, other: Counters) -> None:
+        for name, value in asdict(other).items():
+            if isinstance(value, dict):
+                mine = getattr(self, name)
+                for key, count in value.items():
+                    mine[key] = mine.get(key, 0) + count
+            else:
+                setattr(self, name, getattr(self, name) + value)
+
+
+def group_of(index: int, *, count: int, failfast: int) -> str:
+    """``failfast`` of ``count`` clients, spread evenly (the Go fleet's rule, so they match)."""
+    return FAILFAST if (index + 1) * failfast // count > index * failfast // count else RETRY
+
+
+def channel_options(*, backoff_ms: int, group: str = FAILFAST) -> list[tuple[str, int | str]]:
+    options: list[tuple[str, int | str]] = [
         ("grpc.use_local_subchannel_pool", 1),
         ("grpc.initial_reconnect_backoff_ms", backoff_ms),
         # Not grpc.min_reconnect_backoff_ms: gRPC also uses it as the connect timeout, and a
         # small one aborts handshakes that are merely slow under load, which then storm.
         ("grpc.max_reconnect_backoff_ms", backoff_ms * 5),
-        ("grpc.enable_retries", 0),
     ]
+    if group == RETRY:
+        options += grpcio_retry_options()
+    return options
+
+
+def report_line(groups: dict[str, Counters], **extra: object) -> str:
+    """The totals at the top, as before groups existed, and each group's under ``groups``."""
+    total = Counters()
+    for counters in groups.values():
+        total.add(counters)
+    return json.dumps({"t": time.time(), **asdict(total),
+                       "groups": {name: asdict(c) for name, c in groups.items()}, **extra})
 
 
 class Client:
     def __init__(self, *, target: str, counters: Counters, ping: float, backoff_ms: int,
                  rng: random.Random, reconnect_mean: float | None,
-                 reconnecting: asyncio.Event) -> None:
+                 reconnecting: asyncio.Event, group: str) -> None:
         self._target = target
         self._counters = counters
         self._ping = ping
-        self._options = channel_options(backoff_ms=backoff_ms)
+        self._options = channel_options(backoff_ms=backoff_ms, group=group)
         self._rng = rng
         self._reconnect_mean = reconnect_mean
         self._reconnecting = reconnecting
@@ -135,8 +169,10 @@ def _code_name(code: grpc.StatusCode) -> str:
 
 async def swarm(*, target: str, count: int, ping: float, backoff_ms: int, seed: int,
                 reconnect_mean: float | None, report: float, lifetime: float,
-                ramp: float) -> None:
-    counters = Counters(clients=count)
+                ramp: float, failfast: int = 0) -> None:
+    names = [group_of(i, count=count, failfast=failfast) for i in range(count)]
+    groups = {name: Counters(clients=names.count(name)) for name in (RETRY, FAILFAST)
+              if name in names}
     stop, reconnecting = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -146,25 +182,27 @@ async def swarm(*, target: str, count: int, ping: float, backoff_ms: int, seed: 
     rng = random.Random(seed)
     tasks = []
     for index in range(count):
-        client = Client(target=target, counters=counters, ping=ping, backoff_ms=backoff_ms,
+        group = names[index]
+        client = Client(target=target, counters=groups[group], ping=ping, backoff_ms=backoff_ms,
                         rng=random.Random(rng.random()), reconnect_mean=reconnect_mean,
-                        reconnecting=reconnecting)
+                        reconnecting=reconnecting, group=group)
         tasks.append(asyncio.create_task(client.run(stop)))
         if ramp > 0:
             # Dialling all at once would be a thundering herd no real fleet starts with.
             await asyncio.sleep(ramp / count)
-        del index
     while not stop.is_set():
-        print(json.dumps({"t": time.time(), **asdict(counters)}), flush=True)
+        print(report_line(groups), flush=True)
         await asyncio.wait([asyncio.create_task(stop.wait())], timeout=report)
     await asyncio.gather(*tasks, return_exceptions=True)
-    print(json.dumps({"t": time.time(), **asdict(counters), "done": True}), flush=True)
+    print(report_line(groups, done=True), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m connbalance_sim.clients", description=__doc__)
     parser.add_argument("--target", required=True, help="HOST:PORT of the balancer")
     parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--failfast", type=int, default=0,
+                        help="of which this many have no retry policy (default 0: all retry)")
     parser.add_argument("--ping", type=float, default=1.0, help="seconds between unary calls")
     parser.add_argument("--backoff-ms", type=int, default=100, help="gRPC's reconnect backoff")
     parser.add_argument("--seed", type=int, default=1)
@@ -173,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lifetime", type=float, default=3600.0)
     parser.add_argument("--ramp", type=float, default=1.0, help="seconds to start all clients")
     args = parser.parse_args(argv)
+    if args.count < 1 or not 0 <= args.failfast <= args.count:
+        parser.error("--count must be at least 1 and --failfast between 0 and --count")
     asyncio.run(swarm(target=args.target, count=args.count, ping=args.ping,
                       backoff_ms=args.backoff_ms, seed=args.seed,
                       reconnect_mean=args.random_reconnect, report=args.report,
-                      lifetime=args.lifetime, ramp=args.ramp))
+                      lifetime=args.lifetime, ramp=args.ramp, failfast=args.failfast))
     return 0
 
 

@@ -25,6 +25,7 @@ from connbalance_sim.balancer import ConnectionEnd, FlowHashBalancer
 from connbalance_sim.fleet import LocalFleet
 from connbalance_sim.measures import Event, Record, Sample
 from connbalance_sim.prom import LocalPrometheus
+from connbalance_sim.retrypolicy import service_config_json
 from connbalance_sim.scrape import ScrapeLoadSource
 
 
@@ -44,8 +45,8 @@ class Scenario:
     block: int = 0  # which 30 addresses of it: runs side by side use different blocks
     client_processes: int = 1
     # A goclients binary (tests/goclients, `make goclients-build`): grpc-go clients, as Teleport's
-    # agents are, instead of grpcio's; ``failfast`` of them have no retry policy, the rest retry
-    # UNAVAILABLE from their service config.
+    # agents are, instead of grpcio's. In either fleet ``failfast`` of the clients have no retry
+    # policy, the rest retry by connbalance_sim.retrypolicy.
     go_clients: str = ""
     failfast: int = 0
     agent_mode: str = "proxy"  # or reset (needs CAP_NET_ADMIN and SOCK_DESTROY)
@@ -130,14 +131,15 @@ class ClientProcesses:
         failfast_share, failfast_extra = divmod(scenario.failfast, scenario.client_processes)
         for index in range(scenario.client_processes):
             count = share + (1 if index < extra else 0)
-            # The two fleets take the same flags; the Go one also splits into its two groups.
+            # The two fleets take the same flags and split into the same two groups; the Go one
+            # is given the retry policy, which the grpcio one imports.
+            failfast = min(count, failfast_share + (1 if index < failfast_extra else 0))
             if scenario.go_clients:
-                failfast = failfast_share + (1 if index < failfast_extra else 0)
-                args = [scenario.go_clients, "--failfast", str(min(failfast, count))]
+                args = [scenario.go_clients, "--service-config", service_config_json()]
             else:
                 args = [sys.executable, "-m", "connbalance_sim.clients"]
-            args += ["--target", target, "--count", str(count), "--ping", str(scenario.ping),
-                     "--backoff-ms", str(scenario.backoff_ms),
+            args += ["--failfast", str(failfast), "--target", target, "--count", str(count),
+                     "--ping", str(scenario.ping), "--backoff-ms", str(scenario.backoff_ms),
                      "--seed", str(scenario.seed * 1000 + index), "--report", "0.25",
                      "--lifetime", "3600"]
             if reconnect_mean is not None:

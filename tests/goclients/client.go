@@ -30,21 +30,6 @@ const (
 	reopenFloor = 50 * time.Millisecond
 )
 
-// retryServiceConfig is the retry policy of the "retry" group: UNAVAILABLE is tried again up to
-// five attempts in all, with grpc-go's randomized exponential backoff between 0.1 s and 1 s.
-const retryServiceConfig = `{
-  "methodConfig": [{
-    "name": [{"service": "connbalance.sim.Fleet"}],
-    "retryPolicy": {
-      "maxAttempts": 5,
-      "initialBackoff": "0.1s",
-      "maxBackoff": "1s",
-      "backoffMultiplier": 2,
-      "retryableStatusCodes": ["UNAVAILABLE"]
-    }
-  }]
-}`
-
 // counters are one client's, written by its goroutines and read by the reporter.
 type counters struct {
 	streams           atomic.Int64 // 1 while the client holds an established stream
@@ -66,6 +51,9 @@ type settings struct {
 	backoff       time.Duration // 0: grpc-go's defaults (1 s, up to 120 s)
 	reconnectMean time.Duration // 0: never redial on purpose
 	logFailures   bool          // one JSON line on stderr per failed call
+	// The retry group's service config (its retry policy), from --service-config: the launcher
+	// fills it from connbalance_sim/retrypolicy.py, the one place the policy is pinned.
+	serviceConfig string
 }
 
 type client struct {
@@ -103,7 +91,7 @@ func (c *client) options() []grpc.DialOption {
 		}))
 	}
 	if c.group == "retry" {
-		opts = append(opts, grpc.WithDefaultServiceConfig(retryServiceConfig))
+		opts = append(opts, grpc.WithDefaultServiceConfig(c.settings.serviceConfig))
 	}
 	return opts
 }

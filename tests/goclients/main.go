@@ -5,7 +5,8 @@
 // Each client has a ClientConn of its own (one connection), holds one long-lived bidi stream
 // (Hold) and makes a unary call (Ping) every --ping seconds. Reconnecting is left to grpc-go: its
 // backoff (--backoff-ms as the base, five times it as the ceiling; 0 for grpc-go's defaults)
-// and, in the "retry" group, a retry policy from the service config (UNAVAILABLE, 5 attempts,
+// and, in the "retry" group, the retry policy of the service config given as --service-config
+// JSON (the launchers fill it from connbalance_sim/retrypolicy.py: UNAVAILABLE, 5 attempts,
 // 0.1 s to 1 s). The "failfast" group (--failfast of the --count clients, spread evenly) has no
 // retry policy. No call waits for ready. With --random-reconnect MEAN each client also closes
 // its channel after 0.5-1.5 x MEAN and makes a new one, once SIGUSR1 has arrived.
@@ -130,9 +131,14 @@ func main() {
 	ramp := flag.Float64("ramp", 1.0, "seconds to start all clients")
 	perClientToo := flag.Bool("per-client", false, "add one entry per client to each report")
 	logFailures := flag.Bool("log-failures", false, "one JSON line on stderr per failed call")
+	serviceConfig := flag.String("service-config", "", "the retry group's service config, JSON (needed unless --failfast is --count)")
 	flag.Parse()
 	if *target == "" || *count < 1 || *failfast < 0 || *failfast > *count || *ping <= 0 {
 		fmt.Fprintln(os.Stderr, "goclients: needs --target, --count >= 1, 0 <= --failfast <= --count, --ping > 0")
+		os.Exit(2)
+	}
+	if *failfast < *count && !json.Valid([]byte(*serviceConfig)) {
+		fmt.Fprintln(os.Stderr, "goclients: --service-config must be the retry group's service config as JSON (connbalance_sim.retrypolicy)")
 		os.Exit(2)
 	}
 
@@ -153,7 +159,7 @@ func main() {
 
 	s := settings{target: *target, ping: seconds(*ping),
 		backoff: time.Duration(*backoffMS) * time.Millisecond, reconnectMean: seconds(*reconnect),
-		logFailures: *logFailures}
+		logFailures: *logFailures, serviceConfig: *serviceConfig}
 	clients := make([]*client, *count)
 	for i := range clients {
 		group := "retry"

@@ -24,6 +24,7 @@ from connbalance.agent.reset import ResetAgent, ResetUnavailable, check_sock_des
 from connbalance.model import DrainRequest, RequestId
 from connbalance_sim.balancer import FlowHashBalancer
 from connbalance_sim.fleet import LocalFleet
+from connbalance_sim.retrypolicy import service_config_json
 from tests.goclients import build
 
 NET = "127.0.11"
@@ -49,7 +50,8 @@ class GoFleet:
 
     def __init__(self, binary: Path, *, target: str, count: int, failfast: int) -> None:
         self._args = [str(binary), "--target", target, "--count", str(count),
-                      "--failfast", str(failfast), "--ping", "0.2", "--backoff-ms", "100",
+                      "--failfast", str(failfast), "--service-config", service_config_json(),
+                      "--ping", "0.2", "--backoff-ms", "100",
                       "--report", "0.1", "--ramp", "0.5", "--lifetime", "120"]
         self.latest: Report = {}
         self._process: asyncio.subprocess.Process | None = None
