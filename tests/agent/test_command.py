@@ -22,6 +22,7 @@ import pytest
 from connbalance.agent.main import run
 from connbalance.model import DRAIN_ANNOTATION
 from tests.agent.support import deadline_in
+from tests.waiting import eventually
 
 HOST = "127.0.4.3"
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,9 +136,9 @@ class Running:
 
 
 @contextmanager
-def running_agent(*args: str) -> Iterator[Running]:
+def running_agent(*args: str, prefix: tuple[str, ...] = ()) -> Iterator[Running]:
     proc = subprocess.Popen(
-        agent_command(*args, "--listen", f"{HOST}:0", "--loop", "asyncio"),
+        [*prefix, *agent_command(*args, "--listen", f"{HOST}:0", "--loop", "asyncio")],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -302,28 +303,61 @@ def test_reset_mode_starts_after_proving_sock_destroy_works(tmp_path):
     ):
         assert agent.get("/healthz") == (200, b"ok\n")
         assert agent.status()["mode"] == "reset"
+        assert agent.status()["degraded"] == ""
+        assert can_cycle_gauge(agent) == 1
         assert agent.get("/v1/drain")[0] == 405
+
+
+# setpriv drops NET_ADMIN from the bounding set before the agent starts, as a container whose
+# securityContext does not add it would.
+WITHOUT_NET_ADMIN = ("setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--")
+
+
+def can_cycle_gauge(agent: Running) -> float:
+    metrics = agent.get("/metrics")[1].decode()
+    found = re.search(r"^connbalance_agent_can_cycle (\S+)$", metrics, re.M)
+    assert found is not None, metrics
+    return float(found.group(1))
 
 
 @pytest.mark.netadmin
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
-def test_reset_mode_without_cap_net_admin_fails_at_start_saying_what_is_missing():
-    done = subprocess.run(
-        [
-            "setpriv",
-            "--bounding-set",
-            "-net_admin",
-            "--inh-caps",
-            "-net_admin",
-            "--",
-            *agent_command("--mode", "reset", "--port", "3025", "--listen", f"{HOST}:0"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env(),
-        check=False,
-    )
-    assert done.returncode == 1
-    assert "CAP_NET_ADMIN" in done.stderr
-    assert "--mode proxy" in done.stderr
+def test_reset_mode_without_cap_net_admin_stays_up_saying_why_and_rejects_every_request(tmp_path):
+    annotations = tmp_path / "annotations"
+    with (
+        socket.create_server((HOST, 0)) as server,
+        running_agent(
+            "--mode", "reset", "--port", str(server.getsockname()[1]), "--pod-ip", HOST,
+            "--annotations-file", str(annotations), prefix=WITHOUT_NET_ADMIN,
+        ) as agent,
+        socket.create_connection((HOST, server.getsockname()[1]), timeout=5) as client,
+    ):  # fmt: skip
+        held, _ = server.accept()
+        code, body = agent.get("/healthz")
+        assert code == 200
+        assert b"degraded" in body
+        assert b"CAP_NET_ADMIN" in body
+        status = agent.status()
+        assert "CAP_NET_ADMIN" in status["degraded"]
+        assert "--mode proxy" in status["degraded"]
+        assert status["active"] == 1  # listing needs no capability: it still counts
+        assert can_cycle_gauge(agent) == 0
+        request = {"id": "no-cap-1", "count": 1, "windowSeconds": 1, "deadline": deadline_in(60)}
+        write_annotation(annotations, request)
+
+        def rejected() -> dict | None:
+            found = [r for r in agent.status()["requests"] if r["id"] == "no-cap-1"]
+            return found[0] if found else None
+
+        seen = eventually(rejected, what="the request is answered")
+        assert seen["state"] == "rejected"
+        assert "cannot cycle connections" in seen["reason"]
+        assert "CAP_NET_ADMIN" in seen["reason"]
+        assert requests_counted(agent, "rejected") == 1
+        assert requests_counted(agent, "accepted") == 0
+        client.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            client.recv(1)  # still open: nothing was destroyed
+        held.close()
+        assert agent.proc.poll() is None
+    assert any("staying up, rejecting every drain request" in line for line in agent.lines)

@@ -261,6 +261,27 @@ def test_a_request_whose_deadline_has_passed_is_rejected_and_closes_nothing():
     run(scenario())
 
 
+def test_an_agent_that_cannot_cycle_rejects_each_request_saying_why_and_reports_it():
+    async def scenario() -> None:
+        agent = engine(quiet_conns(4))
+        assert agent.status().to_wire()["degraded"] == ""
+        agent.cannot_cycle("reset mode needs CAP_NET_ADMIN")
+        status = await agent.submit(request("d1", 1, window=0.0, steer=True))
+        assert status.state is RequestState.REJECTED
+        reason = "this agent cannot cycle connections: reset mode needs CAP_NET_ADMIN"
+        assert status.reason == reason
+        await agent.fake_clock.advance(60.0)
+        assert agent.closed == []
+        wire = agent.status().to_wire()
+        assert wire["degraded"] == "reset mode needs CAP_NET_ADMIN"
+        assert wire["active"] == 4
+        rendered = agent.metrics.render().decode()
+        assert "connbalance_agent_can_cycle 0.0" in rendered
+        assert 'connbalance_agent_requests_total{result="rejected"} 1.0' in rendered
+
+    run(scenario())
+
+
 def test_a_request_whose_deadline_is_still_ahead_by_a_millisecond_is_accepted():
     async def scenario() -> None:
         agent = engine(quiet_conns(4))

@@ -84,10 +84,13 @@ class RequestStatus:
 
 @dataclass(frozen=True, slots=True)
 class AgentStatus:
+    """``degraded`` says why the agent cannot cycle at all (empty when it can)."""
+
     mode: str
     active: int
     cycled_total: int
     requests: tuple[RequestStatus, ...]
+    degraded: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -95,6 +98,7 @@ class AgentStatus:
             "active": self.active,
             "cycled_total": self.cycled_total,
             "requests": [r.to_wire() for r in self.requests],
+            "degraded": self.degraded,
         }
 
 
@@ -129,6 +133,7 @@ class DrainEngine(abc.ABC):
         self._claimed: set[str] = set()
         self._tasks: dict[str, asyncio.Task[RequestStatus]] = {}
         self.cycled_total = 0
+        self.degraded = ""
         self._warned_no_steer = False
         self.metrics = AgentMetrics(mode=self.mode, active=self.active_count, registry=registry)
 
@@ -157,6 +162,13 @@ class DrainEngine(abc.ABC):
 
     def active_count(self) -> int:
         return len(self.connections())
+
+    def cannot_cycle(self, reason: str) -> None:
+        """From now on reject every request, saying ``reason`` in /status, the metrics and each
+        rejection: an agent that stays up unable to act never takes its pod's readiness down."""
+        self.degraded = reason
+        self.metrics.can_cycle.set(0)
+        log.error("%s; staying up, rejecting every drain request", reason)
 
     # --- intake -------------------------------------------------------------------------------
 
@@ -198,6 +210,8 @@ class DrainEngine(abc.ABC):
             log.warning("%s mode cannot refuse new connections: steer is ignored", self.mode)
 
     def _refusal(self, request: DrainRequest) -> str:
+        if self.degraded:
+            return f"this agent cannot cycle connections: {self.degraded}"
         if request.deadline <= self.clock.now():
             return "deadline has passed"
         active = self.active_count()
@@ -229,6 +243,7 @@ class DrainEngine(abc.ABC):
             active=self.active_count(),
             cycled_total=self.cycled_total,
             requests=tuple(self._statuses.values()),
+            degraded=self.degraded,
         )
 
     async def wait(self, request_id: str, *, timeout: float | None = None) -> RequestStatus:

@@ -30,7 +30,9 @@ def build_http_app(agent: DrainEngine, *, token: str | None) -> web.Application:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
+    # 200 even when degraded: a probe on the agent must never take its pod out of service.
+    degraded = request.app[_AGENT_KEY].degraded
+    return web.Response(text=f"ok, degraded: {degraded}\n" if degraded else "ok\n")
 
 
 async def _status(request: web.Request) -> web.Response:

@@ -18,7 +18,7 @@ from connbalance.agent.engine import DrainEngine
 from connbalance.agent.http import AgentServer
 from connbalance.agent.intake import watch_annotations_file, watch_pod_annotation
 from connbalance.agent.proxy import ProxyAgent
-from connbalance.agent.reset import ResetAgent, ResetUnavailable
+from connbalance.agent.reset import ResetAgent
 from connbalance.agent.state import StateFileError
 from connbalance.model.settings import setting
 
@@ -184,7 +184,7 @@ def serve(args: argparse.Namespace, *, token: str) -> int:
     )
     try:
         _run_loop(_serve(args, token=token), choice=args.loop)
-    except (ResetUnavailable, StateFileError) as exc:
+    except StateFileError as exc:
         print(f"connbalance agent: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -215,6 +215,9 @@ def _make_agent(args: argparse.Namespace) -> DrainEngine:
             address=args.pod_ip,
             max_fraction=args.max_fraction,
             state_file=args.state_file,
+            # Up but rejecting requests, rather than exited: an exited sidecar makes its pod
+            # unready, and a crash loop would keep it so (docs/teleport.md).
+            stay_up_if_unable=True,
         )
     return ProxyAgent(
         listen=args.proxy_listen,

@@ -39,6 +39,13 @@ class AgentMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.can_cycle = Gauge(
+            "connbalance_agent_can_cycle",
+            "1 when the agent can cycle connections; 0 when it cannot and rejects every "
+            "request (its /status says why under degraded).",
+            registry=self.registry,
+        )
+        self.can_cycle.set(1)
         self.last_request = Gauge(
             "connbalance_agent_last_request_timestamp_seconds",
             "Unix time of the last drain request accepted.",

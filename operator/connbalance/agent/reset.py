@@ -3,8 +3,11 @@
 Lists the established sockets on the served port through inet_diag, ranks them by tcp_info
 idleness, and destroys the chosen ones with SOCK_DESTROY (as ``ss -K`` does): the client sees a
 reset and reconnects. Needs CAP_NET_ADMIN in the pod's network namespace; checked at start-up by
-destroying a socket pair of its own on 127.0.0.1, so a missing capability or kernel option fails
-the start, never the first request.
+destroying a socket pair of its own on 127.0.0.1, so a missing capability or kernel option shows
+at the start, never at the first request. It fails the start (the node agent then refuses that
+pod's requests), or, with ``stay_up_if_unable`` (the sidecar's way: an exited container would
+make its pod unready), leaves the agent up but degraded: it still counts the connections, and
+rejects every request saying why (``DrainEngine.cannot_cycle``).
 
 With the pod's own ``address`` (``--pod-ip`` or ``POD_IP``) the agent sees, cycles and refuses
 only connections to that address, so agents whose pods share a network namespace leave each
@@ -103,6 +106,7 @@ class ResetAgent(DrainEngine):
         registry: CollectorRegistry | None = None,
         clock: Clock = SYSTEM_CLOCK,
         namespace: NetworkNamespace | None = None,
+        stay_up_if_unable: bool = False,
     ) -> None:
         super().__init__(
             max_fraction=max_fraction,
@@ -115,6 +119,7 @@ class ResetAgent(DrainEngine):
         self.address = address
         # Given (the node agent), the sockets are opened and nft is run in that namespace.
         self.namespace = namespace if namespace is not None else NetworkNamespace.own()
+        self._stay_up_if_unable = stay_up_if_unable
         self._steering: KernelSteering | None = None
         self._diag: SockDiag | None = None
         self._scan_at = -1.0
@@ -123,8 +128,23 @@ class ResetAgent(DrainEngine):
         self._first_seen: dict[str, float] = {}
 
     async def start(self) -> None:
-        self.namespace.call(check_sock_destroy)
-        self._diag = self.namespace.call(SockDiag)
+        """Raises ResetUnavailable when SOCK_DESTROY cannot be used, unless the agent was told
+        to stay up unable; then it only counts, and rejects every request saying why."""
+        try:
+            self.namespace.call(check_sock_destroy)
+        except ResetUnavailable as exc:
+            if not self._stay_up_if_unable:
+                raise
+            self.cannot_cycle(str(exc))
+        try:
+            # Listing needs no capability, so a degraded agent still reports its connections.
+            self._diag = self.namespace.call(SockDiag)
+        except OSError as exc:
+            if not self._stay_up_if_unable:
+                raise
+            self.cannot_cycle(self.degraded or f"reset mode: cannot open sock_diag ({exc})")
+        if self.degraded:
+            return
         if self.address is None:
             log.warning(
                 "reset mode without the pod's address (--pod-ip or POD_IP): cycling every "
@@ -165,6 +185,8 @@ class ResetAgent(DrainEngine):
 
     def _sockets(self, *, fresh: bool = False) -> dict[str, TcpSocket]:
         if self._diag is None:
+            if self.degraded:
+                return {}
             raise RuntimeError("the reset agent has not started")
         now = self.clock.monotonic()
         if fresh or now - self._scan_at > max(_SCAN_REUSE_SECONDS, _SCAN_DUTY * self._scan_cost):
