@@ -303,8 +303,13 @@ class Kubelet:
             phase = "Succeeded"
         else:
             phase = "Failed"
-        ready = "True" if all(c.ready for c in pod.containers) else "False"
+        containers_ready = "True" if all(c.ready for c in pod.containers) else "False"
         old = {c.type: c for c in obj.status.conditions or []}
+        # As the kubelet does: Ready also needs each readiness gate's condition True; those
+        # conditions are others' to write, so the patch below names only the kubelet's own.
+        gates = [g.condition_type for g in obj.spec.readiness_gates or []]
+        closed = [g for g in gates if g not in old or old[g].status != "True"]
+        ready = "False" if closed else containers_ready
 
         def condition(kind: str, value: str) -> dict[str, Any]:
             keep = kind in old and old[kind].status == value and old[kind].last_transition_time
@@ -317,11 +322,16 @@ class Kubelet:
             "hostIPs": [{"ip": "127.0.0.1"}], "containerStatuses": statuses,
             "startTime": start.strftime("%Y-%m-%dT%H:%M:%SZ") if start else now(),
             "conditions": [condition("PodScheduled", "True"), condition("Initialized", "True"),
-                           condition("ContainersReady", ready), condition("Ready", ready)],
+                           condition("ContainersReady", containers_ready),
+                           condition("Ready", ready)],
         }  # fmt: skip
         summary = [phase, ready, *((s["ready"], s["restartCount"], s["started"]) for s in statuses)]
         if summary != pod.last_status:
-            self.core.patch_namespaced_pod_status(pod.name, pod.namespace, {"status": status})
+            # A strategic merge patch merges conditions by type: those of others are kept.
+            self.core.patch_namespaced_pod_status(
+                pod.name, pod.namespace, {"status": status},
+                _content_type="application/strategic-merge-patch+json",
+            )
             pod.last_status = summary
 
     def kill(self, pod: Pod, grace: int) -> None:
