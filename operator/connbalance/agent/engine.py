@@ -21,6 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from connbalance.agent.lastrequest import LastRequestCollector
 from connbalance.agent.metrics import AgentMetrics
 from connbalance.agent.selection import ConnectionInfo, ceiling, pick, spread
 from connbalance.agent.state import SeenRequests
@@ -136,6 +137,9 @@ class DrainEngine(abc.ABC):
         self.degraded = ""
         self._warned_no_steer = False
         self.metrics = AgentMetrics(mode=self.mode, active=self.active_count, registry=registry)
+        self.metrics.registry.register(
+            LastRequestCollector(lambda: next(reversed(self._statuses.values()), None))
+        )
 
     # --- what a mode supplies -------------------------------------------------------------
 

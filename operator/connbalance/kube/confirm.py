@@ -1,27 +1,45 @@
 """What the agents say they did: the closed loop's other half.
 
-A request is only a request. With ``method: http`` the operator asks each pod's agent
-(``GET /status``) what became of the pod's last request and records it beside the count asked:
-done (and how many it cycled), running, refused, or never seen. With ``method: annotation`` no
-answer can come back this way, and status says "unconfirmed" rather than pretend. An answer
-once final is kept in status and not asked for again.
+A request is only a request. Beside the count asked, status records what the agent says
+became of the pod's last request: done (and how many it cycled), running, refused, not reported
+yet, or never seen. Where the answer comes from depends on who acts and how requests travel:
+
+- a sidecar with ``method: http``: its ``GET /status`` (``AgentStatusReader``);
+- the node agent (``agent: node``), when the operator knows its port: ``GET
+  /v1/pods/NAMESPACE/NAME`` on the pod's node address (``NodeAgentStatusReader``);
+- a sidecar with ``method: annotation``: its own metrics, through Prometheus
+  (``connbalance.kube.confirmprom``).
+
+Where nothing can answer (the node agent's port not given), status says "unconfirmed" rather
+than pretend. An answer once final is kept in status and not asked for again.
+
+A request written as an annotation reaches its agent later, through a watch or a file: until
+its deadline, an agent that does not know it yet has "not reported" it (``pending``, no
+Event); past the deadline no agent starts it any more, and it was never seen (``unseen``).
+A POST (``method: http``) is delivered before it is read back, so there an unknown id is
+``unseen`` at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Protocol
 
 import aiohttp
 
 from connbalance.model import DrainRequest, PodState
 
 FINAL: Final = frozenset({"done", "rejected"})
-UNCONFIRMED: Final = "unconfirmed"  # nothing can tell us (method annotation)
+UNCONFIRMED: Final = "unconfirmed"  # nothing can tell us
+PENDING: Final = "pending"  # delivered as an annotation, not reported yet, before its deadline
 UNSEEN: Final = "unseen"  # the agent answered, and knows no such request
-UNREACHABLE: Final = "unreachable"  # the agent did not answer
+UNREACHABLE: Final = "unreachable"  # the agent (or Prometheus) did not answer
+
+Asked = Sequence[tuple[PodState, DrainRequest]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +74,14 @@ class Outcome:
                    reason=str(entry.get("lastDrainReason") or ""))
 
 
+class Confirmations(Protocol):
+    """Reads, for each pod asked about, what became of its last request."""
+
+    async def read(self, asked: Asked) -> Mapping[str, Outcome]: ...
+
+
 def from_agent(request: DrainRequest, answer: Mapping[str, Any]) -> Outcome:
-    """The agent's ``/status`` answer, read for one request."""
+    """An agent's answer in the shape of ``/status``, read for one request."""
     for entry in answer.get("requests") or []:
         if isinstance(entry, Mapping) and entry.get("id") == request.id:
             return Outcome(request=request.id, requested=request.count,
@@ -67,8 +91,36 @@ def from_agent(request: DrainRequest, answer: Mapping[str, Any]) -> Outcome:
     return Outcome(request=request.id, requested=request.count, state=UNSEEN)
 
 
+def not_reported(
+    request: DrainRequest, *, now: float, grace_seconds: float, reason: str, never: str = UNSEEN
+) -> Outcome:
+    """An annotation's request the answer does not name: pending until its deadline (plus the
+    ``grace_seconds`` the answer may lag), then ``never`` (unseen, or unreachable)."""
+    late = request.deadline + timedelta(seconds=grace_seconds)
+    state = PENDING if datetime.fromtimestamp(now, UTC) < late else never
+    return Outcome(request=request.id, requested=request.count, state=state, reason=reason)
+
+
+def _url(host: str, port: int, path: str) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
+
+async def _get_json(url: str, *, headers: Mapping[str, str], timeout: float) -> tuple[int, Any]:
+    """The status and decoded body; raises aiohttp.ClientError, TimeoutError or ValueError."""
+    timeouts = aiohttp.ClientTimeout(total=timeout)
+    async with aiohttp.ClientSession(timeout=timeouts) as session, session.get(
+        url, headers=dict(headers)
+    ) as response:
+        if response.status == 404:
+            return 404, None
+        response.raise_for_status()
+        return response.status, await response.json()
+
+
 @dataclass(frozen=True, slots=True)
 class AgentStatusReader:
+    """A sidecar's ``/status`` on the pod's address (``method: http``)."""
+
     port: int
     token: str
     timeout: float = 3.0
@@ -77,19 +129,49 @@ class AgentStatusReader:
         if not pod.ip:
             return Outcome(request=request.id, requested=request.count, state=UNREACHABLE,
                            reason="the pod has no IP")
-        url = f"http://{pod.ip}:{self.port}/status"
-        headers = {"Authorization": f"Bearer {self.token}"}
+        url = _url(pod.ip, self.port, "/status")
         try:
-            timeout = aiohttp.ClientTimeout(total=self.timeout)
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
-                url, headers=headers
-            ) as response:
-                response.raise_for_status()
-                answer = await response.json()
+            _, answer = await _get_json(url, headers={"Authorization": f"Bearer {self.token}"},
+                                        timeout=self.timeout)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             return Outcome(request=request.id, requested=request.count, state=UNREACHABLE,
                            reason=f"{url}: {exc or type(exc).__name__}")
         return from_agent(request, answer if isinstance(answer, Mapping) else {})
+
+    async def read(self, asked: Asked) -> dict[str, Outcome]:
+        found = await asyncio.gather(*(self.ask(p, r) for p, r in asked))
+        return {p.name: o for (p, _), o in zip(asked, found, strict=True)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeAgentStatusReader:
+    """The node agent's answer for one pod, on the address of the pod's node (``hostIP``)."""
+
+    port: int
+    namespace: str
+    timeout: float = 3.0
+    clock: Callable[[], float] = field(default=time.time)
+
+    async def ask(self, pod: PodState, request: DrainRequest) -> Outcome:
+        if not pod.host_ip:
+            return Outcome(request=request.id, requested=request.count, state=UNREACHABLE,
+                           reason="the pod has no hostIP: it runs on no node yet")
+        url = _url(pod.host_ip, self.port, f"/v1/pods/{self.namespace}/{pod.name}")
+        try:
+            code, answer = await _get_json(url, headers={}, timeout=self.timeout)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return Outcome(request=request.id, requested=request.count, state=UNREACHABLE,
+                           reason=f"the node agent at {url}: {exc or type(exc).__name__}")
+        outcome = from_agent(request, answer if code == 200 and isinstance(answer, Mapping)
+                             else {})
+        if outcome.state != UNSEEN:
+            return outcome
+        return not_reported(request, now=self.clock(), grace_seconds=0.0,
+                            reason=f"the node agent at {url} knows no request {request.id}")
+
+    async def read(self, asked: Asked) -> dict[str, Outcome]:
+        found = await asyncio.gather(*(self.ask(p, r) for p, r in asked))
+        return {p.name: o for (p, _), o in zip(asked, found, strict=True)}
 
 
 async def outcomes(
@@ -97,19 +179,21 @@ async def outcomes(
     *,
     policy: str,
     known: Mapping[str, Outcome],
-    reader: AgentStatusReader | None,
+    reader: Confirmations | None,
 ) -> dict[str, Outcome]:
-    """Per pod, the outcome of its last request of this policy: kept when already final, asked
-    of the agent when a reader is given, else unconfirmed."""
+    """Per pod, the outcome of its last request of this policy: kept when already final, read
+    from the agents (all pods at once) when a reader is given, else unconfirmed."""
     mine = [(p, p.drain) for p in pods if p.drain is not None and p.drain.policy == policy]
-
-    async def one(pod: PodState, request: DrainRequest) -> tuple[str, Outcome]:
+    kept: dict[str, Outcome] = {}
+    asked: list[tuple[PodState, DrainRequest]] = []
+    for pod, request in mine:
         before = known.get(pod.name)
         if before is not None and before.request == request.id and before.final:
-            return pod.name, before
-        if reader is None:
-            return pod.name, Outcome(request=request.id, requested=request.count,
+            kept[pod.name] = before
+        elif reader is None:
+            kept[pod.name] = Outcome(request=request.id, requested=request.count,
                                      state=UNCONFIRMED)
-        return pod.name, await reader.ask(pod, request)
-
-    return dict(await asyncio.gather(*(one(p, r) for p, r in mine)))
+        else:
+            asked.append((pod, request))
+    found = await reader.read(asked) if reader is not None and asked else {}
+    return {p.name: kept[p.name] if p.name in kept else found[p.name] for p, _ in mine}

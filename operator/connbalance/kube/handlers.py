@@ -50,6 +50,7 @@ class Options:
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     timing: Timing = field(default_factory=Timing)
     metrics: tuple[str, int] | None = None  # where /metrics and /readyz are served
+    node_agent_port: int = 0  # the node agent's port on every node; 0: none deployed
 
 
 OPTIONS = Options()
@@ -112,6 +113,7 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         custom=client.CustomObjectsApi(),
         post_event=_post_event,
         default_prometheus_url=OPTIONS.default_prometheus_url,
+        node_agent_port=OPTIONS.node_agent_port,
     )
 
     async def run_one(key: Key) -> float | None:

@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     parser.add_argument(
+        "--node-agent-port",
+        type=_node_agent_port,
+        default=0,
+        metavar="PORT",
+        help="the node agent's HTTP port on each node's address, where balancers with "
+        "actuation.agent node read what it did (default 0: no node agent; status says "
+        "unconfirmed)",
+    )
+    parser.add_argument(
         "--leader-election",
         choices=("auto", "on", "off"),
         default="auto",
@@ -58,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the Lease's name (default %(default)s)")
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
+
+
+def _node_agent_port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"want a port from 0 to 65535, not {text!r}")
+    return int(text)
 
 
 def _lease_namespace(args: argparse.Namespace) -> str | None:
@@ -115,6 +130,7 @@ def run(argv: list[str]) -> int:
     handlers.OPTIONS.default_prometheus_url = args.default_prometheus_url
     handlers.OPTIONS.lease_namespace = lease_namespace
     handlers.OPTIONS.lease_name = args.lease_name
+    handlers.OPTIONS.node_agent_port = args.node_agent_port
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,

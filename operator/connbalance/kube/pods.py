@@ -39,6 +39,7 @@ def pod_state(pod: Any) -> PodState:
         uid=meta.uid or "",
         ip=status.pod_ip if status else None,
         drain=_drain((meta.annotations or {}).get(DRAIN_ANNOTATION), meta.name),
+        host_ip=status.host_ip if status else None,
     )
 
 

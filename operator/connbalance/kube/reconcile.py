@@ -40,6 +40,7 @@ class Apis:
     custom: Any
     post_event: PostEvent
     default_prometheus_url: str = DEFAULT_PROMETHEUS_URL
+    node_agent_port: int = 0  # where node agents answer on each node; 0: none deployed
 
 
 def pause_source(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> str | None:
@@ -104,6 +105,7 @@ async def _next_status(
             core=apis.core,
             apps=apis.apps,
             default_prometheus_url=apis.default_prometheus_url,
+            node_agent_port=apis.node_agent_port,
         )
     except (PolicyError, SpecError) as exc:
         events.emit(kind="Warning", reason="InvalidSpec", message=str(exc))

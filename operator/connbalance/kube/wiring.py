@@ -16,7 +16,8 @@ from typing import Any, Final
 
 from connbalance.controller import Controller
 from connbalance.kube.actuator import AnnotationActuator, HttpActuator
-from connbalance.kube.confirm import AgentStatusReader
+from connbalance.kube.confirm import AgentStatusReader, Confirmations, NodeAgentStatusReader
+from connbalance.kube.confirmprom import PrometheusConfirmations
 from connbalance.kube.fleet import KubeFleet
 from connbalance.kube.secrets import SpecError, read_secret
 from connbalance.model import MetricsSpec, Policy, PolicyName
@@ -31,7 +32,7 @@ DEFAULT_PROMETHEUS_URL: Final = "http://prometheus-server.monitoring.svc:80"
 @dataclass(frozen=True, slots=True)
 class Wired:
     controller: Controller
-    confirmations: AgentStatusReader | None  # None: no way to ask the agents (annotation)
+    confirmations: Confirmations | None  # None: no way to ask the agents
 
 
 @functools.cache
@@ -65,6 +66,23 @@ def _load_source(
     )
 
 
+def _confirmations_without_http(
+    policy: Policy, *, namespace: str, loads: PrometheusLoadSource, node_agent_port: int
+) -> Confirmations | None:
+    """Where confirmations come from when no request is POSTed: the node agent's HTTP port on
+    the pod's node (if the operator was told it), else the sidecars' metrics in Prometheus."""
+    if policy.actuation.agent == "node":
+        if not node_agent_port:
+            return None
+        return NodeAgentStatusReader(port=node_agent_port, namespace=namespace)
+    return PrometheusConfirmations(
+        connection=loads.connection,
+        namespace=namespace,
+        pod_label=policy.metrics.pod_label,
+        grace_seconds=policy.metrics.max_staleness_seconds,
+    )
+
+
 def build_controller(
     *,
     name: PolicyName,
@@ -74,10 +92,11 @@ def build_controller(
     core: Any,
     apps: Any,
     default_prometheus_url: str = DEFAULT_PROMETHEUS_URL,
+    node_agent_port: int = 0,
 ) -> Wired:
     """The controller for one balancer, its adapters built from the spec, and where the agents'
-    confirmations come from. Raises SpecError when something the spec names (a Secret, a key, a
-    file) cannot be used."""
+    confirmations come from (``node_agent_port`` 0: no node agent to ask). Raises SpecError
+    when something the spec names (a Secret, a key, a file) cannot be used."""
     metrics = policy.metrics
     if metrics.url is None:
         metrics = replace(metrics, url=default_prometheus_url)
@@ -99,7 +118,9 @@ def build_controller(
         raise SpecError(f"spec.metrics: {exc}") from exc
     annotate = AnnotationActuator(core=core, namespace=namespace)
     actuator: Actuator = annotate
-    reader = None
+    reader: Confirmations | None = _confirmations_without_http(
+        policy, namespace=namespace, loads=loads, node_agent_port=node_agent_port
+    )
     if policy.actuation.method == "http":
         if policy.actuation.token_secret is None:
             raise SpecError("spec.actuation.tokenSecret: required when method is http")

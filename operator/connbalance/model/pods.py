@@ -29,3 +29,4 @@ class PodState:
     uid: str = ""
     ip: str | None = None
     drain: DrainRequest | None = None
+    host_ip: str | None = None  # the node's address: where a node agent answers for the pod
