@@ -132,7 +132,8 @@ class DrainIssuer:
             deadline=issued_at + timedelta(seconds=actuation.deadline_seconds),
             policy=self.name,
             issued_at=issued_at,
-            steer=actuation.steer,
+            # With readinessGate the pod leaves the endpoints instead: its agent must not refuse.
+            steer=actuation.agent_steers,
         )
 
 

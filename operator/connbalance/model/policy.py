@@ -20,6 +20,7 @@ from connbalance.model.settings import (
     HEADER_NAME_PATTERN,
     RULES,
     STRUCTURED,
+    SUPERSEDED,
     WORKLOAD_KINDS,
     Setting,
 )
@@ -83,11 +84,21 @@ class ActuationSpec:
     window_seconds: float
     quiet_millis: int
     deadline_seconds: float
-    steer: bool
+    steering: str  # agent, readinessGate or none: the old boolean steer already read into it
     agent_port: int
     agent: str
     server_port: int
     token_secret: SecretKeyRef | None
+
+    @property
+    def steer(self) -> bool:
+        """Reconnects are kept off shedding pods (by the agent or by the readiness gate)."""
+        return self.steering != "none"
+
+    @property
+    def agent_steers(self) -> bool:
+        """The agent itself refuses new connections for the window (the request's steer)."""
+        return self.steering == "agent"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,6 +126,8 @@ def _parse(spec: object, prefix: str) -> Policy:
     values: dict[str, Any] = {s.path: _scalar(spec, s, prefix) for s in FIELDS}
     values.update(_structured(spec, prefix))
     _check_rules(values, prefix)
+    for rule in SUPERSEDED:
+        values[f"{rule.scope}.{rule.field}"] = rule.resolve(_scoped(values, rule.scope))
     return _build(values)
 
 
@@ -150,8 +163,10 @@ def _scoped(values: Mapping[str, Any], scope: str) -> Callable[[str], Any]:
 
 def _build(values: Mapping[str, Any]) -> Policy:
     groups: dict[str, dict[str, Any]] = {"metrics": {}, "balance": {}, "actuation": {}, "": {}}
+    replaced = {f"{rule.scope}.{rule.old}" for rule in SUPERSEDED}
     for setting in FIELDS:
-        groups[setting.group][setting.attribute] = values[setting.path]
+        if setting.path not in replaced:  # read into the setting that replaces it
+            groups[setting.group][setting.attribute] = values[setting.path]
     prom = "metrics.prometheus"
     return Policy(
         selector=values["selector"],

@@ -17,6 +17,12 @@ PRESETS: Final = ("teleport-auth", "open-fds", "custom")
 MODES: Final = ("postRollout", "continuous")
 METHODS: Final = ("annotation", "http")
 AGENTS: Final = ("sidecar", "node")
+# How reconnects are kept off a shedding pod for its window: its agent refuses them, or the pod
+# leaves its Services' endpoints (a readiness-gate condition set False), or nothing steers.
+STEERINGS: Final = ("agent", "readinessGate", "none")
+STEERING_DEFAULT: Final = "agent"
+# The pod condition that steering by readinessGate sets False for a shedding pod's window.
+ACCEPTING_CONDITION: Final = "connbalance.io/accepting"
 WORKLOAD_KINDS: Final = ("Deployment", "StatefulSet")
 DEFAULT_SECRET_KEY: Final = "token"
 # An HTTP header name as the spec accepts it; CEL's matches() and Python's re read it alike.
@@ -110,10 +116,19 @@ FIELDS: Final[tuple[Setting, ...]] = (
             "A connection is closed once quiet this long (proxy mode)."),
     _number("actuation.deadlineSeconds", float, 90.0, 1, 7200,
             "After this, chosen connections are closed even if busy."),
-    Setting("actuation.steer", bool, True,
-            "Keep reconnects off shedding pods for the window (the agent refuses new connections "
-            "there, in proxy mode), so each cycled connection moves once. Where nothing steers, "
-            "steps under-shed and take longer, but never overshoot."),
+    # No schema default: with one, the API server would fill in steering beside an old steer.
+    Setting("actuation.steering", str, None,
+            "How reconnects are kept off shedding pods for the window, so each cycled connection "
+            "moves once: agent, the pod's agent refuses new connections (at its listener in "
+            "proxy mode, by a self-expiring nftables rule in reset mode); readinessGate, the "
+            f"operator sets the pod condition {ACCEPTING_CONDITION} False, so the pod leaves "
+            "its Services' endpoints (needs that readiness gate in the pod spec); none, nothing "
+            "steers: steps under-shed and take longer, but never overshoot. Unset: what steer "
+            f"says if given (true: agent, false: none), else {STEERING_DEFAULT}.",
+            choices=STEERINGS),
+    Setting("actuation.steer", bool, None,
+            "Deprecated: use steering. Still read, as steering agent (true) or none (false); "
+            "given beside steering, the two must agree."),
     _number("actuation.agentPort", int, 9095, 1, 65535, "The agent's HTTP port (method http)."),
     Setting("actuation.agent", str, "sidecar",
             "Who acts on the requests: sidecar, the agent in each pod; node, the node agent "
@@ -281,7 +296,54 @@ class NotTogether:
         return f"!({mine} && {theirs})"
 
 
+@dataclass(frozen=True, slots=True)
+class Supersedes:
+    """``field`` (a choice) replaces the boolean ``old``, still read so that objects stored
+    before the change keep working: true reads as ``when_true``, false as ``when_false``, and
+    with neither given the value is ``default``. Given both, they must agree: false with
+    ``when_false`` only, true with any other choice (each of them does what true did)."""
+
+    scope: str
+    field: str
+    old: str
+    when_true: str
+    when_false: str
+    default: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"disagrees with {self.old}, which is deprecated ({self.old} true reads as "
+            f"{self.when_true}, false as {self.when_false}): remove {self.old}"
+        )
+
+    def holds(self, get: Lookup) -> bool:
+        old, new = get(self.old), get(self.field)
+        return old is None or new is None or (new == self.when_false) == (not old)
+
+    def cel(self) -> str:
+        return (
+            f"!has(self.{self.old}) || !has(self.{self.field}) || "
+            f"((self.{self.field} == '{self.when_false}') == !self.{self.old})"
+        )
+
+    def resolve(self, get: Lookup) -> str:
+        """The value in force: ``field`` if given, else what ``old`` says, else the default."""
+        new, old = get(self.field), get(self.old)
+        if new is not None:
+            return str(new)
+        if old is not None:
+            return self.when_true if old else self.when_false
+        return self.default
+
+
+SUPERSEDED: Final[tuple[Supersedes, ...]] = (
+    Supersedes("actuation", "steering", old="steer", when_true="agent", when_false="none",
+               default=STEERING_DEFAULT),
+)
+
 RULES: Final[tuple[Rule, ...]] = (
+    *SUPERSEDED,
     RequiredWhen("metrics", "query", other="preset", value="custom"),
     OnlyWhen("metrics", "query", other="preset", value="custom"),
     NotAbove("balance", "targetTolerance", bound="tolerance"),

@@ -186,7 +186,8 @@ def _step(
 ) -> tuple[Plan | None, str]:
     """The largest step within the caps that is expected to lower the skew (None if the caps
     leave none), and the cap that bound it, as words for reasons ("" if none did)."""
-    landing = Landing.STEERED if policy.actuation.steer else Landing.UNIFORM
+    # The agent and the readiness gate both keep reconnects off the shedding pods.
+    landing = Landing.UNIFORM if policy.actuation.steering == "none" else Landing.STEERED
     # Aim halfway into the target band so that measurement noise does not retrigger at once.
     ceiling = pool.mean * (1 + policy.balance.target_tolerance / 2)
     ideal = shed_targets(pool.values, ceiling=ceiling, landing=landing)
