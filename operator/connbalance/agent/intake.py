@@ -53,17 +53,31 @@ class AnnotationIntake:
 
 
 def parse_downward_annotations(text: str) -> dict[str, str]:
-    """Parse a downward-API annotations file: ``key="value"`` lines, values Go-quoted."""
+    """Parse a downward-API annotations file: ``key="value"`` lines, values Go-quoted.
+
+    A line that is not one (no quotes, a broken escape) is left out, and the other lines stand:
+    the kubelet writes none such, so a damaged line says nothing about what was asked.
+    """
     result: dict[str, str] = {}
-    for line in text.splitlines():
+    # The kubelet ends each line with a newline and escapes every other line break in a value
+    # (splitlines would also split at U+0085 or U+2028, cutting a value in two).
+    for line in text.split("\n"):
         key, sep, quoted = line.partition("=")
         if not sep or len(quoted) < 2 or quoted[0] != '"' or quoted[-1] != '"':
             continue
-        result[key.strip()] = _go_unquote(quoted[1:-1])
+        try:
+            result[key.strip()] = _go_unquote(quoted[1:-1])
+        except ValueError:
+            continue
     return result
 
 
+_HEX_WIDTH = {"x": 2, "u": 4, "U": 8}
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
 def _go_unquote(body: str) -> str:
+    """Undo Go's %q; ValueError for an escape Go would not write."""
     simple = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
     out: list[str] = []
     i = 0
@@ -77,17 +91,31 @@ def _go_unquote(body: str) -> str:
         if code in simple:
             out.append(simple[code])
             i += 2
-        elif code in "xuU":
-            width = {"x": 2, "u": 4, "U": 8}[code]
-            out.append(chr(int(body[i + 2 : i + 2 + width], 16)))
+        elif code in _HEX_WIDTH:
+            width = _HEX_WIDTH[code]
+            digits = body[i + 2 : i + 2 + width]
+            if len(digits) != width or not set(digits) <= _HEX_DIGITS:
+                raise ValueError(f"broken \\{code} escape")
+            out.append(_char(int(digits, 16)))
             i += 2 + width
-        elif code.isdigit():
-            out.append(chr(int(body[i + 1 : i + 4], 8)))
+        elif code in "01234567":
+            digits = body[i + 1 : i + 4]
+            if len(digits) != 3 or not set(digits) <= set("01234567"):
+                raise ValueError("broken octal escape")
+            out.append(_char(int(digits, 8)))
             i += 4
-        else:
+        elif code in '\\"':
             out.append(code)
             i += 2
+        else:
+            raise ValueError(f"unknown escape \\{code}")
     return "".join(out)
+
+
+def _char(code: int) -> str:
+    if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+        raise ValueError(f"U+{code:X} is not a character")
+    return chr(code)
 
 
 async def watch_annotations_file(
@@ -98,7 +126,7 @@ async def watch_annotations_file(
     while not stop.is_set():
         try:
             text = path.read_text(encoding="utf-8")
-        except OSError:
+        except (OSError, UnicodeDecodeError):  # the kubelet writes UTF-8: this is no such file
             text = ""
         await intake.offer(parse_downward_annotations(text).get(DRAIN_ANNOTATION))
         with contextlib.suppress(TimeoutError):

@@ -8,7 +8,8 @@ Wire form (the annotation ``connbalance.io/drain`` and the body of ``POST /v1/dr
 
 ``id`` and ``count`` are required; the rest have the defaults below. With ``steer`` the agent
 also refuses new connections for the window, so cycled clients reconnect to other pods. Unknown
-keys are rejected so that a typo never silently changes what is cycled.
+keys are rejected so that a typo never silently changes what is cycled, and so is a key given
+twice, which JSON parsers resolve differently (the last wins here, the first elsewhere).
 """
 
 from __future__ import annotations
@@ -84,9 +85,13 @@ class DrainRequest:
     @classmethod
     def from_json(cls, text: str | bytes, *, now: datetime) -> DrainRequest:
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        except InvalidDrainRequest:
+            raise
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidDrainRequest("body", f"not valid JSON ({exc})") from None
+        except RecursionError:
+            raise InvalidDrainRequest("body", "not a drain request: nested too deeply") from None
         return cls.from_wire(data, now=now)
 
     @classmethod
@@ -97,9 +102,13 @@ class DrainRequest:
             raise InvalidDrainRequest("body", "must be a JSON object")
         unknown = sorted(set(data) - _KEYS)
         if unknown:
-            raise InvalidDrainRequest(unknown[0], "unknown field")
+            # A key that is blank or not printable names nothing a person could find: the body.
+            key = unknown[0]
+            raise InvalidDrainRequest(
+                key if key.isprintable() and key.strip() else "body", f"unknown field {key!r}"
+            )
         request_id = data.get("id")
-        if not isinstance(request_id, str) or not _ID_PATTERN.match(request_id):
+        if not isinstance(request_id, str) or not _ID_PATTERN.fullmatch(request_id):
             raise InvalidDrainRequest(
                 "id", "required: 1-253 characters of letters, digits and . _ : -"
             )
@@ -123,7 +132,12 @@ class DrainRequest:
             deadline = _time(data, "deadline")
         else:
             start = issued_at or now
-            deadline = start + timedelta(seconds=window + DEFAULT_DEADLINE_SLACK_SECONDS)
+            try:
+                deadline = start + timedelta(seconds=window + DEFAULT_DEADLINE_SLACK_SECONDS)
+            except OverflowError:
+                raise InvalidDrainRequest(
+                    "issuedAt", "is too late: no deadline follows it"
+                ) from None
         return cls(
             id=RequestId(request_id),
             count=count,
@@ -136,9 +150,21 @@ class DrainRequest:
         )
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise InvalidDrainRequest(key, "given twice")
+        seen[key] = value
+    return seen
+
+
 def _number(data: Mapping[str, object], key: str, default: float, low: float, high: float) -> float:
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidDrainRequest(key, "must be a number")
+    # Only a float can be NaN or infinite; an int of any size compares exactly with the bounds.
+    if isinstance(value, float) and not math.isfinite(value):
         raise InvalidDrainRequest(key, "must be a number")
     if not low <= value <= high:
         raise InvalidDrainRequest(key, f"must be between {low:g} and {high:g}")
@@ -157,7 +183,10 @@ def _time(data: Mapping[str, object], key: str) -> datetime:
         ) from None
     if parsed.tzinfo is None:
         raise InvalidDrainRequest(key, "must carry a time zone (Z or +00:00)")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidDrainRequest(key, f"is out of range in UTC: {value!r}") from None
 
 
 def _format_time(moment: datetime) -> str:
