@@ -11,11 +11,14 @@ Two models of the balancer:
   the others only and each cycled connection moves exactly once: s_i = l_i - T.
 
 Only pods above the mean ever shed: cycling a pod below the mean is pure churn. When steering,
-pods that would end above the ceiling if reconnects landed on them are steered off too, with
-nothing to cycle (``steer_only``), so the cycled clients land on the pods with room.
+the reconnects spread evenly over the pods left open, so a step may move only as much as the
+fullest of them has room for below the ceiling; more would lift it above the mean, and the next
+step would have to cycle those same clients again. ``receivers`` picks the emptiest pods that
+carry the most, and every other pod is steered off with nothing to cycle.
 """
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 
 from connbalance.model import PodName
@@ -56,26 +59,33 @@ def shed_targets(
     return {p: s for p, s in sheds.items() if s > 0}
 
 
-def steer_only(
+@dataclass(frozen=True, slots=True)
+class Receivers:
+    """The pods a steered step leaves open, and how many reconnects they can take."""
+
+    pods: frozenset[PodName]
+    # The most that can land on them, spread evenly, with none lifted above the ceiling.
+    room: float
+
+
+def receivers(
     loads: Mapping[PodName, float], sheds: Mapping[PodName, float], *, ceiling: float
-) -> frozenset[PodName]:
-    """Pods besides the shedding ones to keep reconnects off: the fullest receiver, one at a
-    time, while the reconnects would lift it above the ceiling and steering it off lowers the
-    highest expected load; at least one receiver always stays."""
-    total = sum(sheds.values())
-    receivers = sorted((p for p in loads if p not in sheds), key=lambda p: (loads[p], p))
-    steered: list[PodName] = []
+) -> Receivers:
+    """The emptiest pods not shedding that can take ``sum(sheds)`` reconnects, steering off as
+    few as that allows; if none can take it all, the set that takes the most.
 
-    def highest(takers: list[PodName], kept: list[PodName]) -> float:
-        landed = max(loads[p] + total / len(takers) for p in takers)
-        return max([landed, *(loads[p] for p in kept)])
-
-    while len(receivers) > 1 and loads[receivers[-1]] + total / len(receivers) > ceiling:
-        fullest = receivers[-1]
-        if highest(receivers[:-1], [*steered, fullest]) >= highest(receivers, steered):
-            break
-        steered.append(receivers.pop())
-    return frozenset(steered)
+    Reconnects spread evenly over the open pods (the balancer's hash picks any of them), so k
+    open pods take at most k times the room of the fullest of them. Opening a fuller pod adds a
+    share but lowers that room: the best k is found by trying each.
+    """
+    wanted = sum(sheds.values())
+    open_ = sorted((p for p in loads if p not in sheds), key=lambda p: (loads[p], p))
+    rooms = [k * max(0.0, ceiling - loads[open_[k - 1]]) for k in range(1, len(open_) + 1)]
+    if not rooms:
+        return Receivers(pods=frozenset(), room=0.0)
+    enough = min(wanted, max(rooms))
+    k = max(k for k in range(1, len(rooms) + 1) if rooms[k - 1] >= enough - 1e-9)
+    return Receivers(pods=frozenset(open_[:k]), room=rooms[k - 1])
 
 
 def expected_loads(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from connbalance.model import BalanceSpec, Drain, Plan, PodLoad, PodName, PodState, Policy
-from connbalance.planner.landing import Landing, expected_loads, shed_targets, steer_only
+from connbalance.planner.landing import Landing, expected_loads, receivers, shed_targets
 
 # When a cap binds, the whole step is scaled down by the same factor, which keeps the expected
 # skew strictly improving; these halvings absorb what integer rounding takes away.
@@ -192,14 +192,20 @@ def _step(
     ceiling = pool.mean * (1 + policy.balance.target_tolerance / 2)
     ideal = shed_targets(pool.values, ceiling=ceiling, landing=landing)
     scale, binding = _scale_for_caps(pool.values, ideal, policy=policy, total=pool.total)
+    if landing is Landing.STEERED:
+        scale, binding = _scale_for_room(pool.values, ideal, ceiling, scale=scale, binding=binding)
     for _ in range(_MAX_HALVINGS):
         counts = {p: math.floor(s * scale) for p, s in ideal.items()}
         counts = {p: c for p, c in counts.items() if c > 0}
         if not counts:
             break
         if landing is Landing.STEERED:
+            # Every pod but the receivers is steered off, a pod over the ceiling with too
+            # little to cycle included: what lands on a full pod must be cycled again.
             sheds = {p: float(c) for p, c in counts.items()}
-            counts |= dict.fromkeys(steer_only(pool.values, sheds, ceiling=ceiling), 0)
+            kept_open = receivers(pool.values, dict.fromkeys(ideal, 0.0) | sheds,
+                                  ceiling=ceiling).pods
+            counts |= {p: 0 for p in pool.values if p not in kept_open and p not in counts}
         after = expected_loads(
             pool.values, {p: float(c) for p, c in counts.items()}, landing=landing
         )
@@ -247,6 +253,26 @@ def _drains(
             else f"load {pool.values[p]:g}: steered off so reconnects land on emptier pods",
         )
         for p, c in sorted(counts.items())
+    )
+
+
+def _scale_for_room(
+    values: Mapping[PodName, float],
+    ideal: Mapping[PodName, float],
+    ceiling: float,
+    *,
+    scale: float,
+    binding: str,
+) -> tuple[float, str]:
+    """Scale a steered step down to what its receivers can take without rising over the
+    ceiling: each connection cycled then moves once, and the rest waits for the next step."""
+    wanted = sum(ideal.values()) * scale
+    room = receivers(values, {p: s * scale for p, s in ideal.items()}, ceiling=ceiling)
+    if wanted <= room.room + 1e-9 or wanted <= 0:
+        return scale, binding
+    return (
+        scale * room.room / wanted,
+        f" (limited by the room below {ceiling:.1f} on {len(room.pods)} emptier pod(s))",
     )
 
 
