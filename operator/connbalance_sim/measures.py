@@ -8,8 +8,16 @@ Times are seconds since the scenario started. Definitions (as the bench document
   the rest of the run, or None;
 - ``cycled``: connections closed on purpose (by an agent or a client, never by a restart) from
   the start of the rollout to the end of the run;
-- ``churn_when_balanced``: those of them closed while the latest sample was already balanced,
-  outside the rollout itself.
+- ``churn_when_balanced``: those of them closed while the pool was balanced as the controller
+  judges it, outside the rollout itself. The controller has hysteresis: a pool it is not working
+  on is balanced while max/mean is at or under 1 + ``balance.tolerance`` (1.10); once over it,
+  it works until max/mean is at or under 1 + ``balance.targetTolerance`` (1.05), and only then
+  is the pool balanced again. The samples are read the same way, whatever the strategy, with the
+  product's default tolerances; ``churn_within_tolerance`` is the plainer count of closes made
+  while the latest sample was at or under 1.10;
+- ``cycled_again``: cycled connections that had been opened after the rollout finished, i.e.
+  clients moved a second time (or more): what a plan that moves each connection once avoids;
+- ``failed_per_1000``: failed calls per 1,000 calls made from the rollout to the end.
 """
 
 from __future__ import annotations
@@ -18,7 +26,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-BALANCED = 1.10
+from connbalance.model import Policy
+
+# The product's own defaults: what "balanced" means to the controller out of the box.
+_DEFAULTS = Policy.from_spec({"selector": {"matchLabels": {"app": "bench"}}}).balance
+BALANCED = 1 + _DEFAULTS.tolerance  # 1.10: acted on above it
+TARGET = 1 + _DEFAULTS.target_tolerance  # 1.05: once acting, balanced again at or under it
 SETTLE_LOOKAHEAD = 5.0
 
 
@@ -71,6 +84,8 @@ class Record:
     calls: int
     refused: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # When each cycled connection had been opened, in the order of ``cycled_at`` (or empty).
+    cycled_opened_at: tuple[float, ...] = ()
 
 
 def settled_sample(record: Record) -> Sample | None:
@@ -117,15 +132,61 @@ def skew_at(samples: Sequence[Sample], t: float) -> float | None:
     return latest.skew if latest is not None else None
 
 
-def churn_when_balanced(record: Record, *, bound: float = BALANCED) -> int:
+def balanced_at(samples: Sequence[Sample], *, act_above: float = BALANCED,
+                until_within: float = TARGET) -> list[tuple[float, bool]]:
+    """Each sample's time and whether the pool was balanced then, as the controller judges:
+    balanced until max/mean goes over ``act_above``, then not until it is back at or under
+    ``until_within`` (hysteresis)."""
+    balanced, marks = True, []
+    for sample in samples:
+        skew = sample.skew
+        if skew is not None:
+            if balanced and skew > act_above + 1e-9:
+                balanced = False
+            elif not balanced and skew <= until_within + 1e-9:
+                balanced = True
+        marks.append((sample.t, balanced))
+    return marks
+
+
+def _outside_rollout(record: Record) -> list[float]:
+    return [t for t in record.cycled_at
+            if not record.rollout_started <= t <= record.rollout_finished]
+
+
+def churn_when_balanced(record: Record) -> int:
+    """Closes made while the pool was balanced, hysteresis included (see the module)."""
+    marks = balanced_at(record.samples)
     churn = 0
-    for t in record.cycled_at:
-        if record.rollout_started <= t <= record.rollout_finished:
-            continue
+    for t in _outside_rollout(record):
+        latest = None
+        for at, balanced in marks:
+            if at > t:
+                break
+            latest = balanced
+        churn += bool(latest)
+    return churn
+
+
+def churn_within_tolerance(record: Record, *, bound: float = BALANCED) -> int:
+    """Closes made while the latest sample was at or under ``bound``, hysteresis aside."""
+    churn = 0
+    for t in _outside_rollout(record):
         skew = skew_at(record.samples, t)
         if skew is not None and skew <= bound + 1e-9:
             churn += 1
     return churn
+
+
+def cycled_again(record: Record) -> int:
+    """Cycled connections opened after the rollout finished: clients moved more than once."""
+    return sum(1 for t, opened in zip(record.cycled_at, record.cycled_opened_at, strict=False)
+               if record.rollout_started <= t <= record.ended
+               and opened > record.rollout_finished)
+
+
+def failed_per_1000(record: Record) -> float | None:
+    return 1000 * record.failed_calls / record.calls if record.calls > 0 else None
 
 
 def cycled(record: Record) -> int:
@@ -158,4 +219,12 @@ def result(record: Record) -> dict[str, Any]:
         "failed_calls": record.failed_calls,
         "final_skew": round(final_skew(record), 3),
         "churn_when_balanced": churn_when_balanced(record),
+        "churn_within_tolerance": churn_within_tolerance(record),
+        "cycled_again": cycled_again(record),
+        "calls": record.calls,
+        "failed_per_1000": _rounded(failed_per_1000(record), 2),
     }
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)

@@ -180,12 +180,14 @@ async def run(scenario: Scenario, strategy: Strategy, *, view: View | None = Non
     clock = time.time
     t0 = clock()
     cycled_at: list[float] = []
+    opened_at: list[float] = []  # when each cycled connection had been opened
 
     def on_end(end: ConnectionEnd) -> None:
         # A connection a steering pod reset on arrival was refused, not cycled: its client
         # never had a stream on it (a gRPC server speaks first, so a served one carried bytes).
         if end.in_service and end.served:
             cycled_at.append(end.at - t0)
+            opened_at.append(end.at - end.lifetime - t0)
 
     parts = _assemble(scenario, view=view, clock=clock, t0=t0, on_end=on_end)
     await parts.ctx.balancer.start()
@@ -198,6 +200,8 @@ async def run(scenario: Scenario, strategy: Strategy, *, view: View | None = Non
     return Record(strategy=strategy.name, clients=scenario.clients, samples=tuple(parts.samples),
                   events=tuple(ctx.events),
                   cycled_at=tuple(t for t in cycled_at if t <= outcome.ended),
+                  cycled_opened_at=tuple(o for t, o in zip(cycled_at, opened_at, strict=True)
+                                         if t <= outcome.ended),
                   rollout_started=outcome.rollout_started,
                   rollout_finished=outcome.rollout_finished, ended=outcome.ended,
                   failed_calls=outcome.failed_calls, calls=outcome.calls,

@@ -42,5 +42,31 @@ def test_result_has_the_documented_fields():
     record = _record([(10.0, [200, 100, 0]), (12.0, [100, 100, 100])], cycled_at=(11.0,))
     result = measures.result(record)
     assert set(result) == {"strategy", "time_to_balance_s", "cycled", "needed", "cycled_ratio",
-                           "failed_calls", "final_skew", "churn_when_balanced"}
+                           "failed_calls", "final_skew", "churn_when_balanced",
+                           "churn_within_tolerance", "cycled_again", "calls", "failed_per_1000"}
     assert result["cycled_ratio"] == round(1 / 100, 2)
+
+
+def test_churn_follows_the_controllers_hysteresis_balanced_again_only_at_1_05():
+    # Skewed, then 1.08 (under 1.10 but not yet 1.05: still being worked on), then 1.03, and
+    # back at 1.08 (balanced still: the controller acts only over 1.10).
+    record = _record([(10.0, [200, 100, 0]), (12.0, [108, 100, 92]), (14.0, [103, 100, 97]),
+                      (16.0, [108, 100, 92])], cycled_at=(11.0, 12.5, 14.5, 16.5))
+    assert measures.churn_when_balanced(record) == 2  # 14.5 and 16.5
+    assert measures.churn_within_tolerance(record) == 3  # 12.5, 14.5 and 16.5
+
+
+def test_a_connection_cycled_twice_is_one_opened_after_the_rollout():
+    samples = [(10.0, [200, 100, 0]), (12.0, [100, 100, 100])]
+    record = _record(samples, cycled_at=(11.0, 11.5, 12.0))
+    moved = Record(**{**{f: getattr(record, f) for f in record.__dataclass_fields__},
+                      "cycled_opened_at": (2.0, 10.5, 11.2)})
+    assert measures.cycled_again(moved) == 2
+
+
+def test_failed_calls_are_counted_per_thousand_calls():
+    record = _record([(10.0, [200, 100, 0])])
+    rated = Record(**{**{f: getattr(record, f) for f in record.__dataclass_fields__},
+                      "failed_calls": 3, "calls": 1500})
+    assert measures.failed_per_1000(rated) == 2.0
+    assert measures.failed_per_1000(record) is None
