@@ -13,6 +13,7 @@ EVERYTHING_ON = [
     "logFormat=json",
     "rbac.readSecrets=true",
     "rbac.secretNames={prometheus-token}",
+    "rbac.readinessGate=true",
     "agentAccess[0].namespace=teleport",
     "agentAccess[0].serviceAccount=auth",
     "serviceMonitor.enabled=true",
@@ -94,6 +95,23 @@ def test_secrets_and_agent_access_are_granted_only_when_asked(helm):
     assert agent["rules"][0]["verbs"] == ["get", "list", "watch"]
     bound = sorted(b["subjects"][0]["name"] for b in by_kind(not_leases(docs), "RoleBinding"))
     assert bound == ["auth", "proxy"]
+
+
+def status_writes(role):
+    return [r for r in role["rules"] if "pods/status" in r["resources"]]
+
+
+def test_the_pod_status_patch_for_readiness_gates_is_granted_only_when_asked(helm):
+    assert status_writes(one(helm.render(), "ClusterRole")) == []
+    granted = [{"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]}]
+    assert status_writes(one(helm.render("rbac.readinessGate=true"), "ClusterRole")) == granted
+    docs = helm.render("rbac.readinessGate=true", "watchNamespaces={a,b}")
+    assert status_writes(one(docs, "ClusterRole")) == []
+    roles = by_kind(not_leases(docs), "Role")
+    assert {r["metadata"]["namespace"] for r in roles} == {"a", "b"}
+    assert all(status_writes(role) == granted for role in roles)
+    unasked = by_kind(not_leases(helm.render("watchNamespaces={a,b}")), "Role")
+    assert unasked and all(status_writes(role) == [] for role in unasked)
 
 
 def test_secret_names_narrow_the_read_to_those_secrets(helm):
