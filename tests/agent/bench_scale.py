@@ -1,0 +1,301 @@
+"""``make bench-agent-scale``: the agent at 100,000 sockets (issue 14, item 6). One JSON document.
+
+- **reset scan and selection**: 100,000 established connections held on one server port, then
+  the reset-mode agent's own code does what the first close of a request does: list the
+  established sockets on the port with tcp_info (``ResetAgent`` through ``netlink.SockDiag``,
+  port filter in kernel bytecode, the pod's address checked per socket), turn them into
+  ``ConnectionInfo``, take the ids a request may cycle, and ``pick`` the idlest. Median of
+  ``--repeats``. The agent started before the clients connected, so its nftables table was in
+  place while they did, and its refusal element is set while it scans: ``nf_conntrack_count``
+  before and after says whether steering made the kernel track the connections.
+- **idle CPU**: the real agent process (``connbalance agent --mode reset``, as the recipe runs it:
+  the annotations file polled, no API watch) with those sockets present and no request, over
+  ``--idle-seconds``; then the CPU one ``/metrics`` scrape costs it (its active-connections gauge
+  scans), and the share that makes at a 30 s scrape interval.
+- **proxy RSS**: the proxy-mode agent process holding idle connections. A proxy holds two
+  descriptors per connection and a process here may hold 20,000, so it holds at most 9,900; its
+  RSS is measured at half and at all of them, and 20,000 is the line through those two points
+  (the cost per connection is flat by then).
+
+A process may hold at most 20,000 descriptors here, so both sides are spread: the server's
+sockets over several processes sharing the port with SO_REUSEPORT, the clients over several
+processes, each from its own loopback source address (one has about 28,000 ephemeral ports).
+Everything is on 127.0.80.0/24 and 127.0.81.0/24. ``--sockets 2000`` makes a tiny run for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.agent.bench import HOST as PROXY_UPSTREAM_HOST
+from tests.agent.bench import process, raise_fd_limit, rss_kib, upstream
+
+SERVER = "127.0.80.1"
+AGENT_HTTP = "127.0.80.2"
+SOURCES = "127.0.81.{}"
+PER_PROCESS = 14_000  # descriptors a peer process holds, well under the 20,000 cap
+MIN_CLIENT_PROCESSES = 4
+PROXY_MAX = 9_900  # 2 descriptors per proxied connection, under the 20,000 cap
+GOAL_SCAN_MS = 200.0
+GOAL_IDLE_CPU_PERCENT = 1.0
+GOAL_PROXY_RSS_MIB = 100.0
+SCRAPE_INTERVAL_SECONDS = 30.0
+CONNECT_TIMEOUT = 600.0
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def conntrack() -> dict[str, int | None]:
+    def read(name: str) -> int | None:
+        path = Path("/proc/sys/net/netfilter") / name
+        return int(path.read_text()) if path.exists() else None
+
+    return {"max": read("nf_conntrack_max"), "count": read("nf_conntrack_count")}
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def peer(*args: str) -> contextlib.AbstractContextManager[tuple[subprocess.Popen[str], Any]]:
+    return process([sys.executable, "-m", "tests.agent.scalepeers", *args],
+                   ready=lambda line: line.strip() or None)  # fmt: skip
+
+
+@contextlib.contextmanager
+def established(sockets: int, port: int) -> Iterator[dict[str, Any]]:
+    """``sockets`` connections held to SERVER:port, both ends spread over processes."""
+    servers = max(2, math.ceil(sockets / PER_PROCESS))
+    clients = max(MIN_CLIENT_PROCESSES, math.ceil(sockets / PER_PROCESS))
+    shares = [sockets // clients + (i < sockets % clients) for i in range(clients)]
+    with contextlib.ExitStack() as stack:
+        for _ in range(servers):
+            stack.enter_context(peer("serve", SERVER, str(port)))
+        for i, share in enumerate(shares):
+            stack.enter_context(peer("connect", SOURCES.format(i + 1), SERVER, str(port),
+                                     str(share)))  # fmt: skip
+        yield {
+            "sockets": sockets,
+            "server_processes": servers,
+            "client_processes": clients,
+            "source_addresses": [SOURCES.format(i + 1) for i in range(clients)],
+        }
+
+
+def wait_established(port: int, sockets: int) -> None:
+    from connbalance.agent.netlink import SockDiag
+
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    with SockDiag() as diag:
+        while len(diag.established(port=port, address=SERVER)) < sockets:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fewer than {sockets} connections established on {port}")
+            time.sleep(0.5)
+
+
+def scan_and_select(agent: Any, repeats: int) -> dict[str, Any]:
+    """What the first close of a request costs, on the agent's own code, ``repeats`` times."""
+    from connbalance.agent.selection import pick
+
+    parts: dict[str, list[float]] = {"scan": [], "connections": [], "eligible": [], "pick": []}
+    totals: list[float] = []
+    seen = 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        seen = len(agent._sockets(fresh=True))
+        t1 = time.perf_counter()
+        connections = agent.connections()
+        t2 = time.perf_counter()
+        eligible = frozenset(c.id for c in connections)
+        t3 = time.perf_counter()
+        if pick(connections, eligible=eligible, claimed=set()) is None and seen:
+            raise RuntimeError("pick chose nothing among established sockets")
+        t4 = time.perf_counter()
+        for name, took in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            parts[name].append(took)
+        totals.append(t4 - t0)
+        time.sleep(0.2)
+    median_ms = round(statistics.median(totals) * 1000, 1)
+    return {
+        "sockets_seen": seen,
+        "repeats": repeats,
+        "median_ms": median_ms,
+        "min_ms": round(min(totals) * 1000, 1),
+        "max_ms": round(max(totals) * 1000, 1),
+        "median_ms_by_part": {k: round(statistics.median(v) * 1000, 1) for k, v in parts.items()},
+        "goal_ms": GOAL_SCAN_MS,
+        "meets_goal": median_ms < GOAL_SCAN_MS,
+    }
+
+
+def idle_agent(port: int, idle_seconds: float, run_dir: Path) -> dict[str, Any]:
+    """The agent process, as the recipe runs it, with the sockets present and nothing to do."""
+    annotations = run_dir / "annotations"
+    annotations.write_text("")
+    argv = [sys.executable, "-m", "connbalance.agent", "--mode", "reset", "--port", str(port),
+            "--pod-ip", SERVER, "--listen", f"{AGENT_HTTP}:0", "--annotations-file",
+            str(annotations), "--no-api-watch", "--state-file", str(run_dir / "state.json"),
+            "--max-fraction", "0.5"]  # fmt: skip
+
+    def ready(line: str) -> int | None:
+        found = line.split("HTTP on ", 1)
+        return int(found[1].split(",", 1)[0].rsplit(":", 1)[1]) if len(found) == 2 else None
+
+    with process(argv, ready=ready, stream="stderr") as (proc, http_port):
+        time.sleep(1.0)
+        before, start = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(idle_seconds)
+        idle = (cpu_seconds(proc.pid) - before) / (time.monotonic() - start)
+        before, start = cpu_seconds(proc.pid), time.perf_counter()
+        url = f"http://{AGENT_HTTP}:{http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            body = answer.read().decode()
+        wall = time.perf_counter() - start
+        time.sleep(0.2)
+        scrape = cpu_seconds(proc.pid) - before
+        rss = rss_kib(proc.pid)
+    active = next(float(line.split()[-1]) for line in body.splitlines()
+                  if line.startswith("connbalance_agent_active_connections "))  # fmt: skip
+    with_scrapes = idle + scrape / SCRAPE_INTERVAL_SECONDS
+    return {
+        "seconds": idle_seconds,
+        "cpu_percent_of_a_core": round(idle * 100, 3),
+        "scrape_cpu_ms": round(scrape * 1000, 1),
+        "scrape_wall_ms": round(wall * 1000, 1),
+        "scrape_active_connections": int(active),
+        "cpu_percent_with_a_scrape_every_30s": round(with_scrapes * 100, 3),
+        "rss_mib": round(rss / 1024, 1),
+        "goal_percent": GOAL_IDLE_CPU_PERCENT,
+        "meets_goal": with_scrapes * 100 < GOAL_IDLE_CPU_PERCENT,
+    }
+
+
+def settled_rss(pid: int) -> int:
+    """RSS once it stopped changing for a second (bounded)."""
+    last, since = -1, time.monotonic()
+    for _ in range(100):
+        time.sleep(0.1)
+        now = rss_kib(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > 1.0:
+            break
+    return rss_kib(pid)
+
+
+def proxy_rss(connections: int, target: int) -> dict[str, Any]:
+    from tests.agent.bench import agent as proxy_agent
+
+    half = connections // 2
+    with upstream() as (_server, (echo, _sink)), proxy_agent(echo, "auto") as (proc, front):
+        base = settled_rss(proc.pid)
+        held = [socket.create_connection((PROXY_UPSTREAM_HOST, front)) for _ in range(half)]
+        try:
+            at_half = settled_rss(proc.pid)
+            held += [socket.create_connection((PROXY_UPSTREAM_HOST, front))
+                     for _ in range(connections - half)]  # fmt: skip
+            at_full = settled_rss(proc.pid)
+        finally:
+            for conn in held:
+                conn.close()
+    per_connection = (at_full - at_half) / max(1, connections - half)
+    estimate = (at_full + per_connection * (target - connections)) / 1024
+    return {
+        "loop": "auto (uvloop when installed, as the agent's default)",
+        "connections_held": connections,
+        "rss_mib_at_0": round(base / 1024, 1),
+        f"rss_mib_at_{half}": round(at_half / 1024, 1),
+        f"rss_mib_at_{connections}": round(at_full / 1024, 1),
+        "rss_per_connection_kib": round(per_connection, 2),
+        "target_connections": target,
+        f"rss_mib_at_{target}_estimated": round(estimate, 1),
+        "how": f"2 descriptors per connection and a 20,000 cap: measured at {half} and "
+        f"{connections}, {target} on the line through them",
+        "goal_mib": GOAL_PROXY_RSS_MIB,
+        "meets_goal": estimate < GOAL_PROXY_RSS_MIB,
+    }
+
+
+def reset_side(sockets: int, repeats: int, idle_seconds: float) -> dict[str, Any]:
+    from connbalance.agent.reset import ResetAgent
+
+    port = free_port(SERVER)
+    result: dict[str, Any] = {"conntrack_before": conntrack()}
+    agent = ResetAgent(port=port, address=SERVER, max_fraction=0.5)
+    with asyncio.Runner() as runner, tempfile.TemporaryDirectory() as run_dir:
+        runner.run(agent.start())  # its nftables table is in place from here on
+        try:
+            start = time.monotonic()
+            with established(sockets, port) as setup:
+                wait_established(port, sockets)
+                setup["established_in_seconds"] = round(time.monotonic() - start, 1)
+                result["setup"] = setup
+                agent.steer(120.0)  # the refusal element in place while it scans
+                result["conntrack_with_steering_and_sockets"] = conntrack()
+                result["reset_scan_and_select"] = scan_and_select(agent, repeats)
+                runner.run(agent.stop())  # the idle agent below sets its own element
+                result["idle_agent"] = idle_agent(port, idle_seconds, Path(run_dir))
+        finally:
+            runner.run(agent.stop())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_scale", description=__doc__.split("\n")[0])
+    parser.add_argument("--sockets", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--proxy-connections", type=int, default=PROXY_MAX)
+    parser.add_argument("--proxy-target", type=int, default=20_000)
+    args = parser.parse_args(argv)
+    if not 0 < args.proxy_connections <= PROXY_MAX:
+        parser.error(f"--proxy-connections: from 1 to {PROXY_MAX} (two descriptors each)")
+    raise_fd_limit(2 * PROXY_MAX + 100)
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "load_average_at_start": load_average(),
+            "fd_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+            "ephemeral_ports": Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split(),
+        },
+    }
+    report["proxy_idle"] = proxy_rss(args.proxy_connections, args.proxy_target)
+    report.update(reset_side(args.sockets, args.repeats, args.idle_seconds))
+    report["machine"]["load_average_at_end"] = load_average()
+    report["wall_seconds"] = round(time.monotonic() - started, 1)
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
