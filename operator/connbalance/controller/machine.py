@@ -3,7 +3,8 @@ come back.
 
 A tick passes its gates in order, each a method of its own: the pool can be read and is not busy
 (``_busy``: a step in flight, a rollout under way), its load can be read and was measured after
-the last drain window (``_measured_too_early``), the pool was not already judged
+the last drain window (``_measured_too_early``) and after the clients that step cycled came back
+(``_reconnects_pending``), the pool was not already judged
 (``_already_judged``), and then the planner's verdict becomes a phase (``_decided``) or a step
 (``_step``).
 """
@@ -112,7 +113,9 @@ class Controller:
                 seen=Seen(pods=view.pods),
             )
         seen = Seen(pods=view.pods, loads={p: m.load for p, m in measured.items()})
-        early = self._measured_too_early(state, measured, seen)
+        early = self._measured_too_early(state, measured, seen) or self._reconnects_pending(
+            state, measured, seen, now
+        )
         if early is not None:
             return early
         plan, verdict = decide(
@@ -166,6 +169,31 @@ class Controller:
             state,
             Phase.COOLING_DOWN,
             "waiting for a measurement taken after the last drain window",
+            self._soon,
+            seen=seen,
+        )
+
+    def _reconnects_pending(
+        self, state: ControllerState, measured: Mapping[PodName, PodLoad], seen: Seen, now: float
+    ) -> TickResult | None:
+        """Clients the last step cycled that have not reconnected yet: until they land, the pods
+        that will take them look emptier than they are, and a plan made on that reading sheds
+        again what is only on its way. Wait for them, while the total is short by more than
+        the ceiling's margin, for at most one more cooldown (clients may also leave for good)."""
+        if state.episode is None or state.step_total is None or state.last_step_at is None:
+            return None
+        if not measured:
+            return None
+        total = sum(m.load for m in measured.values())
+        margin = total / len(measured) * self._policy.balance.target_tolerance / 2
+        missing = state.step_total - total
+        if missing <= max(1.0, margin) or now >= state.last_step_at + 2 * self._issuer.cooldown:
+            return None
+        return tick_result(
+            state,
+            Phase.COOLING_DOWN,
+            f"waiting for {missing:.0f} cycled client(s) to reconnect: the pool holds "
+            f"{total:g} of the {state.step_total:g} it held at step {state.step}",
             self._soon,
             seen=seen,
         )
@@ -349,6 +377,7 @@ class Controller:
             skews=(*state.skews, plan.skew),
             requested_total=state.requested_total + sum(r.count for r in issued),
             held_until=None,
+            step_total=sum(seen.loads.values()),
             last_action=f"step {step}: cycle {summary}",
         )
         return TickResult(

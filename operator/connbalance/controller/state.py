@@ -28,7 +28,9 @@ class ControllerState:
     ``judged_revision`` is the pool revision last found balanced or given up on: in postRollout
     mode nothing more is done until the pool changes. ``held_until`` is when a continuous-mode
     balancer that gave up may try that same pool again. ``requested_total`` counts connections
-    the agents were *asked* to cycle (what they confirm is theirs to say).
+    the agents were *asked* to cycle (what they confirm is theirs to say). ``step_total`` is the
+    pool's total load when the last step was issued: its cycled clients come back, so a lower
+    total afterwards means some are still reconnecting.
     """
 
     phase: Phase = Phase.IDLE
@@ -42,6 +44,7 @@ class ControllerState:
     last_action: str = ""
     requested_total: int = 0
     held_until: float | None = None
+    step_total: float | None = None
 
     def to_status(self) -> dict[str, Any]:
         data = asdict(self)
@@ -69,6 +72,7 @@ class ControllerState:
                 # Written as cycled_total before it was named for what it counts.
                 requested_total=int(data.get("requested_total", data.get("cycled_total", 0))),
                 held_until=_float_or_none(data.get("held_until")),
+                step_total=_float_or_none(data.get("step_total")),
             )
         except (TypeError, ValueError):
             return cls()
