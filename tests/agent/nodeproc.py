@@ -23,7 +23,7 @@ class NodeAgentProcess:
 
     def __init__(
         self, *, env: Mapping[str, str], node: str, namespace: str, state: Path, log: Path,
-        netns_from: str,
+        netns_from: str, listen: str = "127.0.0.1:0",
     ) -> None:
         self.log = log
         env = {**env, "PYTHONPATH": str(ROOT / "operator")}
@@ -33,7 +33,7 @@ class NodeAgentProcess:
         self._out = log.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "connbalance.cli.main", "node-agent", "--node", node,
-             "--netns-from", netns_from, "--listen", "127.0.0.1:0", "--state-dir", str(state),
+             "--netns-from", netns_from, "--listen", listen, "--state-dir", str(state),
              "--namespace", namespace, "--loop", "asyncio"],
             stdout=self._out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
         )  # fmt: skip
