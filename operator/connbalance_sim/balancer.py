@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from connbalance.agent.proxy import H2_SETTINGS_THEN_GOAWAY
+
 
 @dataclass(slots=True, eq=False)
 class Backend:
@@ -47,7 +49,9 @@ class ConnectionEnd:
     in_service: bool  # the backend was still registered: a deliberate close, not a restart
     closed_by_backend: bool
     lifetime: float
-    served: bool = True  # the backend sent something: a pod that resets on arrival never does
+    # The backend sent more than a refusal: a pod that resets on arrival sends nothing, and a
+    # steering proxy's GOAWAY refusal sends only SETTINGS and GOAWAY.
+    served: bool = True
 
 
 @dataclass(slots=True)
@@ -61,7 +65,7 @@ class BalancerStats:
 class _Pair:
     """A client connection and the backend connection it was given."""
 
-    __slots__ = ("backend", "client", "ended", "peer", "served", "started", "upstream")
+    __slots__ = ("backend", "client", "ended", "heard", "peer", "started", "upstream")
 
     def __init__(self, *, client: asyncio.Transport, peer: tuple[str, int], backend: Backend,
                  started: float) -> None:
@@ -71,7 +75,11 @@ class _Pair:
         self.started = started
         self.upstream: asyncio.Transport | None = None
         self.ended = False
-        self.served = False
+        self.heard = 0  # bytes from the backend
+
+    @property
+    def served(self) -> bool:
+        return self.heard > len(H2_SETTINGS_THEN_GOAWAY)
 
     def abort(self) -> None:
         self.client.abort()
@@ -121,7 +129,7 @@ class _BackendSide(asyncio.Protocol):
         self._pair.upstream = transport
 
     def data_received(self, data: bytes) -> None:
-        self._pair.served = True
+        self._pair.heard += len(data)
         self._pair.client.write(data)
 
     def eof_received(self) -> bool:

@@ -1,4 +1,4 @@
-"""``connbalance bench``: the same scenario for each strategy in turn, side by side.
+"""``connbalance bench``: the same scenario for each strategy, one after another.
 
 Writes one JSON document (stdout with ``--json``; always ``OUT/bench.json``), one PNG with a panel
 per strategy (``OUT/bench.png``) and a Markdown table (``OUT/bench.md``); ``--docs`` also keeps
@@ -9,7 +9,13 @@ Field meanings: ``needed`` is the load above the mean when the rollout finished;
 connections closed on purpose from the start of the rollout to the end (restarts excluded);
 ``time_to_balance_s`` runs from the finished rollout until max/mean stays at or under 1.10 for
 the rest of the run (null if it never does); ``churn_when_balanced`` counts closes made while
-the pool was already balanced.
+the pool was already balanced, as the controller judges it (``measures``). Each result also
+carries the run's lower bounds and its figures as ratios to them (``bounds``).
+
+Strategies run one at a time unless ``--parallel`` says otherwise, ``--quick`` included: on two
+shared cores, runs side by side starve each other's clients and reconnects, so their figures
+measure the machine as much as the strategy. ``--matrix`` runs the scenario matrix instead
+(``matrix``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from connbalance_sim import benchdocs, measures
+from connbalance.agent.proxy import REFUSALS
+from connbalance_sim import benchdocs, bounds, harm, matrix, measures
 from connbalance_sim.fleet import AGENT_MODES, agent_mode
 from connbalance_sim.measures import Record
 from connbalance_sim.report import PlainView
@@ -48,10 +55,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--restarts", type=int, help="pods restarted (default: all)")
     p.add_argument("--seed", type=int)
     p.add_argument("--duration", type=float, help="seconds after the rollout finished")
-    p.add_argument("--quick", action="store_true", help="a small run, under 90 s in all")
+    p.add_argument("--quick", action="store_true",
+                   help="a small run, about 2.5 minutes in all (with --matrix: a smaller "
+                        "matrix, under 10 minutes)")
+    p.add_argument("--matrix", action="store_true",
+                   help="the scenario matrix: servers 3, 4, 6 x restarts one, half, all x "
+                        "clients 300, 1200 x 3 seeds, one run at a time (about 90 minutes); "
+                        "--servers, --clients, --restarts, --seed and --strategies narrow it")
     p.add_argument("--strategies", default=None,
                    help=f"comma-separated, from {', '.join(NAMES)} (default: all; with --quick "
-                        "all but connbalance-uniform, to keep the side-by-side run light)")
+                        "all but connbalance-uniform, to keep it short)")
     p.add_argument("--json", action="store_true", help="print the JSON document on stdout")
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out)")
     p.add_argument("--docs", action="store_true",
@@ -59,18 +72,22 @@ def parser() -> argparse.ArgumentParser:
                         "write docs/bench.md and the mode's plot from it")
     p.add_argument("--net", default="127.0.7", help="the /24 (first three octets) to use")
     p.add_argument("--parallel", type=int, default=None,
-                   help="strategies run side by side (default 1; all with --quick)")
+                   help="strategies run side by side (default 1: one at a time, which "
+                        "keeps them from distorting each other's figures)")
     p.add_argument("--metrics", choices=("scrape", "prometheus"), default="scrape",
                    help="how the controller reads load: each pod's /metrics directly (default), "
                         "or a real Prometheus scraping them (Debian's, from make system-deps)")
     p.add_argument("--agent-mode", choices=AGENT_MODES, default="proxy",
                    help="proxy (default), reset (needs CAP_NET_ADMIN; steers with nft), or auto")
+    p.add_argument("--refusal", choices=REFUSALS, default="auto",
+                   help="how a steering proxy refuses: auto (GOAWAY to plaintext HTTP/2, the "
+                        "default) or reset (the old way)")
     p.add_argument("--go-clients", default="", metavar="BINARY",
                    help="grpc-go clients from this goclients binary (make goclients-build prints "
                         "it) instead of grpcio's")
-    p.add_argument("--failfast", type=int, default=0,
-                   help="how many clients have no retry policy (default 0: all retry by "
-                        "connbalance_sim.retrypolicy)")
+    p.add_argument("--failfast", type=int, default=None,
+                   help="how many clients have no retry policy (default: half; the others "
+                        "retry by connbalance_sim.retrypolicy)")
     p.add_argument("--verbose", action="store_true", help="log each run's loads on stderr")
     return p
 
@@ -79,10 +96,13 @@ def scenario_from(args: argparse.Namespace) -> Scenario:
     base = QUICK if args.quick else FULL
     changes: dict[str, Any] = {"net": args.net, "agent_mode": agent_mode(args.agent_mode),
                                "metrics": args.metrics, "go_clients": args.go_clients,
-                               "failfast": args.failfast}
+                               "refusal": args.refusal}
     for field in ("servers", "clients", "seed", "duration"):
         if getattr(args, field) is not None:
             changes[field] = getattr(args, field)
+    # Two kinds of client, reported apart: half fail fast unless told otherwise.
+    clients = changes.get("clients", base.clients)
+    changes["failfast"] = clients // 2 if args.failfast is None else args.failfast
     servers = changes.get("servers", base.servers)
     changes["restarts"] = servers if args.restarts is None else args.restarts
     return replace(base, **changes)
@@ -93,7 +113,8 @@ def document(scenario: Scenario, records: Sequence[Record], *, wall: float) -> d
         # The binary's name, not where it is: the document may be kept in docs/.
         "scenario": {**scenario.to_json(), "go_clients": Path(scenario.go_clients).name,
                      "wall_seconds": round(wall, 1), "machine": machine()},
-        "results": [measures.result(r) for r in records],
+        "results": [{**measures.result(r), **harm.result(r.extra.get("harm"))}
+                    for r in records],
     }
 
 
@@ -120,6 +141,9 @@ async def _batch(scenario: Scenario, names: Sequence[str], *, verbose: bool) -> 
 
 def run(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    if args.matrix:
+        return matrix.run(args, base=scenario_from(args), machine=machine(),
+                          result_of=lambda s, r: document(s, [r], wall=0.0)["results"][0])
     chosen = args.strategies or ",".join(
         n for n in NAMES if not (args.quick and n == "connbalance-uniform"))
     names = [n.strip() for n in chosen.split(",") if n.strip()]
@@ -140,8 +164,7 @@ def run(argv: list[str]) -> int:
     if not 0 <= scenario.failfast <= scenario.clients:
         print("connbalance bench: --failfast must be between 0 and --clients", file=sys.stderr)
         return 2
-    # All side by side, --quick stays well under 90 s even on a busy 2-core machine.
-    parallel = args.parallel or (len(names) if args.quick else 1)
+    parallel = args.parallel or 1
     if not 1 <= parallel <= 8:
         print("connbalance bench: --parallel must be between 1 and 8", file=sys.stderr)
         return 2
@@ -152,6 +175,8 @@ def run(argv: list[str]) -> int:
         records += asyncio.run(_batch(scenario, batch, verbose=args.verbose))
     doc = document(replace(scenario, block=0), records, wall=time.monotonic() - started)
     doc["scenario"]["parallel"] = parallel
+    for entry, record in zip(doc["results"], records, strict=True):
+        entry |= bounds.result(record, scenario)
     # Figures from a shared machine mean little without how busy it was.
     doc["scenario"]["load_average"] = {
         "start": [round(x, 2) for x in load_at_start],

@@ -13,7 +13,8 @@ rest retry by the pinned policy (``connbalance_sim.retrypolicy``: UNAVAILABLE, 5
 to 1 s, no wait-for-ready).
 
 Every ``--report`` seconds the process prints one JSON line of counters on stdout (failed calls
-also by status code, spelled as grpc-go spells them), the totals at the top and each group's under
+also by status code, spelled as grpc-go spells them, and by cause, from the channel's
+connectivity state: see ``cause_of``), the totals at the top and each group's under
 ``groups`` (``retry``, ``failfast``); it runs until SIGTERM, SIGINT or ``--lifetime`` seconds.
 """
 
@@ -45,6 +46,8 @@ class Counters:
     failed_by_code: dict[str, int] = field(default_factory=dict)  # as the Go fleet reports them
     stream_breaks: int = 0
     voluntary: int = 0  # channels dropped on purpose (random-reconnect)
+    transient_failures: int = 0  # times a channel entered TRANSIENT_FAILURE (a failed connect)
+    failed_by_cause: dict[str, int] = field(default_factory=dict)  # see cause_of
 
 
     def add(self, other: Counters) -> None:
@@ -55,6 +58,52 @@ class Counters:
                     mine[key] = mine.get(key, 0) + count
             else:
                 setattr(self, name, getattr(self, name) + value)
+
+
+CLOSE_DURING_CALL = "close_during_call"
+REFUSED_CONNECT = "refused_connect"
+BACKOFF = "backoff"
+OTHER = "other"
+CAUSES = (CLOSE_DURING_CALL, REFUSED_CONNECT, BACKOFF, OTHER)
+_TF = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+
+def cause_of(*, at_start: grpc.ChannelConnectivity, at_end: grpc.ChannelConnectivity,
+             failed_connects: int) -> str:
+    """Why a unary call failed, from what its channel did (``failed_connects``: the times the
+    channel entered TRANSIENT_FAILURE while the call ran):
+
+    - ``backoff``: made while the channel waited out its reconnect backoff after a failed
+      connect; a fail-fast call then fails at once;
+    - ``refused_connect``: the connect the call waited for failed (a refused or reset dial);
+    - ``close_during_call``: made on a ready connection that closed under it;
+    - ``other``: anything else (a deadline on a slow server, say).
+    """
+    if at_start == _TF:
+        return BACKOFF
+    if failed_connects > 0 or at_end == _TF:
+        return REFUSED_CONNECT
+    if at_start == grpc.ChannelConnectivity.READY:
+        return CLOSE_DURING_CALL
+    return OTHER
+
+
+class StateWatch:
+    """Counts a channel's entries into TRANSIENT_FAILURE as they happen."""
+
+    def __init__(self, channel: grpc.aio.Channel, counters: Counters) -> None:
+        self._channel = channel
+        self._counters = counters
+        self.failed_connects = 0
+
+    async def run(self) -> None:
+        state = self._channel.get_state(try_to_connect=False)
+        while True:
+            await self._channel.wait_for_state_change(state)
+            state = self._channel.get_state(try_to_connect=False)
+            if state == _TF:
+                self.failed_connects += 1
+                self._counters.transient_failures += 1
 
 
 def group_of(index: int, *, count: int, failfast: int) -> str:
@@ -106,8 +155,10 @@ class Client:
 
     async def _use(self, channel: grpc.aio.Channel, stop: asyncio.Event) -> None:
         """Use one channel until stop, or until its random lifetime ends (then redial)."""
+        watch = StateWatch(channel, self._counters)
         tasks = [asyncio.create_task(self._hold(channel, stop)),
-                 asyncio.create_task(self._pings(channel, stop))]
+                 asyncio.create_task(self._pings(channel, stop, watch)),
+                 asyncio.create_task(watch.run())]
         stopping = asyncio.create_task(stop.wait())
         try:
             if self._reconnect_mean is not None:
@@ -147,18 +198,26 @@ class Client:
                     self._counters.stream_breaks += 1
                 call.cancel()
 
-    async def _pings(self, channel: grpc.aio.Channel, stop: asyncio.Event) -> None:
+    async def _pings(self, channel: grpc.aio.Channel, stop: asyncio.Event,
+                     watch: StateWatch) -> None:
         ping = channel.unary_unary(PING)
         await asyncio.sleep(self._rng.uniform(0, self._ping))
         while not stop.is_set():
+            at_start, failed_before = channel.get_state(), watch.failed_connects
             try:
                 await ping(b"ping", timeout=max(2.0, self._ping))
                 self._counters.calls_ok += 1
             except grpc.aio.AioRpcError as exc:
                 self._counters.calls_failed += 1
-                code = _code_name(exc.code())
-                self._counters.failed_by_code[code] = self._counters.failed_by_code.get(code, 0) + 1
+                _bump(self._counters.failed_by_code, _code_name(exc.code()))
+                _bump(self._counters.failed_by_cause, cause_of(
+                    at_start=at_start, at_end=channel.get_state(),
+                    failed_connects=watch.failed_connects - failed_before))
             await asyncio.sleep(self._ping * self._rng.uniform(0.8, 1.2))
+
+
+def _bump(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
 
 
 def _code_name(code: grpc.StatusCode) -> str:

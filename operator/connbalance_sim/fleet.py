@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from connbalance.agent.engine import RequestState
-from connbalance.agent.proxy import ProxyAgent
+from connbalance.agent.proxy import REFUSALS, ProxyAgent, Refusal
 from connbalance.agent.reset import ResetAgent, ResetUnavailable, check_sock_destroy
 from connbalance.model import DrainRequest, PodName, PodState
 from connbalance.ports import ActuationError, FleetView
@@ -76,10 +76,13 @@ class Pod:
 class LocalFleet:
     def __init__(self, *, hosts: Sequence[str], balancer: FlowHashBalancer, prefix: str = "sim",
                  grace: float = 0.5, agent_mode: str = "proxy",
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, refusal: Refusal = "auto") -> None:
         if agent_mode not in ("proxy", "reset"):
             raise ValueError(f"agent mode must be proxy or reset, not {agent_mode!r}")
+        if refusal not in REFUSALS:
+            raise ValueError(f"refusal must be one of {', '.join(REFUSALS)}, not {refusal!r}")
         self._agent_mode = agent_mode
+        self._refusal = refusal
         self._names = [PodName(f"{prefix}-{i}") for i in range(len(hosts))]
         self._hosts = dict(zip(self._names, hosts, strict=True))
         self._balancer = balancer
@@ -174,7 +177,7 @@ class LocalFleet:
                                registry=CollectorRegistry())
         else:
             agent = ProxyAgent(listen=(host, 0), upstream=(host, grpc_port), max_fraction=1.0,
-                               registry=CollectorRegistry())
+                               registry=CollectorRegistry(), refusal=self._refusal)
         await agent.start()
         pod = Pod(name=name, uid=uid, host=host, process=process, grpc_port=grpc_port,
                   metrics_port=int(ports["metrics"]), agent=agent, started_at=self._clock())

@@ -19,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from connbalance.agent.proxy import Refusal
 from connbalance.model import PodName
 from connbalance.ports import LoadSource, MetricsError
+from connbalance_sim import harm
 from connbalance_sim.balancer import ConnectionEnd, FlowHashBalancer
 from connbalance_sim.fleet import LocalFleet
 from connbalance_sim.measures import Event, Record, Sample
@@ -50,6 +52,7 @@ class Scenario:
     go_clients: str = ""
     failfast: int = 0
     agent_mode: str = "proxy"  # or reset (needs CAP_NET_ADMIN and SOCK_DESTROY)
+    refusal: Refusal = "auto"  # how a steering proxy refuses (connbalance.agent.proxy)
     metrics: str = "scrape"  # how the controller reads load: scrape, or prometheus (a real one)
     # The controller's timing, demo-sized.
     settle: float = 3.0
@@ -163,6 +166,10 @@ class ClientProcesses:
     def counter(self, key: str) -> int:
         return sum(int(c.get(key, 0)) for c in self._latest.values())
 
+    def harm(self) -> harm.Snapshot:
+        """Each client group's calls and failures by cause, summed over the processes."""
+        return harm.snapshot(self._latest.values())
+
     async def stop(self) -> None:
         for process in self._processes:
             with contextlib.suppress(ProcessLookupError):
@@ -228,7 +235,7 @@ class _Outcome:
     ended: float
     failed_calls: int
     calls: int
-    held: dict[str, int]
+    held: dict[str, Any]
 
 
 def _assemble(scenario: Scenario, *, view: View | None, clock: Callable[[], float], t0: float,
@@ -237,7 +244,7 @@ def _assemble(scenario: Scenario, *, view: View | None, clock: Callable[[], floa
     balancer = FlowHashBalancer(host=balancer_host, seed=scenario.seed, on_end=on_end,
                                 clock=clock)
     fleet = LocalFleet(hosts=hosts, balancer=balancer, agent_mode=scenario.agent_mode,
-                       clock=clock)
+                       clock=clock, refusal=scenario.refusal)
     # The timeline is always scraped directly (fast, every half second); the controller reads
     # through the source chosen, a real Prometheus included.
     timeline = ScrapeLoadSource(targets=fleet.metrics_targets, clock=clock)
@@ -272,6 +279,7 @@ async def _roll_out(parts: _Parts, strategy: Strategy) -> _Outcome:
     ctx, scenario, clients = parts.ctx, parts.ctx.scenario, parts.ctx.clients
     failed_before = clients.counter("calls_failed")
     calls_before = clients.counter("calls_ok") + failed_before
+    harm_at_start = clients.harm()
     acting = parts.acting = asyncio.create_task(strategy.run(ctx))
     rollout_started = ctx.now()
     ctx.log("rollout", "", f"rolling restart of {scenario.restarts} pod(s) begins")
@@ -280,6 +288,7 @@ async def _roll_out(parts: _Parts, strategy: Strategy) -> _Outcome:
         on_step=lambda pod, what: ctx.log("restart" if what == "restarting" else "ready",
                                           pod, f"{pod} {what}"))
     rollout_finished = ctx.now()
+    harm_at_finish = clients.harm()
     ctx.log("rollout", "", "rollout finished")
     await asyncio.sleep(scenario.duration)
     if acting.done() and not acting.cancelled() and acting.exception() is not None:
@@ -288,8 +297,12 @@ async def _roll_out(parts: _Parts, strategy: Strategy) -> _Outcome:
     ended = ctx.now()
     # Three views of the same fact, for the conservation check: streams the clients hold,
     # connections the agents proxy, streams the servers count (the last sample).
-    held = {"client_streams": clients.counter("streams"),
-            "agent_connections": sum(p.agent.active_count() for p in ctx.fleet.pods())}
+    held: dict[str, Any] = {
+        "client_streams": clients.counter("streams"),
+        "agent_connections": sum(p.agent.active_count() for p in ctx.fleet.pods()),
+        # Failed calls by group and cause: the rollout's, then each cause after it.
+        "harm": harm.summary(at_start=harm_at_start, at_finish=harm_at_finish,
+                             at_end=clients.harm())}
     return _Outcome(
         rollout_started=rollout_started, rollout_finished=rollout_finished, ended=ended,
         failed_calls=clients.counter("calls_failed") - failed_before,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -10,10 +11,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import grpc
 import pytest
 
 from connbalance_sim import retrypolicy
-from connbalance_sim.clients import FAILFAST, RETRY, group_of
+from connbalance_sim.clients import (
+    BACKOFF,
+    CLOSE_DURING_CALL,
+    FAILFAST,
+    OTHER,
+    REFUSED_CONNECT,
+    RETRY,
+    cause_of,
+    group_of,
+)
 from connbalance_sim.server import SERVICE
 
 HOST = "127.0.13.1"
@@ -101,3 +112,46 @@ def test_the_clients_refuse_more_failfast_than_clients():
                           capture_output=True, text=True, check=False)
     assert done.returncode == 2
     assert "--failfast" in done.stderr
+
+
+READY = grpc.ChannelConnectivity.READY
+TF = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+CONNECTING = grpc.ChannelConnectivity.CONNECTING
+IDLE = grpc.ChannelConnectivity.IDLE
+
+
+def test_a_failed_call_is_blamed_on_what_its_channel_did():
+    assert cause_of(at_start=TF, at_end=TF, failed_connects=0) == BACKOFF
+    assert cause_of(at_start=CONNECTING, at_end=TF, failed_connects=1) == REFUSED_CONNECT
+    assert cause_of(at_start=IDLE, at_end=IDLE, failed_connects=1) == REFUSED_CONNECT
+    # On a ready connection that closed, then was refused on the way back: the refusal.
+    assert cause_of(at_start=READY, at_end=CONNECTING, failed_connects=1) == REFUSED_CONNECT
+    assert cause_of(at_start=READY, at_end=IDLE, failed_connects=0) == CLOSE_DURING_CALL
+    assert cause_of(at_start=CONNECTING, at_end=READY, failed_connects=0) == OTHER
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def test_fail_fast_calls_made_while_nothing_accepts_are_blamed_on_refused_dials_and_backoff():
+    port = _free_port()
+    with _process("connbalance_sim.clients", "--target", f"{HOST}:{port}", "--count", "4",
+                  "--failfast", "4", "--ping", "0.1", "--report", "0.2", "--ramp", "0.1",
+                  "--lifetime", "30") as clients:
+        refused = _lines_until(clients, lambda r: r["calls_failed"] >= 20, timeout=20)
+        with _process("connbalance_sim.server", "--listen", f"{HOST}:{port}", "--metrics",
+                      f"{HOST}:0"):
+            served = _lines_until(clients, lambda r: r["streams"] == 4 and r["calls_ok"] >= 8,
+                                  timeout=20)
+    assert refused["calls_ok"] == 0
+    causes = refused["groups"][FAILFAST]["failed_by_cause"]
+    assert sum(causes.values()) == refused["calls_failed"]
+    assert set(causes) <= {BACKOFF, REFUSED_CONNECT}
+    assert causes.get(BACKOFF, 0) > 0
+    assert refused["transient_failures"] > 0
+    # Once a server listens there, the calls succeed and no failure is blamed on a close.
+    assert served["calls_ok"] >= 8
+    assert CLOSE_DURING_CALL not in served["failed_by_cause"]

@@ -5,6 +5,19 @@ flow control (a full write buffer pauses reading on the other side). A graceful 
 both ends once neither direction has carried data for ``quietMillis``, no buffer holds any, and
 the server had the last word; at the deadline the connection is closed anyway and counted as
 forced. No privileges needed.
+
+While its pod steers, the proxy refuses new client connections. How (``refusal``):
+
+- ``auto`` (the default): a client that opens with the HTTP/2 preface (plaintext gRPC) is sent
+  SETTINGS and then GOAWAY (last stream 0, NO_ERROR), and the connection is closed once the
+  client closes it. gRPC clients (grpcio and grpc-go) take that as a connection that became ready
+  and was then shut down gracefully: the channel reconnects at once, with no reconnect backoff,
+  and a call already sent on it is retried transparently. Any other client (TLS, which the proxy
+  cannot answer without the server's certificate, or one that says nothing for half a second) is
+  reset, as with ``reset``.
+- ``reset``: every refused connection is reset on arrival. A gRPC client counts that as a failed
+  connect: its channel waits out its reconnect backoff in TRANSIENT_FAILURE, and fail-fast calls
+  made meanwhile fail.
 """
 
 from __future__ import annotations
@@ -17,8 +30,9 @@ import itertools
 import random
 import socket
 import termios
+from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Final, Literal, cast
 
 from prometheus_client import CollectorRegistry
 
@@ -31,6 +45,27 @@ _FORCED_FLUSH_SECONDS = 1.0
 _BACKLOG = 4096
 # How often a connection that is busy now is looked at again while waiting for it to go quiet.
 _POLL_FLOOR_SECONDS = 0.005
+
+Refusal = Literal["auto", "reset"]
+REFUSALS: Final[tuple[Refusal, ...]] = ("auto", "reset")
+H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# An empty SETTINGS frame, then GOAWAY with last-stream-id 0 and NO_ERROR: "ready, and going
+# away before any stream", which gRPC answers by reconnecting without backoff.
+H2_SETTINGS_THEN_GOAWAY: Final = (
+    b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    + b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
+    + b"\x00\x00\x00\x00"
+    + b"\x00\x00\x00\x00"
+)
+# A refused client that has not sent the HTTP/2 preface by then is reset; one that got GOAWAY
+# and has not closed by then is reset too.
+_PREFACE_WAIT_SECONDS = 0.5
+_GOAWAY_LINGER_SECONDS = 2.0
+# How long the GOAWAY waits after the preface. gRPC reconnects after a GOAWAY at once, so a client
+# that keeps landing on refusing pods would otherwise redial hundreds of times a second; its calls
+# wait meanwhile (a channel that is connecting fails no fail-fast call), so this costs a refused
+# client about 50 ms per refusal and bounds its redials to about 20 a second.
+_GOAWAY_HOLD_SECONDS = 0.05
 
 
 class _Pair:
@@ -141,6 +176,66 @@ def _pending(transport: asyncio.Transport) -> int:
     return int(buf[0])
 
 
+def _reset(transport: asyncio.Transport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        # Linger 0: the client gets RST rather than a FIN it might read as a served close.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    transport.abort()
+
+
+class _Refusal:
+    """A refused connection under ``auto``: GOAWAY to an HTTP/2 client, a reset to any other."""
+
+    __slots__ = ("_heard", "_on_goaway", "_timer", "answered", "transport")
+
+    def __init__(self, transport: asyncio.Transport, *, on_goaway: Callable[[], None]) -> None:
+        self.transport = transport
+        self._on_goaway = on_goaway
+        self._heard = b""
+        self.answered = False
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(_PREFACE_WAIT_SECONDS, self._give_up)
+        transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.answered:
+            return  # the client's preface and SETTINGS: read and dropped until it closes
+        self._heard += data
+        wanted = len(H2_PREFACE)
+        if self._heard[:wanted] != H2_PREFACE[: len(self._heard)]:
+            self._timer.cancel()
+            _reset(self.transport)
+            return
+        if len(self._heard) >= wanted:
+            self.answered = True
+            self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(
+                _GOAWAY_HOLD_SECONDS, self._go_away
+            )
+
+    def _go_away(self) -> None:
+        if self.transport.is_closing():
+            return
+        self._on_goaway()
+        self.transport.write(H2_SETTINGS_THEN_GOAWAY)
+        with contextlib.suppress(OSError, RuntimeError):
+            self.transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(_GOAWAY_LINGER_SECONDS, self._give_up)
+
+    def eof_received(self) -> bool:
+        self._timer.cancel()
+        self.transport.close()
+        return False
+
+    def connection_lost(self) -> None:
+        self._timer.cancel()
+
+    def _give_up(self) -> None:
+        _reset(self.transport)
+
+
 class _UpstreamSide(asyncio.Protocol):
     def __init__(self, agent: ProxyAgent, pair: _Pair) -> None:
         self._agent = agent
@@ -182,15 +277,23 @@ class _ClientSide(asyncio.Protocol):
     def __init__(self, agent: ProxyAgent) -> None:
         self._agent = agent
         self._pair: _Pair | None = None
+        self._refusal: _Refusal | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername") or ("", 0)
         # Nothing is read until the upstream connection is there to take it.
         transport.pause_reading()
-        self._pair = self._agent._accept(transport, (str(peername[0]), int(peername[1])))
+        accepted = self._agent._accept(transport, (str(peername[0]), int(peername[1])))
+        if isinstance(accepted, _Refusal):
+            self._refusal = accepted
+        else:
+            self._pair = accepted
 
     def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            self._refusal.data_received(data)
+            return
         pair = self._pair
         assert pair is not None
         if pair.closed:
@@ -206,6 +309,8 @@ class _ClientSide(asyncio.Protocol):
         pair.upstream.write(data)
 
     def eof_received(self) -> bool:
+        if self._refusal is not None:
+            return self._refusal.eof_received()
         pair = self._pair
         assert pair is not None
         pair.client_eof = True
@@ -217,6 +322,8 @@ class _ClientSide(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refusal is not None:
+            self._refusal.connection_lost()
         if self._pair is not None:
             self._agent._forget(self._pair)
 
@@ -244,7 +351,10 @@ class ProxyAgent(DrainEngine):
         rng: random.Random | None = None,
         registry: CollectorRegistry | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        refusal: Refusal = "auto",
     ) -> None:
+        if refusal not in REFUSALS:
+            raise ValueError(f"refusal must be one of {', '.join(REFUSALS)}, not {refusal!r}")
         super().__init__(
             max_fraction=max_fraction,
             state_file=state_file,
@@ -258,7 +368,9 @@ class ProxyAgent(DrainEngine):
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._connecting: set[asyncio.Task[None]] = set()
+        self.refusal = refusal
         self.refused_total = 0
+        self.refused_by_goaway_total = 0  # of them, answered with GOAWAY (auto, HTTP/2 only)
         self._refuse_until = 0.0
 
     @property
@@ -297,8 +409,8 @@ class ProxyAgent(DrainEngine):
     def refuse_new(self, seconds: float) -> None:
         """Refuse new client connections for ``seconds`` (steering: reconnects go elsewhere).
 
-        A refused client sees its connection reset at once and retries, which a balancer in front
-        sends to another pod with probability (N-1)/N.
+        A refused client reconnects (at once after a GOAWAY, after its backoff after a reset),
+        which a balancer in front sends to another pod with probability (N-1)/N.
         """
         self._refuse_until = max(self._refuse_until, self.clock.monotonic() + seconds)
 
@@ -309,18 +421,17 @@ class ProxyAgent(DrainEngine):
     def active_count(self) -> int:
         return sum(1 for p in self._pairs.values() if not p.closed)
 
-    def _accept(self, transport: asyncio.Transport, peer: tuple[str, int]) -> _Pair:
+    def _accept(self, transport: asyncio.Transport, peer: tuple[str, int]) -> _Pair | _Refusal:
         now = self.clock.monotonic()
-        pair = _Pair(conn_id=f"c{next(self._ids)}", client=transport, peer=peer, now=now)
         if now < self._refuse_until:
             self.refused_total += 1
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                # Linger 0: the client gets RST rather than a FIN it might read as a served close.
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-            pair.abort()
-            return pair
+            if self.refusal == "reset":
+                refused = _Pair(conn_id="refused", client=transport, peer=peer, now=now)
+                refused.closed = True
+                _reset(transport)
+                return refused
+            return _Refusal(transport, on_goaway=self._count_goaway)
+        pair = _Pair(conn_id=f"c{next(self._ids)}", client=transport, peer=peer, now=now)
         self._pairs[pair.id] = pair
         task = asyncio.get_running_loop().create_task(self._connect_upstream(pair))
         self._connecting.add(task)
@@ -349,6 +460,9 @@ class ProxyAgent(DrainEngine):
             with contextlib.suppress(OSError, RuntimeError):
                 pair.upstream.write_eof()
         pair.client.resume_reading()
+
+    def _count_goaway(self) -> None:
+        self.refused_by_goaway_total += 1
 
     def _forget(self, pair: _Pair) -> None:
         if not pair.closed:

@@ -1,0 +1,176 @@
+"""How a steering proxy refuses new connections, seen by real gRPC clients (grpcio here; grpc-go in
+tests/sim/test_go_clients.py): GOAWAY costs a plaintext gRPC client no backoff and no failed
+call, a reset costs its fail-fast calls the backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from connbalance.agent.proxy import H2_PREFACE, ProxyAgent, Refusal
+from connbalance.model import DrainRequest, RequestId
+from tests.agent.support import run
+
+HOST = "127.0.15.1"
+CLIENTS = 4
+Report = dict[str, Any]
+
+
+class Clients:
+    """``python -m connbalance_sim.clients``, all fail-fast, and its latest report line."""
+
+    def __init__(self, target: str) -> None:
+        self._args = ["--target", target, "--count", str(CLIENTS), "--failfast", str(CLIENTS),
+                      "--ping", "0.2", "--report", "0.1", "--ramp", "0.2", "--lifetime", "60"]
+        self.latest: Report = {}
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "connbalance_sim.clients", *self._args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        self._reader = asyncio.create_task(self._read(self._process))
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            self.latest = json.loads(line)
+
+    async def until(self, what: str, check: Callable[[Report], bool]) -> Report:
+        async with asyncio.timeout(20):
+            while not (self.latest and check(self.latest)):
+                await asyncio.sleep(0.05)
+        return self.latest
+
+    async def stop(self) -> None:
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.terminate()
+            await self._process.wait()
+        if self._reader is not None:
+            await self._reader
+
+
+@contextlib.asynccontextmanager
+async def server_process() -> AsyncIterator[int]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "connbalance_sim.server", "--listen", f"{HOST}:0", "--metrics",
+        f"{HOST}:0", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=20)
+        yield int(json.loads(line)["grpc"])
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        await process.wait()
+
+
+def _steering_drain(count: int, *, window: float) -> DrainRequest:
+    now = datetime.now(UTC)
+    return DrainRequest(id=RequestId(f"refusal-{now.timestamp()}"), count=count,
+                        window_seconds=window, quiet_millis=50,
+                        deadline=now + timedelta(seconds=window + 5), steer=True)
+
+
+async def _cycle_every_client_into_refusals(refusal: Refusal) -> tuple[Report, Report,
+                                                                        ProxyAgent]:
+    """Four fail-fast clients behind one proxy; the proxy cycles them all and refuses their
+    reconnects for 1.5 s (the window and a second), so each meets refusals until it ends."""
+    async with server_process() as port:
+        agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, port), max_fraction=1.0,
+                           registry=CollectorRegistry(), refusal=refusal)
+        await agent.start()
+        clients = Clients(f"{HOST}:{agent.port}")
+        await clients.start()
+        try:
+            before = await clients.until("every client serving", lambda r: r["streams"] == CLIENTS
+                                         and r["calls_ok"] >= 2 * CLIENTS)
+            status = await agent.submit(_steering_drain(CLIENTS, window=0.5))
+            assert status.reason == ""
+            await asyncio.sleep(2.0)
+            after = await clients.until("every client back", lambda r: r["streams"] == CLIENTS
+                                        and r["stream_breaks"] >= CLIENTS)
+            return before, after, agent
+        finally:
+            await clients.stop()
+            await agent.stop()
+
+
+def test_a_goaway_refusal_costs_fail_fast_grpcio_clients_no_call_and_no_backoff():
+    before, after, agent = run(_cycle_every_client_into_refusals("auto"))
+    assert agent.cycled_total == CLIENTS
+    assert agent.refused_total > 0
+    # Every refusal went to an HTTP/2 client, so every one was a GOAWAY.
+    assert agent.refused_by_goaway_total == agent.refused_total
+    assert after["calls_ok"] > before["calls_ok"]
+    # No connect failed: the channels never entered TRANSIENT_FAILURE, and no call failed.
+    assert after["transient_failures"] == 0
+    assert after["calls_failed"] == 0, after["failed_by_cause"]
+
+
+def test_a_reset_refusal_costs_fail_fast_grpcio_clients_the_calls_of_their_backoff():
+    before, after, agent = run(_cycle_every_client_into_refusals("reset"))
+    assert agent.cycled_total == CLIENTS
+    assert agent.refused_total > 0
+    assert agent.refused_by_goaway_total == 0
+    assert after["transient_failures"] > before["transient_failures"]
+    assert after["calls_failed"] > before["calls_failed"]
+    assert set(after["failed_by_cause"]) <= {"backoff", "refused_connect"}
+
+
+async def _refused_raw(payload: bytes) -> bytes:
+    """What a steering auto proxy sends a client that opens with ``payload``; b"reset" if it
+    reset the connection."""
+    async with server_process() as port:
+        agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, port), max_fraction=1.0,
+                           registry=CollectorRegistry())
+        await agent.start()
+        try:
+            agent.refuse_new(5.0)
+            reader, writer = await asyncio.open_connection(HOST, agent.port)
+            writer.write(payload)
+            heard = b""
+            try:
+                async with asyncio.timeout(5):
+                    while chunk := await reader.read(100):
+                        heard += chunk
+            except ConnectionResetError:
+                return b"reset"
+            finally:
+                writer.close()
+            return heard
+        finally:
+            await agent.stop()
+
+
+def test_an_http2_client_is_told_settings_then_goaway_before_any_stream():
+    heard = run(_refused_raw(H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"))
+    # SETTINGS (type 4) on stream 0, then GOAWAY (type 7): last stream 0, NO_ERROR; then EOF.
+    assert heard[:9] == b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    assert heard[9:18] == b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
+    assert heard[18:] == b"\x00" * 8
+
+
+@pytest.mark.parametrize("opening", [
+    pytest.param(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", id="tls-client-hello"),
+    pytest.param(b"GET / HTTP/1.1\r\n\r\n", id="http1"),
+    pytest.param(b"", id="silent"),
+])
+def test_a_client_that_does_not_open_with_the_http2_preface_is_reset(opening):
+    assert run(_refused_raw(opening)) == b"reset"
+
+
+def test_an_unknown_refusal_is_refused_naming_it():
+    with pytest.raises(ValueError, match="refusal must be one of auto, reset, not 'drop'"):
+        ProxyAgent(listen=(HOST, 0), upstream=(HOST, 1), max_fraction=1.0,
+                   refusal="drop")  # type: ignore[arg-type]
