@@ -19,15 +19,24 @@ from connbalance.controller import Condition, ControllerState, TickResult
 from connbalance.kube.confirm import UNREACHABLE, UNSEEN, Outcome, outcomes
 from connbalance.kube.crd import GROUP, PLURAL, VERSION
 from connbalance.kube.events import Kind, TransitionEvents
+from connbalance.kube.gates import soonest
 from connbalance.kube.metrics import record, record_confirmed
 from connbalance.kube.secrets import SpecError
 from connbalance.kube.status import conditions, status_patch
-from connbalance.kube.wiring import DEFAULT_PROMETHEUS_URL, Wired, build_controller
+from connbalance.kube.wiring import (
+    DEFAULT_PROMETHEUS_URL,
+    Wired,
+    build_controller,
+    readiness_gate,
+)
 from connbalance.model import Phase, Policy, PolicyError, PolicyName
+from connbalance.ports import ActuationError
 
 log = logging.getLogger(__name__)
 
 PAUSE_ANNOTATION = "connbalance.io/paused"
+# After a readiness-gate condition could not be restored, try again this soon.
+GATE_RETRY_SECONDS = 5.0
 Key = tuple[str, str]
 # Posts one Event on an object given as a minimal body (apiVersion, kind, metadata).
 PostEvent = Callable[[Mapping[str, Any], Kind, str, str], None]
@@ -91,8 +100,9 @@ async def _next_status(
     previous: Mapping[str, Any] = body.get("status") or {}
     generation = meta.get("generation")
     paused = pause_source(spec, meta)
+    reopen_in = await _reopen_gates(apis, namespace, spec, events)
     if paused is not None:
-        return _paused_status(paused, previous, generation), None
+        return _paused_status(paused, previous, generation), reopen_in
     policy_name = PolicyName(f"{namespace}/{name}")
     try:
         policy = Policy.from_spec(dict(spec))
@@ -117,7 +127,28 @@ async def _next_status(
     status = status_patch(result, policy=policy_name, generation=generation, previous=previous)
     status["conditions"] = _with_paused(status["conditions"], None, generation)
     await _confirm(status, previous, result, policy_name, wired, events)
-    return status, result.requeue_after
+    closed = policy.actuation.steering == "readinessGate" and result.issued and not policy.dry_run
+    window = policy.actuation.window_seconds if closed else None
+    return status, soonest(result.requeue_after, reopen_in, window)
+
+
+async def _reopen_gates(
+    apis: Apis, namespace: str, spec: Mapping[str, Any], events: TransitionEvents
+) -> float | None:
+    """Pods this balancer took out of their endpoints go back once their window ends, whatever
+    the spec says now (paused, dry run, another steering) and after an operator restart. The
+    seconds until the next window ends, if one is open."""
+    try:
+        policy = Policy.from_spec(dict(spec))
+    except PolicyError:
+        return None  # reported as InvalidSpec
+    gate = readiness_gate(core=apis.core, namespace=namespace, policy=policy)
+    try:
+        return await gate.reopen_due()
+    except ActuationError as exc:
+        events.emit(kind="Warning", reason="ReadinessGateNotRestored", message=str(exc))
+        log.warning("%s", exc, extra={"namespace": namespace})
+        return GATE_RETRY_SECONDS
 
 
 async def _confirm(

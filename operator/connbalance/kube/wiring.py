@@ -19,9 +19,11 @@ from connbalance.kube.actuator import AnnotationActuator, HttpActuator
 from connbalance.kube.confirm import AgentStatusReader, Confirmations, NodeAgentStatusReader
 from connbalance.kube.confirmprom import PrometheusConfirmations
 from connbalance.kube.fleet import KubeFleet
+from connbalance.kube.gates import GatedActuator, PodConditionGate
 from connbalance.kube.secrets import SpecError, read_secret
 from connbalance.model import MetricsSpec, Policy, PolicyName
 from connbalance.ports import Actuator, EventSink
+from connbalance.ports.gates import ReadinessGate
 from connbalance.prometheus import PrometheusLoadSource
 
 # Where balancers that name no Prometheus look, unless `connbalance run --default-prometheus-url`
@@ -131,6 +133,9 @@ def build_controller(
             annotate=annotate, port=policy.actuation.agent_port, token=agent_token
         )
         reader = AgentStatusReader(port=policy.actuation.agent_port, token=agent_token)
+    if policy.actuation.steering == "readinessGate":
+        gate = readiness_gate(core=core, namespace=namespace, policy=policy)
+        actuator = GatedActuator(actuator=actuator, gate=gate, events=events)
     controller = Controller(
         name=name,
         policy=policy,
@@ -147,3 +152,9 @@ def build_controller(
         clock=time.time,
     )
     return Wired(controller=controller, confirmations=reader)
+
+
+def readiness_gate(*, core: Any, namespace: str, policy: Policy) -> ReadinessGate:
+    """The readiness gate of the balancer's pool (``connbalance.kube.gates``)."""
+    return PodConditionGate(core=core, namespace=namespace, selector=policy.selector,
+                            window_seconds=policy.actuation.window_seconds)
