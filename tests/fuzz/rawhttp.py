@@ -57,7 +57,7 @@ def exchange(
         # The server may answer early (a refusal) and close; its answer is still there to read.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(payload)
-        response = http.client.HTTPResponse(sock)
+        response = http.client.HTTPResponse(sock, method=method)
         response.begin()
         data = response.read()
         return Answer(

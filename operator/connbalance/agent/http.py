@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -50,7 +51,9 @@ def _authorized(request: web.Request) -> bool:
     scheme, _, given = header.partition(" ")
     if not token or scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    # A header may carry any byte (aiohttp keeps the undecodable ones as surrogates): compare
+    # bytes, in constant time, so a stray byte is a wrong token and never a server error.
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -62,9 +65,16 @@ async def _drain(request: web.Request) -> web.Response:
     if not _authorized(request):
         agent.metrics.count_request("unauthorized")
         if not request.app[_TOKEN_KEY]:
-            return _error(401, "HTTP intake is off: the agent was started without --token-file")
+            return _error(
+                401,
+                "HTTP intake is off: the agent was started without --token-file",
+                field="Authorization",
+            )
         return _error(
-            401, "missing or wrong bearer token", headers_hint="Authorization: Bearer <token>"
+            401,
+            "missing or wrong bearer token",
+            field="Authorization",
+            headers_hint="Authorization: Bearer <token>",
         )
     try:
         body = await request.read()
@@ -85,13 +95,32 @@ async def _drain(request: web.Request) -> web.Response:
     return web.json_response(payload, status=202)
 
 
-class AgentServer:
-    """The HTTP app served on a host and port (port 0 picks a free one; see ``port``)."""
+def server_tls(*, cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context from a PEM certificate (chain) and key; OSError or ssl.SSLError when
+    they cannot be read or do not match."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=cert_file, keyfile=key_file)
+    return context
 
-    def __init__(self, agent: DrainEngine, *, host: str, port: int, token: str | None) -> None:
+
+class AgentServer:
+    """The HTTP app served on a host and port (port 0 picks a free one; see ``port``); HTTPS
+    with ``ssl_context`` (see ``server_tls``), since the token crosses the pod network."""
+
+    def __init__(
+        self,
+        agent: DrainEngine,
+        *,
+        host: str,
+        port: int,
+        token: str | None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._app = build_http_app(agent, token=token)
         self._host = host
         self._port = port
+        self._ssl = ssl_context
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 
@@ -106,7 +135,7 @@ class AgentServer:
     async def start(self) -> None:
         self._runner = web.AppRunner(self._app, access_log=None)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._host, self._port)
+        self._site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl)
         await self._site.start()
 
     async def stop(self) -> None:

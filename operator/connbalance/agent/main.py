@@ -9,13 +9,14 @@ import ipaddress
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from connbalance.agent.engine import DrainEngine
-from connbalance.agent.http import AgentServer
+from connbalance.agent.http import AgentServer, server_tls
 from connbalance.agent.intake import watch_annotations_file, watch_pod_annotation
 from connbalance.agent.proxy import ProxyAgent
 from connbalance.agent.reset import ResetAgent
@@ -103,6 +104,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bearer token for POST /v1/drain; without it HTTP intake is off",
     )
     parser.add_argument(
+        "--tls-cert-file",
+        type=Path,
+        help="serve HTTPS with this PEM certificate (chain), so the token does not cross the "
+        "pod network in the clear; needs --tls-key-file",
+    )
+    parser.add_argument("--tls-key-file", type=Path, help="the PEM key of --tls-cert-file")
+    parser.add_argument(
         "--annotations-file", type=Path, help="downward-API annotations file to poll for requests"
     )
     parser.add_argument(
@@ -160,11 +168,26 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
             parser.error(f"--token-file {args.token_file}: cannot read ({exc.strerror})")
         if not token:
             parser.error(f"--token-file {args.token_file}: the file is empty")
+    args.tls = _tls(parser, args)
     if args.state_file is not None and not args.state_file.parent.is_dir():
         parser.error(f"--state-file {args.state_file}: folder {args.state_file.parent} is missing")
     if args.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         parser.error(f"--log-level: expected DEBUG, INFO, WARNING or ERROR, not {args.log_level!r}")
     return token
+
+
+def _tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ssl.SSLContext | None:
+    cert, key = args.tls_cert_file, args.tls_key_file
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        parser.error("--tls-cert-file and --tls-key-file go together")
+    try:
+        return server_tls(cert_file=str(cert), key_file=str(key))
+    except ssl.SSLError as exc:  # an OSError too: first
+        parser.error(f"--tls-cert-file {cert} / --tls-key-file {key}: not a PEM pair ({exc})")
+    except OSError as exc:
+        parser.error(f"--tls-cert-file {cert} / --tls-key-file {key}: cannot read ({exc.strerror})")
 
 
 def run(argv: list[str]) -> int:
@@ -234,7 +257,9 @@ async def _serve(args: argparse.Namespace, *, token: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await agent.start()
-    server = AgentServer(agent, host=args.listen[0], port=args.listen[1], token=token or None)
+    server = AgentServer(
+        agent, host=args.listen[0], port=args.listen[1], token=token or None, ssl_context=args.tls
+    )
     tasks: list[asyncio.Task[None]] = []
     try:
         await server.start()
@@ -257,9 +282,10 @@ async def _serve(args: argparse.Namespace, *, token: str) -> None:
             else f"port {args.port} on {args.pod_ip or 'every address'}"
         )
         log.info(
-            "agent up: mode %s, %s, HTTP on %s:%d, max fraction %g, HTTP intake %s",
+            "agent up: mode %s, %s, %s on %s:%d, max fraction %g, HTTP intake %s",
             args.mode,
             where,
+            "HTTPS" if args.tls is not None else "HTTP",
             args.listen[0],
             server.port,
             args.max_fraction,
