@@ -61,6 +61,7 @@ class Cluster:
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    argvs: dict[str, list[str]] = field(default_factory=dict)  # each part's command, to restart
 
     @property
     def kubeconfig(self) -> Path:
@@ -253,7 +254,21 @@ class Cluster:
         log.close()
         self.processes.append(process)
         self.pids[name] = process.pid
+        self.argvs[name] = argv
         self.save()
+
+    def restart_apiserver(self) -> None:
+        """Stop kube-apiserver (SIGTERM, SIGKILL after 15 s) and start it again with the same
+        flags, port and etcd, as an upgrade does; only for a cluster this process started."""
+        if "kube-apiserver" not in self.argvs:
+            raise RuntimeError("restart_apiserver: this process did not start the cluster")
+        pid = self.pids["kube-apiserver"]
+        self.terminate(pid)
+        for process in [p for p in self.processes if p.pid == pid]:
+            process.wait()
+            self.processes.remove(process)
+        self.spawn("kube-apiserver", self.argvs["kube-apiserver"])
+        self.wait("kube-apiserver", lambda: self.get(f"{self.api_server}/readyz") == b"ok")
 
     def wait(self, what: str, ready: Callable[[], bool]) -> None:
         started = time.monotonic()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
+from urllib3.exceptions import HTTPError
 
 from tests.cluster.processes import Container, Probe, now, stop_processes
 from tests.cluster.volumes import MountTable, PodVolumes, VolumeNotReady
@@ -133,7 +134,9 @@ class Kubelet:
                     for name in self.nodes:
                         self.heartbeat(name)
                 self.sync()
-            except (client.ApiException, OSError) as error:  # the API server may be restarting
+            # The API server may be restarting: refused connections reach here as urllib3's
+            # MaxRetryError, which is no OSError.
+            except (client.ApiException, OSError, HTTPError) as error:
                 print(f"kubelet: sync failed: {error}", flush=True)
         # Pod processes have sessions of their own: nothing else would stop them.
         stop_processes([c for pod in self.pods.values() for c in pod.containers], SHUTDOWN_GRACE)
