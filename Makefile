@@ -65,7 +65,7 @@ demo: system-deps venv ## the whole story on loopback: a fleet, a rolling restar
 	$(VENV_BIN)/connbalance demo
 
 .PHONY: bench
-bench: system-deps venv $(BENCH_TARGETS) ## strategies side by side: JSON and a plot
+bench: system-deps venv $(BENCH_TARGETS) ## strategies one after another: JSON and a plot
 	$(VENV_BIN)/connbalance bench --json
 
 .PHONY: clean
