@@ -59,8 +59,9 @@ def run(argv: list[str]) -> int:
         print(f"connbalance demo: --restarts must be between 1 and {args.servers}",
               file=sys.stderr)
         return 2
+    # Two kinds of client, as in the bench: half with the retry policy, half fail-fast.
     scenario = Scenario(servers=args.servers, clients=args.clients, restarts=restarts,
-                        seed=args.seed, duration=args.duration,
+                        seed=args.seed, duration=args.duration, failfast=args.clients // 2,
                         agent_mode=agent_mode(args.agent_mode), metrics=args.metrics)
     strategy = FACTORIES[args.strategy]()
     console = Console()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections import deque
-from typing import TextIO
+from collections.abc import Mapping
+from typing import Any, TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -129,9 +130,37 @@ def summary(record: Record) -> list[str]:
         f"connections cycled  {result['cycled']} against {result['needed']} needed"
         + ("" if ratio is None else f" (ratio {ratio:.2f}; 1.00 is the least possible)"),
         f"churn when balanced {result['churn_when_balanced']}",
-        f"failed calls        {record.failed_calls} of {record.calls} unary calls "
-        "(fail-fast calls made while their client redialled)",
-        f"refused dials       {record.refused} (a steering pod's, or none ready: each costs "
-        "its client a backoff)",
+        f"failed calls        {record.failed_calls} of {record.calls} unary calls"
+        + _failure_causes(record.extra.get("harm")),
+        *_failures_by_group(record.extra.get("harm")),
     ]
     return lines
+
+
+CAUSE_WORDS = {
+    "restart": "during the rollout (the restarts)",
+    "close_during_call": "on a connection closed during the call",
+    "refused_connect": "on a refused reconnect",
+    "backoff": "while the channel waited out its reconnect backoff after a refused connect",
+    "other": "for another reason (a deadline, say)",
+}
+GROUP_WORDS = {"retry": "with the retry policy", "failfast": "fail-fast"}
+
+
+def _failure_causes(harm: Mapping[str, Any] | None) -> str:
+    """What the clients blamed each failure on, largest first; nothing if not counted."""
+    if not harm:
+        return ""
+    causes = sorted(((n, c) for c, n in harm["failed_by_cause"].items() if n > 0), reverse=True)
+    if not causes:
+        return ""
+    return ": " + "; ".join(f"{n} {CAUSE_WORDS.get(c, c)}" for n, c in causes)
+
+
+def _failures_by_group(harm: Mapping[str, Any] | None) -> list[str]:
+    if not harm:
+        return []
+    return [f"  {GROUP_WORDS.get(name, name) + ':':<24}{g['failed_calls']} of {g['calls']} "
+            f"({g['failed_after_rollout']} after the rollout; "
+            f"{g['failed_connects_after_rollout']} failed connects after it)"
+            for name, g in sorted(harm["groups"].items())]

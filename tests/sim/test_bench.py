@@ -22,7 +22,15 @@ def test_quick_bench_prints_one_well_formed_document_where_only_connbalance_bala
                              "connbalance", "connbalance-steer"]
     for r in doc["results"]:
         assert set(r) == {"strategy", "time_to_balance_s", "cycled", "needed", "cycled_ratio",
-                          "failed_calls", "final_skew", "churn_when_balanced"}
+                          "failed_calls", "final_skew", "churn_when_balanced", "failed_by_cause",
+                          "groups"}
+        # Half the clients fail fast, half retry; the failures add up by group and by cause.
+        assert set(r["groups"]) == {"retry", "failfast"}
+        assert {g["clients"] for g in r["groups"].values()} == {30}
+        assert set(r["failed_by_cause"]) == {"restart", "close_during_call", "refused_connect",
+                                             "backoff", "other"}
+        assert sum(r["failed_by_cause"].values()) == r["failed_calls"] == sum(
+            g["failed_calls"] for g in r["groups"].values())
         assert r["time_to_balance_s"] is None or r["time_to_balance_s"] >= 0
         assert isinstance(r["cycled"], int)
         assert isinstance(r["needed"], int)

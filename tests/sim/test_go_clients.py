@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connbalance.agent.engine import DrainEngine
+from connbalance.agent.proxy import ProxyAgent, Refusal
 from connbalance.agent.reset import ResetAgent, ResetUnavailable, check_sock_destroy
 from connbalance.model import DrainRequest, RequestId
 from connbalance_sim.balancer import FlowHashBalancer
@@ -240,3 +241,49 @@ def test_go_clients_behind_a_balancer_that_resets_refused_clients_need_their_ret
     assert failfast["failed_by_code"].get("Unavailable", 0) > 0
     assert retry["calls_failed"] < failfast["calls_failed"], after["groups"]
     assert stats.refused > 0
+
+
+async def _cycle_go_clients_into_proxy_refusals(binary: Path, *, refusal: Refusal) -> tuple[
+        Report, Report, ProxyAgent]:
+    """Eight grpc-go clients (four fail fast) behind one steering proxy that cycles them all and
+    refuses their reconnects for 1.5 s, so each meets refusals until the refusal ends."""
+    server = Server(f"{NET}.20", name="behind-proxy")
+    await server.start()
+    agent = ProxyAgent(listen=(server.host, 0), upstream=(server.host, server.port),
+                       max_fraction=1.0, registry=CollectorRegistry(), refusal=refusal)
+    await agent.start()
+    fleet = GoFleet(binary, target=f"{server.host}:{agent.port}", count=8, failfast=4)
+    await fleet.start()
+    try:
+        before = await fleet.until("8 streams", on("behind-proxy", 8))
+        status = await agent.submit(_drain(agent, count=8, steer=True, window=0.5))
+        assert status.reason == ""
+        await asyncio.sleep(2.0)
+        after = await fleet.until("8 streams again",
+                                  lambda r: r["stream_breaks"] >= 8 and r["streams"] == 8)
+        return before, after, agent
+    finally:
+        await fleet.stop()
+        await agent.stop()
+        await server.stop()
+
+
+def test_go_clients_refused_with_goaway_redial_without_backoff_and_fail_no_call(binary):
+    before, after, agent = asyncio.run(
+        _cycle_go_clients_into_proxy_refusals(binary, refusal="auto"))
+    assert agent.cycled_total == 8
+    assert agent.refused_total > 0
+    assert agent.refused_by_goaway_total == agent.refused_total
+    # grpc-go took each GOAWAY as a graceful close: no connect failed, no call failed.
+    assert after["transient_failures"] == 0
+    assert after["calls_failed"] == 0, after["groups"]
+    assert after["calls_ok"] > before["calls_ok"]
+
+
+def test_go_clients_refused_with_a_reset_wait_out_their_backoff(binary):
+    before, after, agent = asyncio.run(
+        _cycle_go_clients_into_proxy_refusals(binary, refusal="reset"))
+    assert agent.refused_total > 0
+    assert agent.refused_by_goaway_total == 0
+    assert after["transient_failures"] > before["transient_failures"]
+    assert after["groups"]["failfast"]["calls_failed"] > 0, after["groups"]
