@@ -146,7 +146,7 @@ class Clients:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.wait(5)
+                self.process.wait(60)  # a loaded machine takes its time tearing down grpc
             self.process = None
 
     def counters(self) -> dict[str, Any]:
