@@ -42,7 +42,7 @@ def vector(result: Any, *, where: str) -> list[Sample]:
     if len(result) == 2 and not isinstance(result[0], dict):
         kind = "a scalar" if _is_number(result[1]) else "a string"
         raise MetricsNotAVector(
-            f"{where} returned {kind} ({result[1]!r}), not an instant vector"
+            f"{where} returned {kind} ({_short(result[1])}), not an instant vector"
         )
     samples = []
     for item in result:
@@ -53,10 +53,27 @@ def vector(result: Any, *, where: str) -> list[Sample]:
             )
         try:
             labels, (stamp, text) = item["metric"], item["value"]
-            samples.append(Sample(labels=dict(labels), value=float(text), timestamp=float(stamp)))
-        except (KeyError, TypeError, ValueError) as e:
-            raise MetricsNotAVector(f"{where} returned an unexpected item {item!r}") from e
+            sample = Sample(labels=_label_set(labels), value=float(text), timestamp=float(stamp))
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise MetricsNotAVector(f"{where} returned an unexpected item {_short(item)}") from e
+        if not math.isfinite(sample.timestamp):
+            raise MetricsNotAVector(f"{where} returned a sample without a time: {_short(item)}")
+        samples.append(sample)
     return samples
+
+
+def _label_set(labels: object) -> dict[str, str]:
+    """A series' labels: names and values are strings in every answer Prometheus gives."""
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise TypeError("labels must map names to strings")
+    return dict(labels)
+
+
+def _short(item: object) -> str:
+    text = repr(item)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def per_pod(
@@ -115,6 +132,10 @@ def loads(
     for pod, sample in chosen.items():
         stamp = timestamps.get(pod, sample.timestamp)
         age = now - stamp
+        if not math.isfinite(stamp):
+            raise MetricsStale(
+                f"{where}: the sample for pod {pod} has no valid time ({_number(stamp)})"
+            )
         if age > max_staleness_seconds:
             raise MetricsStale(
                 f"{where}: the sample for pod {pod} is {age:.0f}s old, more than maxStaleness "

@@ -114,6 +114,13 @@ class Connection:
             )
             try:
                 return client.custom_query(promql)
+            except (requests.JSONDecodeError, RecursionError) as e:
+                # Before RequestException, which requests' JSONDecodeError also is: Prometheus
+                # answered, with something else than JSON.
+                raise MetricsHttpError(
+                    f"Prometheus {self.base_url} answered with something that is not a "
+                    f"Prometheus API response: {_body(answers)}"
+                ) from e
             except requests.RequestException as e:
                 if _timed_out(e):
                     raise MetricsUnreachable(
@@ -177,9 +184,9 @@ def _body(answers: list[requests.Response]) -> str:
     answer = answers[-1]
     try:
         data = answer.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if isinstance(data, Mapping) and "error" in data:
-        return f"{data.get('errorType', 'error')}: {data['error']}"
+        return f"{data.get('errorType', 'error')}: {data['error']}"[:200]
     text = " ".join(answer.text.split())
     return text[:200] or answer.reason or "(empty body)"
