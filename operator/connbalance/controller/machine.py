@@ -404,7 +404,9 @@ class Controller:
             state.last_step_at is not None and newest.issued_at <= state.last_step_at + 1e-3
         ):
             return state
-        recovered = state.with_(last_step_at=newest.issued_at)
+        # Its requests were asked of the agents: status counts them, as if it had been written.
+        recovered = state.with_(last_step_at=newest.issued_at,
+                                requested_total=state.requested_total + newest.requested)
         if now - newest.issued_at < _RESUME_HORIZON * self._issuer.cooldown:
             recovered = recovered.with_(episode=newest.episode, step=max(newest.step, state.step))
         return recovered

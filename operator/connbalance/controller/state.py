@@ -96,6 +96,7 @@ class IssuedStep:
     episode: str
     step: int
     issued_at: float
+    requested: int = 0  # connections its requests on the pods ask for, summed
 
 
 def newest_step(pods: tuple[PodState, ...], *, policy: PolicyName) -> IssuedStep | None:
@@ -115,4 +116,10 @@ def newest_step(pods: tuple[PodState, ...], *, policy: PolicyName) -> IssuedStep
         )
         if best is None or (found.issued_at, found.step) > (best.issued_at, best.step):
             best = found
-    return best
+    if best is None:
+        return None
+    prefix = f"cb.{best.episode}.{best.step}."
+    asked = sum(p.drain.count for p in pods if p.drain is not None
+                and p.drain.policy == policy and p.drain.id.startswith(prefix))
+    return IssuedStep(episode=best.episode, step=best.step, issued_at=best.issued_at,
+                      requested=asked)
