@@ -1,10 +1,13 @@
 """The recipe on the test cluster: auth pods shaped like the teleport-cluster chart's render, with
 the agent and volumes read verbatim from docs/teleport/values.yaml, come up Ready, and the agent
-takes a drain request from the downward-API annotations file."""
+takes a drain request from the downward-API annotations file. An agent that cannot act (started
+without NET_ADMIN) stays up and leaves its pod Ready."""
 
 from __future__ import annotations
 
+import copy
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +25,8 @@ from tests.e2e.teleport_pool import (
     auth_manifest,
     auth_objects,
     recipe_sidecar,
+    recipe_values,
+    teleport_container,
 )
 from tests.waiting import eventually
 
@@ -147,3 +152,74 @@ def test_the_recipes_connectionbalancer_is_accepted_and_names_the_charts_pool(
     (deployment,) = (o for o in auth_objects(namespace=namespace) if o["kind"] == "Deployment")
     assert stored["workloadRef"] == {"kind": "Deployment", "name": deployment["metadata"]["name"]}
     assert stored["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+# What a container runtime does to a container whose securityContext adds no NET_ADMIN: the
+# process starts without it (the test kubelet ignores securityContext, so setpriv drops it).
+WITHOUT_NET_ADMIN = ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", "--"]
+
+
+def test_the_recipe_gates_readiness_on_teleports_diag_port_and_never_on_the_agent() -> None:
+    sidecar = recipe_sidecar()
+    assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(sidecar)
+    # The chart's own probe, which the recipe leaves alone: Teleport's /readyz on diag.
+    probe = teleport_container(prestop_seconds=30, probe_period_seconds=5)["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/readyz", "port": "diag"}
+
+
+@pytest.fixture
+def unable_pool(cluster: Cluster, namespace: str) -> Iterator[str]:
+    """One auth pod whose recipe sidecar runs without NET_ADMIN (nothing else changed)."""
+    cluster.run_kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=privileged"
+    )
+    values = copy.deepcopy(recipe_values())
+    (agent,) = (c for c in values["auth"]["extraContainers"] if c["name"] == "connbalance-agent")
+    agent["command"] = [*WITHOUT_NET_ADMIN, *agent["command"]]
+    manifest = auth_manifest(
+        namespace=namespace, replicas=1, values=values, grace_seconds=5, prestop_seconds=1,
+        min_ready_seconds=0, probe_period_seconds=1,
+    )  # fmt: skip
+    cluster.run_kubectl("apply", "-f", "-", stdin=manifest)
+    cluster.run_kubectl(
+        "rollout", "status", "-n", namespace, "deployment/teleport-auth", "--timeout=120s"
+    )
+    yield namespace
+    cluster.run_kubectl(
+        "delete", "-n", namespace, "deployment/teleport-auth", "--wait=false", check=False
+    )
+
+
+def test_an_agent_that_cannot_act_stays_up_and_its_auth_pod_stays_ready(
+    cluster: Cluster, core: client.CoreV1Api, unable_pool: str
+) -> None:
+    (pod,) = live_pods(core, unable_pool)
+    name, ip = pod.metadata.name, pod.status.pod_ip
+    status = eventually(lambda: answer(ip), what=f"the agent on {ip} answers")
+    assert "CAP_NET_ADMIN" in status["degraded"]
+    with clients(f"{ip}:{AUTH_PORT}", count=4):
+        drain = json.dumps({"id": "t-unable-1", "count": 1, "windowSeconds": 1})
+        cluster.run_kubectl(
+            "annotate", "-n", unable_pool, f"pod/{name}", f"connbalance.io/drain={drain}"
+        )
+
+        def answered() -> dict[str, Any] | None:
+            requests = agent_status(ip)["requests"]
+            return next((r for r in requests if r["id"] == "t-unable-1"), None)
+
+        request = eventually(answered, what="the agent answers the request")
+        assert request["state"] == "rejected"
+        assert "cannot cycle connections" in request["reason"]
+        # Ready the whole time, and the agent never restarted: several seconds of the kubelet's
+        # restarts (one second apart) would have shown a crash loop.
+        for _ in range(8):
+            current = core.read_namespaced_pod(name, unable_pool)
+            conditions = {c.type: c.status for c in current.status.conditions}
+            assert conditions["Ready"] == "True"
+            statuses = {s.name: s for s in current.status.container_statuses}
+            assert statuses["connbalance-agent"].restart_count == 0
+            assert statuses["connbalance-agent"].ready
+            time.sleep(1)
+    with urllib.request.urlopen(f"http://{ip}:{AGENT_PORT}/metrics", timeout=2) as response:
+        metrics = response.read().decode()
+    assert "connbalance_agent_can_cycle 0.0" in metrics
