@@ -29,6 +29,10 @@ class AnnotationActuator:
                 self._core.patch_namespaced_pod, pod.name, self._namespace, body
             )
         except (ApiException, HTTPError, OSError) as exc:
+            if isinstance(exc, ApiException) and exc.status == 409:
+                # A conflict, or that uid precondition on a replacement: the loop retries the
+                # reconcile on fresh state, and nothing is wrong enough for status to say so.
+                raise
             status = f"HTTP {exc.status}" if isinstance(exc, ApiException) else str(exc)
             raise ActuationError(f"cannot annotate pod {pod.name}: {status}") from exc
 
