@@ -15,7 +15,8 @@ from tests.unit.fakes import AnnotatingActuator, DictLoads, FakeClock, ListEvent
 from tests.unit.test_controller import make_policy
 
 NAME = PolicyName("teleport/auth")
-COOLDOWN = 30.0  # windowSeconds 10 + stepIntervalSeconds 20, make_policy's
+INTERVAL = 20.0  # stepIntervalSeconds, make_policy's
+COOLDOWN = 30.0  # windowSeconds 10 + stepIntervalSeconds 20
 
 
 class Pool:
@@ -54,16 +55,38 @@ def test_a_pool_short_of_the_clients_just_cycled_is_not_judged_until_they_are_ba
     assert len(pool.actuator.delivered) == first
 
 
-def test_clients_that_never_come_back_hold_it_for_one_more_cooldown_at_most():
+def test_clients_that_stop_coming_back_hold_it_for_one_step_interval_after_the_last_arrival():
     pool = Pool({"a": 364, "b": 236, "c": 0})
     pool.tick()
     first = len(pool.actuator.delivered)
     pool.loads.values = {"a": 205, "b": 205, "c": 60}
-    pool.clock.advance(2 * COOLDOWN - 1)
+    pool.clock.advance(COOLDOWN + 1)
     assert pool.tick().state.phase is Phase.COOLING_DOWN
-    pool.clock.advance(2)
-    assert pool.tick().state.phase is Phase.REBALANCING
+    pool.clock.advance(INTERVAL - 1)
+    assert pool.tick().state.phase is Phase.COOLING_DOWN, "no arrival for 19 s: still waiting"
+    pool.clock.advance(1)
+    assert pool.tick().state.phase is Phase.REBALANCING, "none for a step interval: act"
     assert len(pool.actuator.delivered) > first
+
+
+def test_clients_still_arriving_hold_it_at_most_five_cooldowns_after_the_step():
+    pool = Pool({"a": 364, "b": 236, "c": 0})
+    pool.tick()
+    stepped_at = pool.clock.now
+    pool.clock.advance(COOLDOWN + 1)
+    c = 60
+    phases = []
+    while pool.clock.now < stepped_at + 6 * COOLDOWN:
+        c += 1  # one more every 10 s: slow, but coming
+        pool.loads.values = {"a": 205, "b": 205, "c": c}
+        result = pool.tick()
+        phases.append((pool.clock.now - stepped_at, result.state.phase))
+        if result.state.phase is not Phase.COOLING_DOWN:
+            break
+        pool.clock.advance(10)
+    waited, phase = phases[-1]
+    assert phase is Phase.REBALANCING
+    assert 5 * COOLDOWN <= waited < 5 * COOLDOWN + 10
 
 
 def test_a_few_clients_short_within_the_ceilings_margin_do_not_hold_it():

@@ -44,6 +44,8 @@ _PROGRESS = 0.01
 _RESUME_HORIZON = 3
 # While something is about to change (a rollout, a window closing), look again at least this often.
 _SOON = 5.0
+# The longest wait for a step's cycled clients to come back, in cooldowns after the step.
+_ARRIVAL_COOLDOWNS = 5
 
 
 class Controller:
@@ -178,8 +180,10 @@ class Controller:
     ) -> TickResult | None:
         """Clients the last step cycled that have not reconnected yet: until they land, the pods
         that will take them look emptier than they are, and a plan made on that reading sheds
-        again what is only on its way. Wait for them, while the total is short by more than
-        the ceiling's margin, for at most one more cooldown (clients may also leave for good)."""
+        again what is only on its way. Wait while the total is short of the step's by more than
+        the ceiling's margin and still rising; once it has not risen for a step interval (the
+        rest are not coming back soon, or have left), or _ARRIVAL_COOLDOWNS cooldowns after
+        the step, judge the pool as it is."""
         if state.episode is None or state.step_total is None or state.last_step_at is None:
             return None
         if not measured:
@@ -187,14 +191,22 @@ class Controller:
         total = sum(m.load for m in measured.values())
         margin = total / len(measured) * self._policy.balance.target_tolerance / 2
         missing = state.step_total - total
-        if missing <= max(1.0, margin) or now >= state.last_step_at + 2 * self._issuer.cooldown:
+        if missing <= max(1.0, margin):
             return None
+        best = state.arriving_total
+        rising_at = now if best is None or total > best else state.arriving_at or now
+        if (
+            now - rising_at >= self._interval
+            or now >= state.last_step_at + _ARRIVAL_COOLDOWNS * self._issuer.cooldown
+        ):
+            return None
+        waiting = state.with_(arriving_total=max(total, best or total), arriving_at=rising_at)
         return tick_result(
-            state,
+            waiting,
             Phase.COOLING_DOWN,
             f"waiting for {missing:.0f} cycled client(s) to reconnect: the pool holds "
             f"{total:g} of the {state.step_total:g} it held at step {state.step}",
-            self._soon,
+            min(self._soon, self._interval),
             seen=seen,
         )
 
@@ -378,6 +390,8 @@ class Controller:
             requested_total=state.requested_total + sum(r.count for r in issued),
             held_until=None,
             step_total=sum(seen.loads.values()),
+            arriving_total=None,
+            arriving_at=None,
             last_action=f"step {step}: cycle {summary}",
         )
         return TickResult(

@@ -30,7 +30,8 @@ class ControllerState:
     balancer that gave up may try that same pool again. ``requested_total`` counts connections
     the agents were *asked* to cycle (what they confirm is theirs to say). ``step_total`` is the
     pool's total load when the last step was issued: its cycled clients come back, so a lower
-    total afterwards means some are still reconnecting.
+    total afterwards means some are still reconnecting; ``arriving_total`` is the highest total
+    read while waiting for them and ``arriving_at`` when it last rose.
     """
 
     phase: Phase = Phase.IDLE
@@ -45,6 +46,8 @@ class ControllerState:
     requested_total: int = 0
     held_until: float | None = None
     step_total: float | None = None
+    arriving_total: float | None = None
+    arriving_at: float | None = None
 
     def to_status(self) -> dict[str, Any]:
         data = asdict(self)
@@ -73,6 +76,8 @@ class ControllerState:
                 requested_total=int(data.get("requested_total", data.get("cycled_total", 0))),
                 held_until=_float_or_none(data.get("held_until")),
                 step_total=_float_or_none(data.get("step_total")),
+                arriving_total=_float_or_none(data.get("arriving_total")),
+                arriving_at=_float_or_none(data.get("arriving_at")),
             )
         except (TypeError, ValueError):
             return cls()
