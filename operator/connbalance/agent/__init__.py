@@ -37,8 +37,9 @@ In-process API (stable; the fleet simulator uses it)::
                                      # -> list[CloseOutcome | None] (GRACEFUL, FORCED, or None
                                      #   when that id is not open); counted in the metrics
     agent.refuse_new(seconds)        # steering: reset new client connections for a while
-    agent.status()                   # AgentStatus(mode, active, cycled_total, requests);
-                                     #   .to_wire() is the /status JSON
+    agent.status()                   # AgentStatus(mode, active, cycled_total, requests,
+                                     #   degraded); .to_wire() is the /status JSON
+    agent.cannot_cycle(reason)       # from now on reject every request saying why (degraded)
     agent.metrics.registry           # its own prometheus_client.CollectorRegistry
     await agent.stop()
 
@@ -49,10 +50,12 @@ In-process API (stable; the fleet simulator uses it)::
 
 ``ResetAgent(port=3025, address="10.0.3.7", max_fraction=0.25, ...)`` (in
 ``connbalance.agent.reset``) offers the same engine API for reset mode; its ``start()`` raises
-``ResetUnavailable`` when SOCK_DESTROY cannot be used. With ``address`` it sees only connections
-to that address and steers with a self-expiring nftables element (``connbalance.agent.steering``)
-instead of a refusing listener. Connection ids: ``c<N>`` in proxy mode, the kernel's socket
-cookie (hex) in reset mode, where ``opened_at`` is when the agent first saw the socket.
+``ResetUnavailable`` when SOCK_DESTROY cannot be used, or with ``stay_up_if_unable=True`` (the
+sidecar's command line) leaves the agent up but degraded, rejecting every request. With ``address``
+it sees only connections to that address and steers with a self-expiring nftables element
+(``connbalance.agent.steering``) instead of a refusing listener. Connection ids: ``c<N>`` in proxy
+mode, the kernel's socket cookie (hex) in reset mode, where ``opened_at`` is when the agent first
+saw the socket.
 
 A connection is quiet, and may be closed gracefully, when neither direction carried data for
 ``quietMillis``, no buffer holds any, and the server had the last word (silence after a client's
