@@ -82,6 +82,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--refusal", choices=REFUSALS, default="auto",
                    help="how a steering proxy refuses: auto (GOAWAY to plaintext HTTP/2, the "
                         "default) or reset (the old way)")
+    p.add_argument("--no-h2-drain", dest="h2_drain", action="store_false",
+                   help="close plaintext HTTP/2 connections in proxy mode with a FIN alone, as "
+                        "before, not a GOAWAY first")
     p.add_argument("--go-clients", default="", metavar="BINARY",
                    help="grpc-go clients from this goclients binary (make goclients-build prints "
                         "it) instead of grpcio's")
@@ -96,7 +99,7 @@ def scenario_from(args: argparse.Namespace) -> Scenario:
     base = QUICK if args.quick else FULL
     changes: dict[str, Any] = {"net": args.net, "agent_mode": agent_mode(args.agent_mode),
                                "metrics": args.metrics, "go_clients": args.go_clients,
-                               "refusal": args.refusal}
+                               "refusal": args.refusal, "h2_drain": args.h2_drain}
     for field in ("servers", "clients", "seed", "duration"):
         if getattr(args, field) is not None:
             changes[field] = getattr(args, field)

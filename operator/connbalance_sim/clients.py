@@ -136,7 +136,7 @@ def report_line(groups: dict[str, Counters], **extra: object) -> str:
 class Client:
     def __init__(self, *, target: str, counters: Counters, ping: float, backoff_ms: int,
                  rng: random.Random, reconnect_mean: float | None,
-                 reconnecting: asyncio.Event, group: str) -> None:
+                 reconnecting: asyncio.Event, group: str, log_failures: bool = False) -> None:
         self._target = target
         self._counters = counters
         self._ping = ping
@@ -144,6 +144,7 @@ class Client:
         self._rng = rng
         self._reconnect_mean = reconnect_mean
         self._reconnecting = reconnecting
+        self._log_failures = log_failures
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -210,9 +211,14 @@ class Client:
             except grpc.aio.AioRpcError as exc:
                 self._counters.calls_failed += 1
                 _bump(self._counters.failed_by_code, _code_name(exc.code()))
-                _bump(self._counters.failed_by_cause, cause_of(
-                    at_start=at_start, at_end=channel.get_state(),
-                    failed_connects=watch.failed_connects - failed_before))
+                at_end = channel.get_state()
+                cause = cause_of(at_start=at_start, at_end=at_end,
+                                 failed_connects=watch.failed_connects - failed_before)
+                _bump(self._counters.failed_by_cause, cause)
+                if self._log_failures:
+                    print(json.dumps({"t": time.time(), "cause": cause, "code": exc.code().name,
+                                      "details": exc.details(), "at_start": at_start.name,
+                                      "at_end": at_end.name}), file=sys.stderr, flush=True)
             await asyncio.sleep(self._ping * self._rng.uniform(0.8, 1.2))
 
 
@@ -228,7 +234,7 @@ def _code_name(code: grpc.StatusCode) -> str:
 
 async def swarm(*, target: str, count: int, ping: float, backoff_ms: int, seed: int,
                 reconnect_mean: float | None, report: float, lifetime: float,
-                ramp: float, failfast: int = 0) -> None:
+                ramp: float, failfast: int = 0, log_failures: bool = False) -> None:
     names = [group_of(i, count=count, failfast=failfast) for i in range(count)]
     groups = {name: Counters(clients=names.count(name)) for name in (RETRY, FAILFAST)
               if name in names}
@@ -244,7 +250,7 @@ async def swarm(*, target: str, count: int, ping: float, backoff_ms: int, seed: 
         group = names[index]
         client = Client(target=target, counters=groups[group], ping=ping, backoff_ms=backoff_ms,
                         rng=random.Random(rng.random()), reconnect_mean=reconnect_mean,
-                        reconnecting=reconnecting, group=group)
+                        reconnecting=reconnecting, group=group, log_failures=log_failures)
         tasks.append(asyncio.create_task(client.run(stop)))
         if ramp > 0:
             # Dialling all at once would be a thundering herd no real fleet starts with.
@@ -269,13 +275,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=float, default=0.5)
     parser.add_argument("--lifetime", type=float, default=3600.0)
     parser.add_argument("--ramp", type=float, default=1.0, help="seconds to start all clients")
+    parser.add_argument("--log-failures", action="store_true",
+                        help="one JSON line on stderr per failed call: cause, status, states")
     args = parser.parse_args(argv)
     if args.count < 1 or not 0 <= args.failfast <= args.count:
         parser.error("--count must be at least 1 and --failfast between 0 and --count")
     asyncio.run(swarm(target=args.target, count=args.count, ping=args.ping,
                       backoff_ms=args.backoff_ms, seed=args.seed,
                       reconnect_mean=args.random_reconnect, report=args.report,
-                      lifetime=args.lifetime, ramp=args.ramp, failfast=args.failfast))
+                      lifetime=args.lifetime, ramp=args.ramp, failfast=args.failfast,
+                      log_failures=args.log_failures))
     return 0
 
 

@@ -76,13 +76,15 @@ class Pod:
 class LocalFleet:
     def __init__(self, *, hosts: Sequence[str], balancer: FlowHashBalancer, prefix: str = "sim",
                  grace: float = 0.5, agent_mode: str = "proxy",
-                 clock: Callable[[], float] = time.time, refusal: Refusal = "auto") -> None:
+                 clock: Callable[[], float] = time.time, refusal: Refusal = "auto",
+                 h2_drain: bool = True) -> None:
         if agent_mode not in ("proxy", "reset"):
             raise ValueError(f"agent mode must be proxy or reset, not {agent_mode!r}")
         if refusal not in REFUSALS:
             raise ValueError(f"refusal must be one of {', '.join(REFUSALS)}, not {refusal!r}")
         self._agent_mode = agent_mode
         self._refusal = refusal
+        self._h2_drain = h2_drain
         self._names = [PodName(f"{prefix}-{i}") for i in range(len(hosts))]
         self._hosts = dict(zip(self._names, hosts, strict=True))
         self._balancer = balancer
@@ -177,7 +179,8 @@ class LocalFleet:
                                registry=CollectorRegistry())
         else:
             agent = ProxyAgent(listen=(host, 0), upstream=(host, grpc_port), max_fraction=1.0,
-                               registry=CollectorRegistry(), refusal=self._refusal)
+                               registry=CollectorRegistry(), refusal=self._refusal,
+                               h2_drain=self._h2_drain)
         await agent.start()
         pod = Pod(name=name, uid=uid, host=host, process=process, grpc_port=grpc_port,
                   metrics_port=int(ports["metrics"]), agent=agent, started_at=self._clock())

@@ -53,6 +53,7 @@ class Scenario:
     failfast: int = 0
     agent_mode: str = "proxy"  # or reset (needs CAP_NET_ADMIN and SOCK_DESTROY)
     refusal: Refusal = "auto"  # how a steering proxy refuses (connbalance.agent.proxy)
+    h2_drain: bool = True  # whether the proxy's graceful close starts with an HTTP/2 GOAWAY
     metrics: str = "scrape"  # how the controller reads load: scrape, or prometheus (a real one)
     # The controller's timing, demo-sized.
     settle: float = 3.0
@@ -244,7 +245,7 @@ def _assemble(scenario: Scenario, *, view: View | None, clock: Callable[[], floa
     balancer = FlowHashBalancer(host=balancer_host, seed=scenario.seed, on_end=on_end,
                                 clock=clock)
     fleet = LocalFleet(hosts=hosts, balancer=balancer, agent_mode=scenario.agent_mode,
-                       clock=clock, refusal=scenario.refusal)
+                       clock=clock, refusal=scenario.refusal, h2_drain=scenario.h2_drain)
     # The timeline is always scraped directly (fast, every half second); the controller reads
     # through the source chosen, a real Prometheus included.
     timeline = ScrapeLoadSource(targets=fleet.metrics_targets, clock=clock)

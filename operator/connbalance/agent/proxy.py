@@ -6,6 +6,14 @@ both ends once neither direction has carried data for ``quietMillis``, no buffer
 the server had the last word; at the deadline the connection is closed anyway and counted as
 forced. No privileges needed.
 
+On a plaintext HTTP/2 connection (the client opened with the HTTP/2 preface: gRPC without TLS)
+the graceful close starts with an HTTP/2 drain: the proxy writes GOAWAY (last stream 2^31-1,
+NO_ERROR) to the client between two of the server's frames, as a server that shuts down does.
+The client then starts no new call on the connection and opens a new one for the next, while the
+calls in flight finish; the FIN follows ``_DRAIN_GRACE_SECONDS`` later, once quiet as above. Closing
+with a FIN alone cannot tell a call whose answer is late from a quiet connection, and such a call
+fails, retry policy or not, once its headers have come back.
+
 While its pod steers, the proxy refuses new client connections. How (``refusal``):
 
 - ``auto`` (the default): a client that opens with the HTTP/2 preface (plaintext gRPC) is sent
@@ -57,6 +65,15 @@ H2_SETTINGS_THEN_GOAWAY: Final = (
     + b"\x00\x00\x00\x00"
     + b"\x00\x00\x00\x00"
 )
+# GOAWAY, last stream 2^31-1, NO_ERROR: "no new streams here", the first step of a graceful
+# HTTP/2 shutdown. The client lets its calls in flight finish and opens a new connection.
+H2_DRAIN_GOAWAY: Final = (
+    b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + b"\x7f\xff\xff\xff" + b"\x00\x00\x00\x00"
+)
+# From the drain's GOAWAY to the FIN: long enough for a call started just before it to be
+# answered, short enough that the FIN comes within the steering that follows a window.
+_DRAIN_GRACE_SECONDS = 0.5
+_H2_FRAME_HEADER = 9
 # A refused client that has not sent the HTTP/2 preface by then is reset; one that got GOAWAY
 # and has not closed by then is reset too.
 _PREFACE_WAIT_SECONDS = 0.5
@@ -66,6 +83,39 @@ _GOAWAY_LINGER_SECONDS = 2.0
 # wait meanwhile (a channel that is connecting fails no fail-fast call), so this costs a refused
 # client about 50 ms per refusal and bounds its redials to about 20 a second.
 _GOAWAY_HOLD_SECONDS = 0.05
+
+
+class _FrameCursor:
+    """Where the server's bytes stand in HTTP/2 framing: between two frames or inside one.
+
+    Only the 9-byte frame headers are read (the payload length in their first three bytes), so
+    that a GOAWAY can be written to the client between two frames and never inside one.
+    """
+
+    __slots__ = ("_header", "_left")
+
+    def __init__(self) -> None:
+        self._header = b""
+        self._left = 0  # payload bytes of the current frame still to come
+
+    def feed(self, data: bytes) -> None:
+        at, size = 0, len(data)
+        while at < size:
+            if self._left > 0:
+                step = min(self._left, size - at)
+                self._left -= step
+                at += step
+                continue
+            take = _H2_FRAME_HEADER - len(self._header)
+            self._header += data[at : at + take]
+            at += take
+            if len(self._header) == _H2_FRAME_HEADER:
+                self._left = int.from_bytes(self._header[:3], "big")
+                self._header = b""
+
+    @property
+    def between_frames(self) -> bool:
+        return self._left == 0 and not self._header
 
 
 class _Pair:
@@ -78,11 +128,14 @@ class _Pair:
         "client_eof",
         "client_spoke_last",
         "closed",
+        "drained_at",
         "early",
+        "frames",
         "id",
         "last_activity",
         "opened_at",
         "peer",
+        "preface",
         "upstream",
         "upstream_eof",
     )
@@ -103,6 +156,26 @@ class _Pair:
         self.closed = False
         self.client_spoke_last = False
         self.early: list[bytes] = []
+        self.preface = b""  # the client's first bytes, up to the length of the HTTP/2 preface
+        self.frames = _FrameCursor()  # the server's bytes, read as HTTP/2 frames
+        self.drained_at: float | None = None  # when the drain's GOAWAY went to the client
+
+    def note_client_bytes(self, data: bytes) -> None:
+        if len(self.preface) < len(H2_PREFACE):
+            self.preface += data[: len(H2_PREFACE) - len(self.preface)]
+
+    @property
+    def is_h2c(self) -> bool:
+        """The client opened with the HTTP/2 preface: plaintext HTTP/2, so gRPC without TLS."""
+        return self.preface == H2_PREFACE
+
+    def drain(self, now: float) -> bool:
+        """Write the drain's GOAWAY to the client if it can go now: between two frames."""
+        if not self.frames.between_frames or self.client.is_closing():
+            return False
+        self.client.write(H2_DRAIN_GOAWAY)
+        self.drained_at = now
+        return True
 
     def queued(self) -> int:
         size = self.client.get_write_buffer_size()
@@ -252,6 +325,7 @@ class _UpstreamSide(asyncio.Protocol):
         pair.last_activity = self._agent.clock.monotonic()
         pair.client_spoke_last = False
         pair.bytes_out += len(data)
+        pair.frames.feed(data)
         pair.client.write(data)
 
     def eof_received(self) -> bool:
@@ -301,6 +375,7 @@ class _ClientSide(asyncio.Protocol):
         pair.last_activity = self._agent.clock.monotonic()
         pair.client_spoke_last = True
         pair.bytes_in += len(data)
+        pair.note_client_bytes(data)
         if pair.upstream is None:
             # Reading is paused until the upstream is there, but uvloop may still hand over
             # what it had read in the same turn.
@@ -352,6 +427,7 @@ class ProxyAgent(DrainEngine):
         registry: CollectorRegistry | None = None,
         clock: Clock = SYSTEM_CLOCK,
         refusal: Refusal = "auto",
+        h2_drain: bool = True,
     ) -> None:
         if refusal not in REFUSALS:
             raise ValueError(f"refusal must be one of {', '.join(REFUSALS)}, not {refusal!r}")
@@ -369,6 +445,7 @@ class ProxyAgent(DrainEngine):
         self._server: asyncio.Server | None = None
         self._connecting: set[asyncio.Task[None]] = set()
         self.refusal = refusal
+        self.h2_drain = h2_drain
         self.refused_total = 0
         self.refused_by_goaway_total = 0  # of them, answered with GOAWAY (auto, HTTP/2 only)
         self._refuse_until = 0.0
@@ -473,7 +550,16 @@ class ProxyAgent(DrainEngine):
         pair = self._pairs.get(conn_id)
         if pair is None or pair.closed:
             return None
-        quiet_for = self.clock.monotonic() - pair.last_activity
+        now = self.clock.monotonic()
+        if pair.is_h2c and self.h2_drain:
+            if pair.drained_at is None:
+                # The drain first: no call starts on the connection after the GOAWAY.
+                if not pair.drain(now):
+                    return _POLL_FLOOR_SECONDS
+                return _DRAIN_GRACE_SECONDS
+            if now - pair.drained_at < _DRAIN_GRACE_SECONDS:
+                return _DRAIN_GRACE_SECONDS - (now - pair.drained_at)
+        quiet_for = now - pair.last_activity
         # The server must have had the last word: silence after a request is a server still
         # working on it, and closing then fails that call. Unread bytes are looked for last,
         # since that costs two system calls.
