@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from connbalance_sim import bounds, matrixreport
+from connbalance_sim.report import PlainView
 from connbalance_sim.scenario import Scenario
 from connbalance_sim.scenario import run as run_scenario
 from connbalance_sim.strategies import FACTORIES
@@ -179,11 +180,18 @@ def run(args: argparse.Namespace, *, base: Scenario, result_of: Result,
                                 failfast=getattr(args, "failfast", None))
         print(f"bench --matrix [{index}/{len(runs)}] {cell.label}, seed {seed}: {name} ...",
               file=sys.stderr, flush=True)
-        record = asyncio.run(run_scenario(scenario, FACTORIES[name]()))
-        figures = {**result_of(scenario, record), **bounds.result(record, scenario)}
-        done.append({"servers": cell.servers, "restarts": cell.restarts,
-                     "restarted": cell.restarted, "clients": cell.clients, "seed": seed,
-                     **figures})
+        view = PlainView(out=sys.stderr, prefix=f"  [{name}] ") if args.verbose else None
+        where = {"servers": cell.servers, "restarts": cell.restarts,
+                 "restarted": cell.restarted, "clients": cell.clients, "seed": seed}
+        try:
+            record = asyncio.run(run_scenario(scenario, FACTORIES[name](), view=view))
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            # A run the machine could not carry (a server that did not start in time on a
+            # busy machine) is kept as such, and the matrix goes on.
+            done.append({**where, "strategy": name, "error": f"{type(exc).__name__}: {exc}"})
+        else:
+            done.append({**where, **result_of(scenario, record),
+                         **bounds.result(record, scenario)})
         print(f"bench --matrix: {json.dumps(done[-1])}", file=sys.stderr, flush=True)
         last_of_cell = index == len(runs) or runs[index][0] != cell
         if last_of_cell:
@@ -199,14 +207,16 @@ def run(args: argparse.Namespace, *, base: Scenario, result_of: Result,
 
 def _document(header: dict[str, Any], runs: list[dict[str, Any]], *, started: float,
               load: tuple[float, float, float]) -> dict[str, Any]:
+    measured = [r for r in runs if "error" not in r]
     return {
         "matrix": {**header, "wall_seconds": round(time.monotonic() - started, 1),
                    # Figures from a shared machine mean little without how busy it was.
                    "load_average": {"start": [round(x, 2) for x in load],
                                     "end": [round(x, 2) for x in os.getloadavg()]}},
         "runs": runs,
-        "cells": matrixreport.aggregate(runs),
-        "goals": matrixreport.goals(runs),
+        "cells": matrixreport.aggregate(measured),
+        "goals": matrixreport.goals(measured),
+        "failed_runs": len(runs) - len(measured),
     }
 
 

@@ -117,7 +117,7 @@ def _cell_label(entry: Mapping[str, Any]) -> str:
 
 def headline(doc: Mapping[str, Any]) -> str:
     """Per strategy over every run of the matrix: medians, and connbalance's goals met."""
-    runs = doc["runs"]
+    runs = [r for r in doc["runs"] if "error" not in r]
     by_strategy: dict[str, list[Mapping[str, Any]]] = {}
     for run in runs:
         by_strategy.setdefault(run["strategy"], []).append(run)
@@ -169,7 +169,11 @@ def goal_lines(doc: Mapping[str, Any]) -> str:
 def table(doc: Mapping[str, Any]) -> str:
     meta = doc["matrix"]
     load = meta["load_average"]
-    bound = next((r["bound_time_s"] for r in doc["runs"]), None)
+    bound = next((r["bound_time_s"] for r in doc["runs"] if "error" not in r), None)
+    failed = [f"- {r['strategy']} on {r['servers']} servers, {r['restarts']} restarted, "
+              f"{r['clients']} clients, seed {r['seed']}: {r['error']}"
+              for r in doc["runs"] if "error" in r]
+    failures = "\nRuns that could not be made:\n\n" + "\n".join(failed) + "\n" if failed else ""
     return (
         "### Over every run\n\n" + headline(doc)
         + "\n### Per cell: median (least to most) over the seeds\n\n" + cell_table(doc)
@@ -178,5 +182,5 @@ def table(doc: Mapping[str, Any]) -> str:
           f"{meta['wall_seconds']:.0f} s in all; time bound {bound} s (settle + one "
           f"measurement + one drain window + the reconnect delay); {meta['machine']}; "
           f"load average {load['start'][0]:.2f} (1 min) at the start, "
-          f"{load['end'][0]:.2f} at the end.\n"
+          f"{load['end'][0]:.2f} at the end.\n" + failures
     )

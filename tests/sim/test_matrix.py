@@ -24,7 +24,8 @@ def test_a_one_cell_matrix_prints_one_document_with_its_runs_cells_and_goals(tmp
          "--strategies", "none,connbalance", "--out", str(tmp_path), "--net", "127.0.12"],
         capture_output=True, text=True, timeout=120, check=True)
     doc = json.loads(done.stdout)
-    assert set(doc) == {"matrix", "runs", "cells", "goals"}
+    assert set(doc) == {"matrix", "runs", "cells", "goals", "failed_runs"}
+    assert doc["failed_runs"] == 0
     meta = doc["matrix"]
     assert meta["runs_planned"] == 2
     assert meta["grid"]["servers"] == [3]
