@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from connbalance.agent.proxy import H2_PREFACE, ProxyAgent, Refusal
+from connbalance.agent import CloseOutcome
+from connbalance.agent.proxy import H2_DRAIN_GOAWAY, H2_PREFACE, ProxyAgent, Refusal, _FrameCursor
 from connbalance.model import DrainRequest, RequestId
 from tests.agent.support import run
 
@@ -176,3 +177,62 @@ def test_an_unknown_refusal_is_refused_naming_it():
     with pytest.raises(ValueError, match="refusal must be one of auto, reset, not 'drop'"):
         ProxyAgent(listen=(HOST, 0), upstream=(HOST, 1), max_fraction=1.0,
                    refusal="drop")  # type: ignore[arg-type]
+
+
+def test_the_frame_cursor_is_between_frames_only_after_a_whole_frame_however_it_is_split():
+    ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"  # PING: 9 + 8 bytes
+    ack = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"  # SETTINGS ACK: no payload
+    stream = ping + ack + ping
+    for cut in range(1, len(stream)):
+        cursor = _FrameCursor()
+        cursor.feed(stream[:cut])
+        assert cursor.between_frames == (cut in (17, 26)), cut
+        cursor.feed(stream[cut:])
+        assert cursor.between_frames
+    one_byte_at_a_time = _FrameCursor()
+    for byte in stream:
+        one_byte_at_a_time.feed(bytes([byte]))
+    assert one_byte_at_a_time.between_frames
+
+
+def test_the_drain_goaway_waits_for_the_end_of_the_frame_in_flight_then_the_fin_follows():
+    frame = b"\x00\x00\x04\x00\x00\x00\x00\x00\x01" + b"data"  # DATA on stream 1, 4 bytes
+
+    async def scenario() -> tuple[bytes, bytes]:
+        rest = asyncio.Event()
+
+        async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                writer.write(frame[:11])
+                await rest.wait()
+                writer.write(frame[11:])
+                await reader.read(-1)  # until the proxy closes its side
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(upstream, HOST, 0)
+        agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, server.sockets[0].getsockname()[1]),
+                           max_fraction=1.0, registry=CollectorRegistry())
+        await agent.start()
+        try:
+            reader, writer = await asyncio.open_connection(HOST, agent.port)
+            writer.write(H2_PREFACE)
+            first = await reader.readexactly(11)
+            closing = asyncio.create_task(agent.close(
+                [c.id for c in agent.connections()], graceful=True, quiet_millis=0,
+                deadline_seconds=20))
+            await asyncio.sleep(0.3)  # the drain is due now, but the frame is not finished
+            rest.set()
+            after = await reader.read(-1)  # up to the FIN
+            writer.close()
+            assert await closing == [CloseOutcome.GRACEFUL]
+            return first, after
+        finally:
+            await agent.stop()
+            server.close()
+            await server.wait_closed()
+
+    first, after = run(scenario())
+    assert first == frame[:11]
+    # The end of the frame first, then the GOAWAY, then nothing but the FIN.
+    assert after == frame[11:] + H2_DRAIN_GOAWAY
