@@ -150,8 +150,25 @@ def update(docs: Path, doc: Mapping[str, Any]) -> str:
     runs[doc_key] = doc
     ordered = {k: runs[k] for k in [*ORDER, *sorted(set(runs) - set(ORDER))] if k in runs}
     store.write_text(json.dumps(ordered, indent=2) + "\n")
-    (docs / "bench.md").write_text(page(ordered))
+    old_page = (docs / "bench.md").read_text() if (docs / "bench.md").exists() else ""
+    (docs / "bench.md").write_text(page(ordered) + _kept(old_page))
     return doc_key
+
+
+# Sections another command writes into the page (the scenario matrix, from bench --matrix):
+# carried over as they are, at the end.
+KEPT: Final = ("## Scenario matrix",)
+
+
+def _kept(old_page: str) -> str:
+    kept = []
+    for heading in KEPT:
+        start = old_page.find(f"\n{heading}\n")
+        if start < 0:
+            continue
+        end = old_page.find("\n## ", start + 1)
+        kept.append(old_page[start:] if end < 0 else old_page[start:end + 1])
+    return "".join(kept)
 
 
 def page(runs: Mapping[str, Mapping[str, Any]]) -> str:

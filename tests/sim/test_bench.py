@@ -92,3 +92,16 @@ def test_docs_keep_each_agent_modes_figures_so_a_reset_run_leaves_the_proxy_tabl
     assert "load average 1.50 (1 min) at the start, 2.25 at the end" in sections[1]
     assert "(bench-reset.png)" in sections[1]
     assert "grpc-go clients (0 fail-fast" in sections[2]
+
+
+def test_docs_carry_the_scenario_matrix_section_over_when_the_page_is_rewritten(tmp_path):
+    from connbalance_sim import benchdocs
+
+    benchdocs.update(tmp_path, _doc("proxy", cycled=11))
+    page = tmp_path / "bench.md"
+    page.write_text(page.read_text() + "\n## Scenario matrix\n\nthe matrix table\n")
+    benchdocs.update(tmp_path, _doc("reset", cycled=12))
+    text = page.read_text()
+    assert text.count("## Scenario matrix") == 1
+    assert text.endswith("\n## Scenario matrix\n\nthe matrix table\n")
+    assert "| connbalance | 1.0 s | 12 | 10 | 1.20 |" in text
