@@ -8,6 +8,7 @@ Kubernetes makes of it (the pod's Ready, its endpoint in the Service's EndpointS
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -266,16 +267,24 @@ def crd(cluster: Cluster) -> None:
                         "crd/connectionbalancers.connbalance.io")
 
 
+# Nothing listens there: a balancer that names no Prometheus never takes a step.
+NO_PROMETHEUS = "http://127.0.0.1:9"
+
+
 @pytest.fixture
-def start_operator(cluster: Cluster, namespace: str) -> Iterator[Callable[[], None]]:
+def start_operator(cluster: Cluster, namespace: str) -> Iterator[Callable[..., None]]:
     """Starts ``connbalance run`` for the namespace when called; killed after the test."""
-    args = [sys.executable, "-m", "connbalance", "run", "--kubeconfig", str(cluster.kubeconfig),
-            "--namespace", namespace, "--liveness", "", "--leader-election", "off",
-            "--default-prometheus-url", "http://127.0.0.1:9"]  # nothing there: no step is taken
     started: list[subprocess.Popen[bytes]] = []
     with open(cluster.run_dir / "logs" / f"operator-{namespace}.log", "ab") as log:
-        yield lambda: started.append(
-            subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+
+        def start(*, prometheus: str = NO_PROMETHEUS) -> None:
+            args = [sys.executable, "-m", "connbalance", "run",
+                    "--kubeconfig", str(cluster.kubeconfig), "--namespace", namespace,
+                    "--liveness", "", "--leader-election", "off",
+                    "--default-prometheus-url", prometheus]
+            started.append(subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+
+        yield start
         for process in started:
             process.kill()
             process.wait(timeout=30)
@@ -283,7 +292,7 @@ def start_operator(cluster: Cluster, namespace: str) -> Iterator[Callable[[], No
 
 def test_the_operator_restores_a_stale_condition_when_it_starts(
     cluster: Cluster, namespace: str, core: Any, crd: None,
-    start_operator: Callable[[], None],
+    start_operator: Callable[..., None],
 ) -> None:
     """What an operator killed mid-window left False is put back by the next one to start,
     before it measures anything (here Prometheus is unreachable, so it never does)."""
@@ -305,3 +314,53 @@ def test_the_operator_restores_a_stale_condition_when_it_starts(
                and c.status == "True", what="the new pod's condition set")
     eventually(lambda: all(condition(core, namespace, n, "Ready").status == "True"
                            for n in (a, b)), what="both pods Ready")
+
+
+def constant_loads(loads: dict[str, float]) -> str:
+    """PromQL giving each pod a fixed load, evaluated by the real Prometheus: one series per pod."""
+    return " or ".join(f'label_replace(vector({v:g}), "pod", "{pod}", "", "")'
+                       for pod, v in loads.items())
+
+
+def test_the_operator_takes_a_shedding_pod_out_of_its_endpoints_for_the_window_only(
+    cluster: Cluster, namespace: str, core: Any, discovery: Any, crd: None,
+    start_operator: Callable[..., None],
+) -> None:
+    """``connbalance run`` end to end with steering readinessGate: it opens the gates of a new
+    pool, closes the loaded pod's for its drain window (the request asks its agent not to
+    steer), and opens it again when the window ends."""
+    deploy(cluster, namespace)
+    a, b = (p.metadata.name for p in pods(core, namespace))
+    window = 6
+    balancer = {"apiVersion": "connbalance.io/v1alpha1", "kind": "ConnectionBalancer",
+                "metadata": {"name": "auth", "namespace": namespace},
+                "spec": {"selector": {"matchLabels": dict(SELECTOR)},
+                         "metrics": {"preset": "custom",
+                                     "query": constant_loads({a: 400, b: 0})},
+                         # One step in this test: the next waits for the step interval.
+                         "balance": {"settleSeconds": 0, "minConnections": 0,
+                                     "stepIntervalSeconds": 600},
+                         "actuation": {"steering": "readinessGate", "windowSeconds": window,
+                                       "deadlineSeconds": 2 * window}}}
+    cluster.run_kubectl("apply", "-f", "-", stdin=yaml.safe_dump(balancer))
+    start_operator(prometheus=cluster.prometheus_url)
+
+    def shedding() -> Any | None:
+        found = condition(core, namespace, a, ACCEPTING_CONDITION)
+        return found if found is not None and found.status == "False" else None
+
+    closed = eventually(shedding, what=f"{a} taken out of its endpoints", timeout=120)
+    assert closed.reason == "Shedding"
+    annotations = core.read_namespaced_pod(a, namespace).metadata.annotations or {}
+    request = json.loads(annotations[DRAIN_ANNOTATION])
+    assert request["count"] > 0
+    assert "steer" not in request, "with readinessGate the agent must not refuse connections"
+    assert endpoints_ready(discovery, namespace).get(b) is True
+    eventually(lambda: endpoints_ready(discovery, namespace).get(a) is False,
+               what=f"{a}'s endpoint not ready", timeout=window + 5)
+    eventually(lambda: endpoints_ready(discovery, namespace) == {a: True, b: True},
+               what="both endpoints ready again after the window", timeout=window + 20)
+    reopened = condition(core, namespace, a, ACCEPTING_CONDITION)
+    assert (reopened.status, reopened.reason) == ("True", "WindowEnded")
+    held = (reopened.last_transition_time - closed.last_transition_time).total_seconds()
+    assert held >= window - 1, f"reopened after {held:.0f}s, before its {window}s window ended"
