@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
+from connbalance.controller import arrivals
 from connbalance.controller.issuer import (
     CooldownActive,
     DrainIssuer,
@@ -45,7 +46,7 @@ _RESUME_HORIZON = 3
 # While something is about to change (a rollout, a window closing), look again at least this often.
 _SOON = 5.0
 # The longest wait for a step's cycled clients to come back, in cooldowns after the step.
-_ARRIVAL_COOLDOWNS = 5
+_ARRIVAL_COOLDOWNS = 2
 
 
 class Controller:
@@ -120,15 +121,13 @@ class Controller:
         )
         if early is not None:
             return early
-        plan, verdict = decide(
-            loads=measured,
-            pods=view.pods,
-            policy=self._policy,
-            now=now,
-            engaged=state.episode is not None,
-        )
+        plan, verdict, planned = self._decide(state, view, measured, now)
         state = state.with_(skew=plan.skew if ready else None)
-        seen = replace(seen, plan=plan)
+        seen = replace(
+            seen,
+            plan=plan,
+            planned=None if planned is measured else {p: m.load for p, m in planned.items()},
+        )
         judged = self._already_judged(state, view, plan, verdict, seen, now)
         if judged is not None:
             return judged
@@ -175,24 +174,26 @@ class Controller:
             seen=seen,
         )
 
+    def _away(self, state: ControllerState, measured: Mapping[PodName, PodLoad]) -> float:
+        """The last step's cycled clients not back yet (see ``arrivals``), or 0."""
+        if state.episode is None or state.step_total is None:
+            return 0.0
+        return arrivals.still_away(
+            step_total=state.step_total,
+            measured=measured,
+            target_tolerance=self._policy.balance.target_tolerance,
+        )
+
     def _reconnects_pending(
         self, state: ControllerState, measured: Mapping[PodName, PodLoad], seen: Seen, now: float
     ) -> TickResult | None:
-        """Clients the last step cycled that have not reconnected yet: until they land, the pods
-        that will take them look emptier than they are, and a plan made on that reading sheds
-        again what is only on its way. Wait while the total is short of the step's by more than
-        the ceiling's margin and still rising; once it has not risen for a step interval (the
-        rest are not coming back soon, or have left), or _ARRIVAL_COOLDOWNS cooldowns after
-        the step, judge the pool as it is."""
-        if state.episode is None or state.step_total is None or state.last_step_at is None:
-            return None
-        if not measured:
+        """Wait for the last step's cycled clients while they are still arriving: until the
+        total has not risen for a step interval, and at most _ARRIVAL_COOLDOWNS cooldowns after
+        the step. Those still away then are planned as landing evenly (``_decide``)."""
+        away = self._away(state, measured)
+        if not away or state.last_step_at is None:
             return None
         total = sum(m.load for m in measured.values())
-        margin = total / len(measured) * self._policy.balance.target_tolerance / 2
-        missing = state.step_total - total
-        if missing <= max(1.0, margin):
-            return None
         best = state.arriving_total
         rising_at = now if best is None or total > best else state.arriving_at or now
         if (
@@ -204,11 +205,33 @@ class Controller:
         return tick_result(
             waiting,
             Phase.COOLING_DOWN,
-            f"waiting for {missing:.0f} cycled client(s) to reconnect: the pool holds "
+            f"waiting for {away:.0f} cycled client(s) to reconnect: the pool holds "
             f"{total:g} of the {state.step_total:g} it held at step {state.step}",
             min(self._soon, self._interval),
             seen=seen,
         )
+
+    def _decide(
+        self, state: ControllerState, view: FleetView, measured: Mapping[PodName, PodLoad],
+        now: float,
+    ) -> tuple[Plan, Verdict, Mapping[PodName, PodLoad]]:
+        """The planner's verdict, on the loads expected once the clients still away land."""
+        away = self._away(state, measured)
+        planned = arrivals.landed_evenly(measured, away) if away else measured
+        plan, verdict = decide(
+            loads=planned,
+            pods=view.pods,
+            policy=self._policy,
+            now=now,
+            engaged=state.episode is not None,
+        )
+        if away:
+            plan = replace(
+                plan,
+                reason=f"{plan.reason}; counting {away:.0f} cycled client(s) still reconnecting "
+                "as landing evenly",
+            )
+        return plan, verdict, planned
 
     def _already_judged(
         self,
@@ -339,7 +362,7 @@ class Controller:
             issued = await self._issuer.issue(
                 plan=plan,
                 pods={p.name: p for p in view.pods},
-                loads=seen.loads,
+                loads=seen.loads if seen.planned is None else seen.planned,
                 episode=episode,
                 step=step,
                 now=now,

@@ -17,6 +17,9 @@ class Seen:
     pods: tuple[PodState, ...] = ()
     loads: Mapping[PodName, float] = field(default_factory=dict)
     plan: Plan | None = None
+    # What the plan was made on, if not ``loads``: with a step's clients still away counted as
+    # landed (``arrivals``). The caps hold against these.
+    planned: Mapping[PodName, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
