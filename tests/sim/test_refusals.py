@@ -1,0 +1,33 @@
+"""``python -m connbalance_sim.refusals`` on a small case: one well-formed document, and the fact
+it exists to show (a GOAWAY refusal costs a fail-fast client nothing, a reset its backoff)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_the_refusal_comparison_prints_one_document_with_each_method_and_group():
+    done = subprocess.run(
+        [sys.executable, "-m", "connbalance_sim.refusals", "--methods", "goaway,accept-reset",
+         "--window", "0.5"], capture_output=True, text=True, timeout=120, check=True)
+    doc = json.loads(done.stdout)
+    assert doc["window_s"] == 0.5
+    assert len(doc["load_average"]["start"]) == 3
+    rows = {(r["method"], r["group"]): r for r in doc["results"]}
+    assert set(rows) == {("goaway", "failfast"), ("goaway", "retry"),
+                         ("accept-reset", "failfast"), ("accept-reset", "retry")}
+    goaway, reset = rows[("goaway", "failfast")], rows[("accept-reset", "failfast")]
+    assert goaway["refused_by_proxy"] > 0
+    assert (goaway["failed_calls"], goaway["transient_failures"]) == (0, 0)
+    assert reset["transient_failures"] > 0
+    assert reset["failed_calls"] > 0
+    assert all(r["first_ok_after_close_s"] is not None for r in doc["results"])
+
+
+def test_an_unknown_method_is_refused_naming_it():
+    done = subprocess.run([sys.executable, "-m", "connbalance_sim.refusals", "--methods", "rst"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "--methods: unknown rst" in done.stderr
