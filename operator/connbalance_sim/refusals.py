@@ -36,7 +36,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
-from connbalance.agent.proxy import ProxyAgent
+from connbalance.agent.proxy import ProxyAgent, Refusal
 from connbalance.agent.steering import KernelSteering
 from connbalance_sim.clients import FAILFAST, RETRY, StateWatch, channel_options
 from connbalance_sim.clients import Counters as ClientCounters
@@ -192,7 +192,7 @@ async def measure(method: str, *, group: str, window: float) -> dict[str, Any]:
             finally:
                 serving.cancel()
                 gate.stop()
-        refusal = "auto" if method == "goaway" else "reset"
+        refusal: Refusal = "auto" if method == "goaway" else "reset"
         agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, port), max_fraction=1.0,
                            registry=CollectorRegistry(), refusal=refusal,
                            h2_drain=method == "goaway")
