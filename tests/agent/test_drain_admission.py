@@ -51,7 +51,8 @@ def policy(cluster: Cluster, namespace: str) -> Iterator[str]:
         release=f"cb-{namespace}", namespace=namespace,
     )  # fmt: skip
     kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
-    objects = [d for d in rendered if d["kind"] in kinds]
+    objects = [d for d in rendered if d["kind"] in kinds
+               and d["metadata"]["name"].endswith("-drain-annotation")]  # fmt: skip
     assert [d["kind"] for d in objects] == list(kinds)
     (account,) = [d for d in rendered if d["kind"] == "ServiceAccount"
                   and not d["metadata"]["name"].endswith("node-agent")]  # fmt: skip
