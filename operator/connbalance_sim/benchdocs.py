@@ -19,8 +19,10 @@ ORDER: Final = ("proxy", "reset", "proxy-go", "reset-go")
 HOW: Final[Mapping[str, str]] = {
     "proxy": (
         "The agent in proxy mode, in front of each server: the balancer sends it the traffic, "
-        "it closes chosen connections with a FIN at a quiet moment, and while its pod steers "
-        "it refuses new connections at its own listener."
+        "it closes chosen connections at a quiet moment (a plaintext HTTP/2 one with a GOAWAY "
+        "first, then the FIN), and while its pod steers it refuses new connections at its own "
+        "listener (a plaintext HTTP/2 client with SETTINGS then GOAWAY, any other with a "
+        "reset; see Harm to calls)."
     ),
     "reset": (
         "The agent in reset mode, out of the data path, as beside an unmodified Teleport: the "
@@ -54,7 +56,7 @@ def table(doc: Mapping[str, Any]) -> str:
         ttb = "never" if r["time_to_balance_s"] is None else f"{r['time_to_balance_s']:.1f} s"
         ratio = "-" if r["cycled_ratio"] is None else f"{r['cycled_ratio']:.2f}"
         rows.append(f"| {r['strategy']} | {ttb} | {r['cycled']} | {r['needed']} | {ratio} "
-                    f"| {r['failed_calls']} | {r['final_skew']:.2f} "
+                    f"| {_failed(r)} | {r['final_skew']:.2f} "
                     f"| {r['churn_when_balanced']} |")
     s = doc["scenario"]
     rows.append("")
@@ -63,6 +65,19 @@ def table(doc: Mapping[str, Any]) -> str:
                 f"{s['agent_mode']} mode; {s['machine']}, {_load(s)}; "
                 f"{s['wall_seconds']:g} s in all.")
     return "\n".join(rows) + "\n"
+
+
+def _failed(result: Mapping[str, Any]) -> str:
+    """The failed calls, and each client group's share when the run counted them apart."""
+    groups = result.get("groups")
+    if not groups:
+        return str(result["failed_calls"])
+    shares = ", ".join(f"{GROUP_NAMES.get(name, name)} {groups[name]['failed_calls']}"
+                       for name in sorted(groups))
+    return f"{result['failed_calls']} ({shares})"
+
+
+GROUP_NAMES: Final = {"failfast": "fail-fast", "retry": "retry"}
 
 
 def _clients(scenario: Mapping[str, Any]) -> str:
@@ -105,16 +120,11 @@ Why each behaves as it does:
   shedding pod refuses new connections for the drain window (at its listener in proxy mode,
   with a self-expiring nftables element in reset mode), so a cycled client's retry lands on
   another pod: each cycled connection moves about once, in either mode, at the price of a
-  refused attempt for the clients whose retry hashed to a shedding pod. This balancer, like an
-  NLB, answers a refused dial by resetting the client, whose gRPC channel then waits out its
-  backoff in TRANSIENT_FAILURE and fails the fail-fast calls made meanwhile: hence the failed
-  calls. A retry policy absorbs most, not all: in quick reset-mode runs (60 clients) grpc-go
-  clients retrying UNAVAILABLE (5 attempts, 0.1 s to 1 s apart) failed 1 to 3 calls where
-  fail-fast ones failed 11 to 12 and grpcio ones 12 to 18, since a channel refused several
-  times in a row stays in TRANSIENT_FAILURE longer than five attempts last. Behind a balancer
-  that dials again when a dial is refused, as Teleport's proxy dials the auth Service, the
-  retrying clients failed none (`tests/sim/test_go_clients.py`). Otherwise turn steering off,
-  or steer at the balancer.
+  refused attempt for the clients whose retry hashed to a shedding pod. A reset refusal (the
+  kernel's in reset mode, and the proxy's for TLS clients) sends the client's gRPC channel into
+  TRANSIENT_FAILURE to wait out its backoff, and its fail-fast calls made meanwhile fail; the
+  proxy's GOAWAY refusal for plaintext HTTP/2 costs no backoff and no call. Each failed call's
+  cause is counted: see Harm to calls.
 - **connbalance-steer**: the same plan, steered at the balancer instead (a readiness gate takes
   the shedding pod out of the endpoints for the window): no refused attempts at all.
 - **connbalance-uniform** (`steer: false`): reconnects land anywhere, the shedding pods included,
@@ -157,7 +167,7 @@ def update(docs: Path, doc: Mapping[str, Any]) -> str:
 
 # Sections another command writes into the page (the scenario matrix, from bench --matrix):
 # carried over as they are, at the end.
-KEPT: Final = ("## Scenario matrix",)
+KEPT: Final = ("## Scenario matrix", "## Harm to calls")
 
 
 def _kept(old_page: str) -> str:

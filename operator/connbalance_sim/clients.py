@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import signal
 import sys
@@ -63,26 +64,31 @@ class Counters:
 CLOSE_DURING_CALL = "close_during_call"
 REFUSED_CONNECT = "refused_connect"
 BACKOFF = "backoff"
+DEADLINE = "deadline"
 OTHER = "other"
-CAUSES = (CLOSE_DURING_CALL, REFUSED_CONNECT, BACKOFF, OTHER)
+CAUSES = (CLOSE_DURING_CALL, REFUSED_CONNECT, BACKOFF, DEADLINE, OTHER)
 _TF = grpc.ChannelConnectivity.TRANSIENT_FAILURE
 
 
 def cause_of(*, at_start: grpc.ChannelConnectivity, at_end: grpc.ChannelConnectivity,
-             failed_connects: int) -> str:
+             failed_connects: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> str:
     """Why a unary call failed, from what its channel did (``failed_connects``: the times the
     channel entered TRANSIENT_FAILURE while the call ran):
 
     - ``backoff``: made while the channel waited out its reconnect backoff after a failed
       connect; a fail-fast call then fails at once;
     - ``refused_connect``: the connect the call waited for failed (a refused or reset dial);
+    - ``deadline``: no answer within the call's deadline, with no failed connect meanwhile: a
+      slow server or machine, or a call that waited that long for a connection;
     - ``close_during_call``: made on a ready connection that closed under it;
-    - ``other``: anything else (a deadline on a slow server, say).
+    - ``other``: anything else.
     """
     if at_start == _TF:
         return BACKOFF
     if failed_connects > 0 or at_end == _TF:
         return REFUSED_CONNECT
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DEADLINE
     if at_start == grpc.ChannelConnectivity.READY:
         return CLOSE_DURING_CALL
     return OTHER
@@ -212,7 +218,7 @@ class Client:
                 self._counters.calls_failed += 1
                 _bump(self._counters.failed_by_code, _code_name(exc.code()))
                 at_end = channel.get_state()
-                cause = cause_of(at_start=at_start, at_end=at_end,
+                cause = cause_of(at_start=at_start, at_end=at_end, code=exc.code(),
                                  failed_connects=watch.failed_connects - failed_before)
                 _bump(self._counters.failed_by_cause, cause)
                 if self._log_failures:
@@ -276,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lifetime", type=float, default=3600.0)
     parser.add_argument("--ramp", type=float, default=1.0, help="seconds to start all clients")
     parser.add_argument("--log-failures", action="store_true",
-                        help="one JSON line on stderr per failed call: cause, status, states")
+                        default=bool(os.environ.get("CONNBALANCE_SIM_LOG_FAILURES")),
+                        help="one JSON line on stderr per failed call: cause, status, states "
+                             "(also with CONNBALANCE_SIM_LOG_FAILURES=1, as under the bench)")
     args = parser.parse_args(argv)
     if args.count < 1 or not 0 <= args.failfast <= args.count:
         parser.error("--count must be at least 1 and --failfast between 0 and --count")

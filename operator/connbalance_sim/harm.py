@@ -5,7 +5,8 @@ their calls and failed calls, and each failure's cause as its channel saw it
 (``connbalance_sim.clients.cause_of``). The scenario takes a snapshot of those counters when the
 rollout starts, when it finishes and at the end. Failures between the first two are the
 ``restart``'s (the pods going away and their clients redialling); those after it are counted by
-the clients' own causes: ``close_during_call``, ``refused_connect``, ``backoff``, ``other``.
+the clients' own causes: ``close_during_call``, ``refused_connect``, ``backoff``, ``deadline``,
+``other``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RESTART = "restart"
-AFTER_CAUSES = ("close_during_call", "refused_connect", "backoff", "other")
+AFTER_CAUSES = ("close_during_call", "refused_connect", "backoff", "deadline", "other")
 CAUSES = (RESTART, *AFTER_CAUSES)
 
 

@@ -142,7 +142,8 @@ CAUSE_WORDS = {
     "close_during_call": "on a connection closed during the call",
     "refused_connect": "on a refused reconnect",
     "backoff": "while the channel waited out its reconnect backoff after a refused connect",
-    "other": "for another reason (a deadline, say)",
+    "deadline": "past their deadline with no failed connect (a slow server or machine)",
+    "other": "for another reason",
 }
 GROUP_WORDS = {"retry": "with the retry policy", "failfast": "fail-fast"}
 

@@ -35,7 +35,7 @@ def test_quick_bench_prints_one_well_formed_document_where_only_connbalance_bala
         assert set(r["groups"]) == {"retry", "failfast"}
         assert {g["clients"] for g in r["groups"].values()} == {30}
         assert set(r["failed_by_cause"]) == {"restart", "close_during_call", "refused_connect",
-                                             "backoff", "other"}
+                                             "backoff", "deadline", "other"}
         assert sum(r["failed_by_cause"].values()) == r["failed_calls"] == sum(
             g["failed_calls"] for g in r["groups"].values())
         assert r["time_to_balance_s"] is None or r["time_to_balance_s"] >= 0
@@ -105,3 +105,19 @@ def test_docs_carry_the_scenario_matrix_section_over_when_the_page_is_rewritten(
     assert text.count("## Scenario matrix") == 1
     assert text.endswith("\n## Scenario matrix\n\nthe matrix table\n")
     assert "| connbalance | 1.0 s | 12 | 10 | 1.20 |" in text
+
+
+def test_docs_show_each_client_groups_failed_calls_and_keep_the_harm_section(tmp_path):
+    from connbalance_sim import benchdocs
+
+    doc = _doc("proxy", cycled=11)
+    doc["results"][0].update(failed_calls=4, groups={"retry": {"failed_calls": 3},
+                                                     "failfast": {"failed_calls": 1}})
+    benchdocs.update(tmp_path, doc)
+    page = tmp_path / "bench.md"
+    assert "| 4 (fail-fast 1, retry 3) |" in page.read_text()
+    page.write_text(page.read_text() + "\n## Harm to calls\n\nthe causes\n")
+    benchdocs.update(tmp_path, _doc("reset", cycled=12))
+    text = page.read_text()
+    assert text.count("## Harm to calls") == 1
+    assert text.endswith("\n## Harm to calls\n\nthe causes\n")

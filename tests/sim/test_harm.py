@@ -35,15 +35,18 @@ def test_failures_during_the_rollout_are_the_restarts_and_later_ones_keep_their_
     retry, failfast = summary["groups"]["retry"], summary["groups"]["failfast"]
     assert retry["failed_calls"] == 2
     assert retry["failed_by_cause"] == {"restart": 2, "close_during_call": 0,
-                                        "refused_connect": 0, "backoff": 0, "other": 0}
+                                        "refused_connect": 0, "backoff": 0, "deadline": 0,
+                                        "other": 0}
     assert failfast["failed_calls"] == 9
     assert failfast["failed_after_rollout"] == 5
     assert failfast["failed_by_cause"] == {"restart": 4, "close_during_call": 0,
-                                           "refused_connect": 1, "backoff": 4, "other": 0}
+                                           "refused_connect": 1, "backoff": 4, "deadline": 0,
+                                           "other": 0}
     assert failfast["failed_connects_after_rollout"] == 3
     assert failfast["calls"] == (25 + 9) - (10 + 0)
     assert summary["failed_by_cause"] == {"restart": 6, "close_during_call": 0,
-                                          "refused_connect": 1, "backoff": 4, "other": 0}
+                                          "refused_connect": 1, "backoff": 4, "deadline": 0,
+                                           "other": 0}
     assert harm.result(summary)["failed_by_cause"] == summary["failed_by_cause"]
     assert harm.result(None) == {}
 

@@ -18,6 +18,7 @@ from connbalance_sim import retrypolicy
 from connbalance_sim.clients import (
     BACKOFF,
     CLOSE_DURING_CALL,
+    DEADLINE,
     FAILFAST,
     OTHER,
     REFUSED_CONNECT,
@@ -128,6 +129,11 @@ def test_a_failed_call_is_blamed_on_what_its_channel_did():
     assert cause_of(at_start=READY, at_end=CONNECTING, failed_connects=1) == REFUSED_CONNECT
     assert cause_of(at_start=READY, at_end=IDLE, failed_connects=0) == CLOSE_DURING_CALL
     assert cause_of(at_start=CONNECTING, at_end=READY, failed_connects=0) == OTHER
+    # A call that ran out of time with no connect failing meanwhile was slow, not closed.
+    deadline = grpc.StatusCode.DEADLINE_EXCEEDED
+    assert cause_of(at_start=READY, at_end=READY, failed_connects=0, code=deadline) == DEADLINE
+    assert cause_of(at_start=IDLE, at_end=TF, failed_connects=1, code=deadline) == (
+        REFUSED_CONNECT)
 
 
 def _free_port() -> int:
