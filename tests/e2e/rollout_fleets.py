@@ -39,7 +39,8 @@ class FleetSpec:
         if self.name == "go":
             if go_binary is None:
                 raise ValueError("the go fleet needs its binary (tests.goclients.build)")
-            config = ["--service-config", service_config_json()]
+            # One JSON line per failed call on stderr: when, which group, which status.
+            config = ["--service-config", service_config_json(), "--log-failures"]
             return [str(go_binary), *sizes, *_COMMON, *config]
         return [sys.executable, "-m", "connbalance_sim.clients", *sizes, *_COMMON]
 
@@ -47,17 +48,21 @@ class FleetSpec:
 class Fleet:
     """One fleet process, and the last report line it printed."""
 
-    def __init__(self, spec: FleetSpec, *, target: str, go_binary: Path | None = None) -> None:
+    def __init__(
+        self, spec: FleetSpec, *, target: str, log: Path, go_binary: Path | None = None
+    ) -> None:
         self.spec = spec
+        self.log = log  # the process's stderr
         self._command = spec.command(target=target, go_binary=go_binary)
         self._process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
         self.latest: Report = {}
 
     def start(self) -> None:
-        self._process = subprocess.Popen(
-            self._command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
+        with self.log.open("w") as stderr:
+            self._process = subprocess.Popen(
+                self._command, stdout=subprocess.PIPE, stderr=stderr, text=True
+            )
         self._reader = threading.Thread(target=self._read, daemon=True, name=self.spec.name)
         self._reader.start()
 
@@ -68,8 +73,16 @@ class Fleet:
             with contextlib.suppress(json.JSONDecodeError):
                 self.latest = json.loads(line)
 
-    def streams(self) -> int:
-        return int(self.latest.get("streams", 0))
+    def failures(self) -> list[dict[str, Any]]:
+        """The failed calls the go fleet logged (``t``, ``client``, ``group``, ``code``,
+        ``message``); none for grpcio's, which does not log them."""
+        found = []
+        for line in self.log.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and "code" in entry:
+                    found.append(entry)
+        return found
 
     def stop(self) -> Report:
         if self._process is not None:

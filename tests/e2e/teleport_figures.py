@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,10 @@ def _failed(group: dict[str, Any]) -> str:
 
 
 def _load_average(run: dict[str, Any]) -> str:
-    start, end = run["load_average"]["start"][0], run["load_average"]["end"][0]
-    return f"{start:.1f} → {end:.1f}"
+    def spelled(values: list[float]) -> str:
+        return "/".join(f"{v:.1f}" for v in values)
+
+    return f"{spelled(run['load_average']['start'])} → {spelled(run['load_average']['end'])}"
 
 
 def run_table(runs: dict[str, dict[str, Any]]) -> list[str]:
@@ -54,7 +57,7 @@ def run_table(runs: dict[str, dict[str, Any]]) -> list[str]:
     def row(name: str, cell: Any) -> None:
         lines.append(f"| {name} | " + " | ".join(cell(runs[key]) for key, _ in present) + " |")
 
-    row("load average (1 min), start → end", _load_average)
+    row("load average (1/5/15 min), start → end", _load_average)
     row("`rollout restart` to `rollout status` done", lambda r: _seconds(r["rollout_seconds"]))
     row("connections per pod after the rollout", lambda r: _loads(r["loads_after_rollout"]))
     row("max/mean after the rollout", lambda r: f"{r['skew_after_rollout']:.2f}")
@@ -83,7 +86,7 @@ def _phases(fleet: dict[str, Any], group: str) -> str:
 
 def fleet_table(runs: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
-        "| run | fleet | stream breaks | reconnects (grpc-go) | transient failures (grpc-go) "
+        "| run | fleet | stream breaks | reconnects (grpc-go) | transient failures "
         "| dials refused at the proxy, dialled again | clients the proxy placed nowhere |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -120,8 +123,8 @@ def verdict(runs: dict[str, dict[str, Any]]) -> list[str]:
 def section(figures: dict[str, Any]) -> str:
     machine, clients = figures["machine"], figures["clients"]
     total = sum(c["count"] for c in clients.values())
-    described = ", ".join(
-        f"{spec['count']} {name} clients ({spec['failfast']} of them fail-fast)"
+    described = " and ".join(
+        f"{spec['count']} {name} clients ({spec['failfast']} fail-fast)"
         for name, spec in (("grpcio", clients["grpcio"]), ("grpc-go", clients["go"]))
     )
     runs = figures["runs"]
@@ -134,10 +137,10 @@ def section(figures: dict[str, Any]) -> str:
         f"{machine['system']}, {machine['cpus']} CPUs, Python {machine['python']}, shared with "
         "other work (its load average is in the table).",
         "",
-        f"Three auth pods, {total} clients ({described}), each client one connection through "
-        "the proxy-shaped dialler; the operator's window "
-        f"{figures['actuation']['windowSeconds']:g} s, settle "
-        f"{figures['balance']['settleSeconds']:g} s, steps "
+        f"Three auth pods and {total} clients: {described}, each client one connection "
+        "through the proxy-shaped dialler. The operator's window is "
+        f"{figures['actuation']['windowSeconds']:g} s, it settles for "
+        f"{figures['balance']['settleSeconds']:g} s, and its steps are "
         f"{figures['balance']['stepIntervalSeconds']:g} s apart.",
         "",
         *run_table(runs),
@@ -153,12 +156,20 @@ def section(figures: dict[str, Any]) -> str:
         "",
         END,
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(_wrapped(line) for line in lines) + "\n"
+
+
+def _wrapped(line: str) -> str:
+    """Prose wrapped at 100 columns as the page is; table rows and markers stay whole."""
+    if line.startswith(("|", "<!--")) or len(line) <= 100:
+        return line
+    return textwrap.fill(line, width=100, break_long_words=False, break_on_hyphens=False)
 
 
 def replace_section(page: str, rendered: str) -> str:
+    """``page`` with its section between the markers replaced; ValueError without them."""
     if BEGIN not in page or END not in page:
-        raise SystemExit(f"docs/teleport.md has no {BEGIN!r} … {END!r} markers")
+        raise ValueError(f"no {BEGIN!r} ... {END!r} markers")
     head, rest = page.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     return head + rendered.rstrip("\n") + tail
@@ -172,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     figures = json.loads(args.figures.read_text())
     page = args.doc.read_text()
-    updated = replace_section(page, section(figures))
+    try:
+        updated = replace_section(page, section(figures))
+    except ValueError as exc:
+        raise SystemExit(f"{args.doc}: {exc}") from None
     if args.check:
         if updated != page:
             print(f"{args.doc}: the rollout figures differ from {args.figures}", file=sys.stderr)

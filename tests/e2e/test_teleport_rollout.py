@@ -174,10 +174,10 @@ class Scenario:
         proxies_before = {name: p.snapshot() for name, p in self.proxies.items()}
         requested_before = _requested(self.balancer())
         load_start = os.getloadavg()
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         self.kubectl("rollout", "restart", f"deployment/{DEPLOYMENT}")
         self.kubectl("rollout", "status", f"deployment/{DEPLOYMENT}", "--timeout=240s")
-        done = time.monotonic()
+        done, done_wall = time.monotonic(), time.time()
 
         def balanced() -> dict[str, Any] | None:
             body = self.balancer()
@@ -200,6 +200,16 @@ class Scenario:
         run = figures(samples, old_pods=old_pods, started=started, done=done, steering=steering)
         run["load_average"] = {"start": list(load_start), "end": list(os.getloadavg())}
         run["requested"] = _requested(body) - requested_before
+        # The go fleet's failed calls one by one, timed from the rollout's end: which phase and
+        # which cause (its message) each came from.
+        run["go_failures"] = [
+            {
+                "after_rollout_end": round(f["t"] - done_wall, 2),
+                **{k: f[k] for k in ("group", "code", "message")},
+            }
+            for f in self.fleets["go"].failures()
+            if f["t"] >= started_wall
+        ]
         run["balancer_skew"] = body["status"].get("skew")
         first_drain = next(s for s in samples if s.drained - old_pods)
         run["fleets"] = {
@@ -301,7 +311,8 @@ def balancer_manifest(namespace: str, *, prometheus: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def scenario(cluster: Cluster) -> Iterator[Scenario]:
+def scenario(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    logs = tmp_path_factory.mktemp("fleets")
     namespace = f"t-rollout-{os.getpid()}"
     cluster.run_kubectl("create", "namespace", namespace)
     cluster.run_kubectl(
@@ -335,7 +346,9 @@ def scenario(cluster: Cluster) -> Iterator[Scenario]:
         fleets = {}
         for spec in FLEETS:
             proxy = proxies[spec.name]
-            fleets[spec.name] = Fleet(spec, target=proxy.start(), go_binary=go_binary)
+            fleets[spec.name] = Fleet(
+                spec, target=proxy.start(), go_binary=go_binary, log=logs / f"{spec.name}.log"
+            )
             started.append(proxy)
             fleets[spec.name].start()
             started.append(fleets[spec.name])
