@@ -131,7 +131,8 @@ def section(figures: dict[str, Any]) -> str:
     lines = [
         BEGIN,
         "",
-        f"Measured with `{figures['command']}`, then rendered here by "
+        f"Measured with `{figures['command']}` (`CONNBALANCE_HELM` naming the binary of "
+        "`make helm`, as `make test` sets it), then rendered here by "
         "`python -m tests.e2e.teleport_figures` from "
         "[`teleport/rollout.json`](teleport/rollout.json). Machine: "
         f"{machine['system']}, {machine['cpus']} CPUs, Python {machine['python']}, shared with "
