@@ -1,10 +1,17 @@
 """A Teleport-auth-like pool on the test cluster: a Deployment of simulated gRPC servers, each with
-the agent beside it in proxy mode, scraped by the cluster's Prometheus; and, outside the cluster,
-the flow-hash balancer the clients go through, following the pods as an NLB follows targets."""
+the agent beside it in proxy mode, scraped by the cluster's Prometheus, and a Service in front of
+them; and, outside the cluster, the flow-hash balancer the clients go through, its backends kept
+equal to what it is told (the Service's ready endpoints, as an NLB follows its targets).
+
+The Deployment replaces one pod at a time, the old one first (maxUnavailable 1, maxSurge 0): the
+clients of each restarted pod have reconnected elsewhere before its replacement is Ready, so the
+last pod restarted comes back empty, as it does behind an NLB whose new targets take longer to
+register than the old ones' clients take to reconnect."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import subprocess
 import sys
@@ -14,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from connbalance_sim.balancer import FlowHashBalancer
+from connbalance_sim.balancer import ConnectionEnd, FlowHashBalancer
 
 AGENT_PORT, SERVER_PORT, METRICS_PORT, HTTP_PORT = 3025, 3026, 3000, 9095
 
@@ -28,6 +35,13 @@ kind: Role
 metadata: {{name: connbalance-agent, namespace: {ns}}}
 rules: [{{apiGroups: [""], resources: [pods], verbs: [get, list, watch]}}]
 ---
+apiVersion: v1
+kind: Service
+metadata: {{name: auth, namespace: {ns}}}
+spec:
+  selector: {{app.kubernetes.io/component: auth}}
+  ports: [{{name: grpc, port: {agent}, targetPort: {agent}}}]
+---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
 metadata: {{name: connbalance-agent, namespace: {ns}}}
@@ -40,7 +54,7 @@ metadata: {{name: auth, namespace: {ns}}}
 spec:
   replicas: 3
   selector: {{matchLabels: {{app.kubernetes.io/component: auth}}}}
-  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
+  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: 0, maxUnavailable: 1}}}}
   template:
     metadata:
       labels: {{app.kubernetes.io/component: auth}}
@@ -77,34 +91,83 @@ def pool_manifest(namespace: str) -> str:
     )
 
 
-class OutsideBalancer:
-    """The balancer in a thread of its own, its backends kept equal to the Ready pods."""
+class StickyBalancer(FlowHashBalancer):
+    """A flow-hash balancer that, while ``sticky``, sends each client a backend closed back to
+    that same backend: session affinity that defeats every attempt to move a client.
 
-    def __init__(self) -> None:
+    Connections are anonymous here (a client redials from a new port), so what is owed is
+    counted per backend: each connection a backend in service closed is one reconnect owed to
+    it, paid by the next new connection, or given back when that dial fails."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(on_end=self._owe, **options)
+        self.sticky = False
+        self.owed: collections.deque[str] = collections.deque()
+        self._promised: dict[tuple[str, int], str] = {}
+
+    def _owe(self, end: ConnectionEnd) -> None:
+        if self.sticky and end.in_service and end.closed_by_backend:
+            self.owed.append(end.backend)
+
+    def choose(self, peer: tuple[str, int], *, attempt: int = 0) -> Any:
+        if self.sticky and attempt == 0:
+            for index, name in enumerate(self.owed):
+                if self.is_ready(name):
+                    del self.owed[index]
+                    self._promised[peer] = name
+                    return self._backends[name]
+        return super().choose(peer, attempt=attempt)
+
+    async def _connect(self, pair: Any) -> None:
+        await super()._connect(pair)
+        owed = self._promised.pop(pair.peer, None)
+        if owed is not None and pair not in self._pairs:
+            self.owed.appendleft(owed)  # the dial failed: still owed
+
+
+class OutsideBalancer:
+    """The balancer in a thread of its own, its backends kept equal to the pods it is told of.
+
+    ``redials`` is the balancer's (0: a refused dial resets the client, as an NLB does; N: dial
+    again on fresh picks, as Teleport's proxy dials the auth Service again)."""
+
+    def __init__(self, *, redials: int = 0) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self.balancer = FlowHashBalancer(host="127.0.0.1", port=0, health_interval=0.25)
-        self._backends: dict[str, str] = {}
+        self.balancer = StickyBalancer(
+            host="127.0.0.1", port=0, health_interval=0.25, redials=redials
+        )
+        self._backends: dict[str, tuple[str, int]] = {}
 
     def start(self) -> str:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.balancer.start(), self._loop).result(10)
         return self.balancer.address
 
-    def follow(self, pods: dict[str, str]) -> None:
-        """Make the backends the pods named (name -> IP), as target registration does."""
+    def follow(self, pods: dict[str, str], *, port: int = AGENT_PORT) -> None:
+        """Make the backends the pods named (name -> IP, serving on ``port``), as target
+        registration does."""
+        wanted = {name: (ip, port) for name, ip in pods.items()}
 
         def apply() -> None:
-            for name in set(self._backends) - set(pods):
+            for name in set(self._backends) - set(wanted):
                 self.balancer.deregister(name)
-            for name, ip in pods.items():
-                if self._backends.get(name) != ip:
-                    self.balancer.register(
-                        name=name, host=ip, port=AGENT_PORT, health_port=HTTP_PORT
-                    )
-            self._backends = dict(pods)
+            for name, (ip, served) in wanted.items():
+                if self._backends.get(name) != (ip, served):
+                    self.balancer.register(name=name, host=ip, port=served, health_port=HTTP_PORT)
+            self._backends = dict(wanted)
 
         self._loop.call_soon_threadsafe(apply)
+
+    def stick(self, sticky: bool) -> None:
+        """Turn the sticky mode on or off (off forgets what was owed)."""
+
+        async def apply() -> None:
+            self.balancer.sticky = sticky
+            if not sticky:
+                self.balancer.owed.clear()
+
+        asyncio.run_coroutine_threadsafe(apply(), self._loop).result(5)
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.balancer.stop(), self._loop).result(10)
