@@ -2,7 +2,8 @@
 the kopf entry point that runs it.
 
 - The controller's ports over the cluster: ``fleet`` (the pods and their workload's rollout),
-  ``actuator`` (the pod annotation, and with method http a POST to the agent's port), Events
+  ``actuator`` (the pod annotation, and with method http a POST to the agent's port), ``gates``
+  (the pod condition ``connbalance.io/accepting``, for steering readinessGate), Events
   (``handlers``).
 - What a ConnectionBalancer refers to and becomes: ``secrets`` (read by name), ``status``
   (written from a tick's result), ``crd`` (the schema, generated from the policy's settings).

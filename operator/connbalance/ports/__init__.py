@@ -3,7 +3,8 @@
 Four protocols: ``LoadSource`` (Prometheus, or the simulator's direct scrape), ``Fleet``
 (Kubernetes, or the simulator's fleet), ``Actuator`` (a pod annotation, authenticated HTTP to
 the agent, or the simulator's) and ``EventSink`` (Kubernetes Events, or the simulator's log).
-Adapters implement them structurally, without inheriting.
+Adapters implement them structurally, without inheriting. ``ports.gates`` adds
+``ReadinessGate`` (a pod condition that takes a shedding pod out of its Services' endpoints).
 
 Rule: declarations only. Nothing here does I/O or decides anything, and nothing is imported but
 ``model`` and the standard library.
