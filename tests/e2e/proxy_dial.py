@@ -6,8 +6,8 @@ when the dial fails the proxy dials again. The test cluster has no kube-proxy (S
 route nowhere), so ``ProxyDial`` does both parts: for each client connection it picks a ready
 endpoint of the Service's live EndpointSlices at random, dials it, dials another when the dial is
 refused (a pod whose agent steers answers the SYN with a reset), then splices bytes both ways for
-the connection's life. When the auth side ends, the client's connection ends with it, as the
-proxy's does.
+the connection's life. When the auth side ends, the client's connection ends with it (what was
+already read is passed on first, then a FIN), as the proxy's does; a client no pod takes is reset.
 
 ``EndpointFollower`` polls the EndpointSlices (``discovery.k8s.io/v1``, label
 ``kubernetes.io/service-name``) in a thread of its own and keeps the ready endpoints' addresses
@@ -199,9 +199,13 @@ class ProxyDial:
             # server logs a cancelled handler as an error.
             pass
         finally:
-            _reset(writer)
-            if upstream is not None:
-                _reset(upstream)
+            if upstream is None:
+                _reset(writer)  # placed nowhere: the client learns at once
+            else:
+                # As a Go proxy's Close does: what was already read from one side still reaches
+                # the other, then a FIN, so an answer the server finished is never cut short.
+                writer.close()
+                upstream.close()
             self._pairs.discard(task)
 
     async def _dial(
@@ -255,7 +259,7 @@ async def _copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close with a reset, not a FIN: the other side learns at once that its peer is gone."""
+    """Close with a reset, not a FIN: the client learns at once that no pod took it."""
     sock = writer.transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,3 +124,25 @@ def test_the_open_connections_are_counted_per_endpoint_until_they_end():
         finally:
             for conn in conns:
                 conn.close()
+
+
+def test_what_the_endpoint_sent_before_its_reset_reaches_the_client_then_the_end():
+    listener = socket.create_server(("127.0.12.8", 0))
+
+    def answer_then_reset() -> None:
+        conn, _ = listener.accept()
+        conn.recv(1)
+        conn.sendall(b"bye")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # a reset, as SOCK_DESTROY gives the proxy
+
+    thread = threading.Thread(target=answer_then_reset, daemon=True)
+    thread.start()
+    endpoints = Static(ready=(("127.0.12.8", listener.getsockname()[1]),))
+    with listener, proxy(endpoints) as dial, connect(dial) as conn:
+        conn.sendall(b"x")
+        received = b""
+        while chunk := conn.recv(16):
+            received += chunk
+        assert received == b"bye"
+    thread.join(5)
