@@ -91,7 +91,7 @@ class FaultProxy:
     def stop(self) -> None:
         for rule in self.rules:
             self.release(rule)
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(5)
@@ -135,17 +135,19 @@ class FaultProxy:
         )
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        # Watches and held requests stay open to the end: cut them, do not wait for them.
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+                                     shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
 
     async def _stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     def _rule_for(self, method: str, path: str, query: str, body: bytes) -> Rule | None:
         with self._lock:
@@ -182,8 +184,11 @@ class FaultProxy:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         url = f"{self.upstream}{request.rel_url}"
+        # No Content-Type of aiohttp's own (octet-stream) where the client sent none: the
+        # API server refuses that one with 415, and takes the body as JSON without any.
         async with self._session.request(request.method, url, headers=headers,
-                                         data=body or None) as upstream:
+                                         data=body or None,
+                                         skip_auto_headers=("Content-Type",)) as upstream:
             self._record(request, body, upstream.status, injected)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for name, value in upstream.headers.items():
