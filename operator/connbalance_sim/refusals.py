@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -162,8 +162,11 @@ async def _client_run(target: str, *, group: str, close_and_refuse: Any,
 
     calling = asyncio.create_task(calls())
     await asyncio.sleep(0.3)
-    seen["closed_at"] = time.monotonic()
-    await close_and_refuse()
+
+    def closing_now() -> None:
+        seen["closed_at"] = time.monotonic()
+
+    await close_and_refuse(closing_now)
     await asyncio.sleep(window + 3.0)
     for task in (calling, watching):
         task.cancel()
@@ -181,8 +184,9 @@ async def measure(method: str, *, group: str, window: float) -> dict[str, Any]:
             gate = _PausingGate(port)
             serving = asyncio.create_task(gate.serve())
 
-            async def close_pause() -> None:
+            async def close_pause(closing_now: Callable[[], None]) -> None:
                 gate.pause(window)
+                closing_now()
                 gate.close_all()
 
             try:
@@ -201,13 +205,15 @@ async def measure(method: str, *, group: str, window: float) -> dict[str, Any]:
         if method == "kernel-rst":
             steering.prepare()
 
-        async def close_refuse() -> None:
+        async def close_refuse(closing_now: Callable[[], None]) -> None:
+            # The refusal first (nft takes a moment), then the close, timed from there.
             if method == "kernel-rst":
                 steering.refuse(window)
             elif method == "kernel-drop":
                 _drop_syns(agent.port, window)
             else:
                 agent.refuse_new(window)
+            closing_now()
             await agent.close([c.id for c in agent.connections()], graceful=True,
                               quiet_millis=0, deadline_seconds=5.0)
 
