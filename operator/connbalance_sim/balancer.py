@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from connbalance.agent.proxy import H2_SETTINGS_THEN_GOAWAY
+from connbalance.agent.h2 import H2_SETTINGS_THEN_GOAWAY
 
 
 @dataclass(slots=True, eq=False)

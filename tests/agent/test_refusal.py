@@ -16,7 +16,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connbalance.agent import CloseOutcome
-from connbalance.agent.proxy import H2_DRAIN_GOAWAY, H2_PREFACE, ProxyAgent, Refusal, _FrameCursor
+from connbalance.agent.h2 import H2_DRAIN_GOAWAY, H2_PREFACE, FrameCursor
+from connbalance.agent.proxy import ProxyAgent, Refusal
 from connbalance.model import DrainRequest, RequestId
 from tests.agent.support import run
 
@@ -184,12 +185,12 @@ def test_the_frame_cursor_is_between_frames_only_after_a_whole_frame_however_it_
     ack = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"  # SETTINGS ACK: no payload
     stream = ping + ack + ping
     for cut in range(1, len(stream)):
-        cursor = _FrameCursor()
+        cursor = FrameCursor()
         cursor.feed(stream[:cut])
         assert cursor.between_frames == (cut in (17, 26)), cut
         cursor.feed(stream[cut:])
         assert cursor.between_frames
-    one_byte_at_a_time = _FrameCursor()
+    one_byte_at_a_time = FrameCursor()
     for byte in stream:
         one_byte_at_a_time.feed(bytes([byte]))
     assert one_byte_at_a_time.between_frames

@@ -38,13 +38,19 @@ import itertools
 import random
 import socket
 import termios
-from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Literal, cast
 
 from prometheus_client import CollectorRegistry
 
 from connbalance.agent.engine import DrainEngine
+from connbalance.agent.h2 import (
+    H2_DRAIN_GOAWAY,
+    H2_PREFACE,
+    FrameCursor,
+    GoawayRefusal,
+    reset,
+)
 from connbalance.agent.selection import ConnectionInfo
 from connbalance.ports.clock import SYSTEM_CLOCK, Clock
 
@@ -56,66 +62,9 @@ _POLL_FLOOR_SECONDS = 0.005
 
 Refusal = Literal["auto", "reset"]
 REFUSALS: Final[tuple[Refusal, ...]] = ("auto", "reset")
-H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-# An empty SETTINGS frame, then GOAWAY with last-stream-id 0 and NO_ERROR: "ready, and going
-# away before any stream", which gRPC answers by reconnecting without backoff.
-H2_SETTINGS_THEN_GOAWAY: Final = (
-    b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-    + b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
-    + b"\x00\x00\x00\x00"
-    + b"\x00\x00\x00\x00"
-)
-# GOAWAY, last stream 2^31-1, NO_ERROR: "no new streams here", the first step of a graceful
-# HTTP/2 shutdown. The client lets its calls in flight finish and opens a new connection.
-H2_DRAIN_GOAWAY: Final = (
-    b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + b"\x7f\xff\xff\xff" + b"\x00\x00\x00\x00"
-)
 # From the drain's GOAWAY to the FIN: long enough for a call started just before it to be
 # answered, short enough that the FIN comes within the steering that follows a window.
 _DRAIN_GRACE_SECONDS = 0.5
-_H2_FRAME_HEADER = 9
-# A refused client that has not sent the HTTP/2 preface by then is reset; one that got GOAWAY
-# and has not closed by then is reset too.
-_PREFACE_WAIT_SECONDS = 0.5
-_GOAWAY_LINGER_SECONDS = 2.0
-# How long the GOAWAY waits after the preface. gRPC reconnects after a GOAWAY at once, so a client
-# that keeps landing on refusing pods would otherwise redial hundreds of times a second; its calls
-# wait meanwhile (a channel that is connecting fails no fail-fast call), so this costs a refused
-# client about 50 ms per refusal and bounds its redials to about 20 a second.
-_GOAWAY_HOLD_SECONDS = 0.05
-
-
-class _FrameCursor:
-    """Where the server's bytes stand in HTTP/2 framing: between two frames or inside one.
-
-    Only the 9-byte frame headers are read (the payload length in their first three bytes), so
-    that a GOAWAY can be written to the client between two frames and never inside one.
-    """
-
-    __slots__ = ("_header", "_left")
-
-    def __init__(self) -> None:
-        self._header = b""
-        self._left = 0  # payload bytes of the current frame still to come
-
-    def feed(self, data: bytes) -> None:
-        at, size = 0, len(data)
-        while at < size:
-            if self._left > 0:
-                step = min(self._left, size - at)
-                self._left -= step
-                at += step
-                continue
-            take = _H2_FRAME_HEADER - len(self._header)
-            self._header += data[at : at + take]
-            at += take
-            if len(self._header) == _H2_FRAME_HEADER:
-                self._left = int.from_bytes(self._header[:3], "big")
-                self._header = b""
-
-    @property
-    def between_frames(self) -> bool:
-        return self._left == 0 and not self._header
 
 
 class _Pair:
@@ -157,7 +106,7 @@ class _Pair:
         self.client_spoke_last = False
         self.early: list[bytes] = []
         self.preface = b""  # the client's first bytes, up to the length of the HTTP/2 preface
-        self.frames = _FrameCursor()  # the server's bytes, read as HTTP/2 frames
+        self.frames = FrameCursor()  # the server's bytes, read as HTTP/2 frames
         self.drained_at: float | None = None  # when the drain's GOAWAY went to the client
 
     def note_client_bytes(self, data: bytes) -> None:
@@ -249,66 +198,6 @@ def _pending(transport: asyncio.Transport) -> int:
     return int(buf[0])
 
 
-def _reset(transport: asyncio.Transport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        # Linger 0: the client gets RST rather than a FIN it might read as a served close.
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-    transport.abort()
-
-
-class _Refusal:
-    """A refused connection under ``auto``: GOAWAY to an HTTP/2 client, a reset to any other."""
-
-    __slots__ = ("_heard", "_on_goaway", "_timer", "answered", "transport")
-
-    def __init__(self, transport: asyncio.Transport, *, on_goaway: Callable[[], None]) -> None:
-        self.transport = transport
-        self._on_goaway = on_goaway
-        self._heard = b""
-        self.answered = False
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(_PREFACE_WAIT_SECONDS, self._give_up)
-        transport.resume_reading()
-
-    def data_received(self, data: bytes) -> None:
-        if self.answered:
-            return  # the client's preface and SETTINGS: read and dropped until it closes
-        self._heard += data
-        wanted = len(H2_PREFACE)
-        if self._heard[:wanted] != H2_PREFACE[: len(self._heard)]:
-            self._timer.cancel()
-            _reset(self.transport)
-            return
-        if len(self._heard) >= wanted:
-            self.answered = True
-            self._timer.cancel()
-            self._timer = asyncio.get_running_loop().call_later(
-                _GOAWAY_HOLD_SECONDS, self._go_away
-            )
-
-    def _go_away(self) -> None:
-        if self.transport.is_closing():
-            return
-        self._on_goaway()
-        self.transport.write(H2_SETTINGS_THEN_GOAWAY)
-        with contextlib.suppress(OSError, RuntimeError):
-            self.transport.write_eof()
-        self._timer = asyncio.get_running_loop().call_later(_GOAWAY_LINGER_SECONDS, self._give_up)
-
-    def eof_received(self) -> bool:
-        self._timer.cancel()
-        self.transport.close()
-        return False
-
-    def connection_lost(self) -> None:
-        self._timer.cancel()
-
-    def _give_up(self) -> None:
-        _reset(self.transport)
-
-
 class _UpstreamSide(asyncio.Protocol):
     def __init__(self, agent: ProxyAgent, pair: _Pair) -> None:
         self._agent = agent
@@ -351,7 +240,7 @@ class _ClientSide(asyncio.Protocol):
     def __init__(self, agent: ProxyAgent) -> None:
         self._agent = agent
         self._pair: _Pair | None = None
-        self._refusal: _Refusal | None = None
+        self._refusal: GoawayRefusal | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
@@ -359,7 +248,7 @@ class _ClientSide(asyncio.Protocol):
         # Nothing is read until the upstream connection is there to take it.
         transport.pause_reading()
         accepted = self._agent._accept(transport, (str(peername[0]), int(peername[1])))
-        if isinstance(accepted, _Refusal):
+        if isinstance(accepted, GoawayRefusal):
             self._refusal = accepted
         else:
             self._pair = accepted
@@ -498,16 +387,16 @@ class ProxyAgent(DrainEngine):
     def active_count(self) -> int:
         return sum(1 for p in self._pairs.values() if not p.closed)
 
-    def _accept(self, transport: asyncio.Transport, peer: tuple[str, int]) -> _Pair | _Refusal:
+    def _accept(self, transport: asyncio.Transport, peer: tuple[str, int]) -> _Pair | GoawayRefusal:
         now = self.clock.monotonic()
         if now < self._refuse_until:
             self.refused_total += 1
             if self.refusal == "reset":
                 refused = _Pair(conn_id="refused", client=transport, peer=peer, now=now)
                 refused.closed = True
-                _reset(transport)
+                reset(transport)
                 return refused
-            return _Refusal(transport, on_goaway=self._count_goaway)
+            return GoawayRefusal(transport, on_goaway=self._count_goaway)
         pair = _Pair(conn_id=f"c{next(self._ids)}", client=transport, peer=peer, now=now)
         self._pairs[pair.id] = pair
         task = asyncio.get_running_loop().create_task(self._connect_upstream(pair))
