@@ -1,6 +1,6 @@
 # The agent (issue 4): HAProxy is the peer in its benchmark; iproute2 (ss) is already a base package.
 # nftables: reset mode's kernel steering, tested in network namespaces (issue 10).
-APT_PACKAGES += haproxy nftables
+APT_PACKAGES += haproxy nftables util-linux  # util-linux: setpriv, in the reset-mode start test
 
 .PHONY: bench-agent
 bench-agent: system-deps venv ## agent proxy mode vs direct and HAProxy, reset-scan cost: JSON (about 2-3 min)
