@@ -133,6 +133,31 @@ HANDWRITTEN = [
         id="http-to-the-node-agent",
     ),
     pytest.param({"actuation": {"agent": "node"}}, None, id="node-agent-by-annotation"),
+    pytest.param(
+        {"metrics": {"prometheus": {"bearerTokenSecret": {"name": "t", "key": ""}}}},
+        "spec.metrics.prometheus.bearerTokenSecret.key",
+        id="secret-empty-key",
+    ),
+    pytest.param(
+        {"metrics": {"prometheus": {"caSecret": {"name": ""}}}},
+        "spec.metrics.prometheus.caSecret.name",
+        id="ca-secret-empty-name",
+    ),
+    pytest.param(
+        {"metrics": {"prometheus": {"caSecret": {"name": "ca", "key": 3}}}},
+        "spec.metrics.prometheus.caSecret.key",
+        id="ca-secret-number-key",
+    ),
+    pytest.param(
+        {"actuation": {"tokenSecret": {"key": "token"}}},
+        "spec.actuation.tokenSecret.name",
+        id="token-secret-without-name",
+    ),
+    pytest.param(
+        {"actuation": {"tokenSecret": {"name": "t", "key": ""}}},
+        "spec.actuation.tokenSecret.key",
+        id="token-secret-empty-key",
+    ),
     pytest.param({"surprise": True}, "spec.surprise", id="unknown-top-level"),
     pytest.param({"balance": {"tolerence": 0.2}}, "spec.balance.tolerence", id="typo-nested"),
     pytest.param({"selector": None}, "spec.selector", id="no-selector"),
@@ -160,8 +185,8 @@ def python_verdict(spec: dict[str, Any]) -> str | None:
     return None
 
 
-def server_verdict(api: client.CustomObjectsApi, namespace: str, spec: dict[str, Any]) -> list[str]:
-    """The fields the API server names in refusing a dry-run create; empty when it accepts."""
+def dry_run(api: client.CustomObjectsApi, namespace: str, spec: dict[str, Any]) -> Any:
+    """A server-side dry-run create: the object as it would be stored, or the ApiException."""
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ConnectionBalancer",
@@ -169,19 +194,28 @@ def server_verdict(api: client.CustomObjectsApi, namespace: str, spec: dict[str,
         "spec": spec,
     }
     try:
-        api.create_namespaced_custom_object(
+        return api.create_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, body, dry_run="All", field_validation="Strict"
         )
     except ApiException as exc:
-        refusal = exc
-    else:
+        return exc
+
+
+def server_verdict(api: client.CustomObjectsApi, namespace: str, spec: dict[str, Any]) -> list[str]:
+    """The fields the API server names in refusing a dry-run create; empty when it accepts.
+    Each one it names is also in the message a person sees (kubectl prints the message)."""
+    refusal = dry_run(api, namespace, spec)
+    if not isinstance(refusal, ApiException):
         return []
     assert refusal.status in (400, 422), refusal.body
     status = json.loads(refusal.body)
+    message = status.get("message", "")
     causes = [c["field"] for c in status.get("details", {}).get("causes", []) if "field" in c]
-    unknown = re.findall(r'unknown field "([^"]+)"', status.get("message", ""))
+    unknown = re.findall(r'unknown field "([^"]+)"', message)
     fields = causes + unknown
-    assert fields, f"the API server named no field: {status.get('message')}"
+    assert fields, f"the API server named no field: {message}"
+    for field in fields:
+        assert field in message, f"the message does not name {field}: {message}"
     return fields
 
 
@@ -204,3 +238,50 @@ def test_python_and_the_api_server_give_the_same_verdict(
     assert python is not None, "Python accepted a spec the case expects refused"
     assert same_field(python, field), python
     assert any(same_field(python, named) for named in server), (python, server)
+
+
+REFUSED = [case for case in HANDWRITTEN + PER_SETTING if case.values[1] is not None]
+
+
+def test_there_are_at_least_25_refused_cases_and_every_field_of_the_spec_is_among_them():
+    """Every leaf of the CRD's spec schema (each setting of the declaration, each key of the
+    structured fields: selector, workloadRef, the Secret references) is the field of at least
+    one refused case, or a key inside it."""
+    from connbalance.kube.crd import spec_schema
+
+    leaves: list[str] = []
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        for key, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{key}")
+        if not node.get("properties"):
+            leaves.append(path)
+
+    walk(spec_schema(), "spec")
+    refused = {case.values[1] for case in REFUSED}
+    assert len(REFUSED) >= 25
+    missing = [leaf for leaf in leaves if not any(f == leaf or f.startswith(leaf + ".")
+                                                  for f in refused)]  # fmt: skip
+    assert missing == [], f"no refused case for {missing}"
+    assert {"spec." + s.path for s in FIELDS} <= refused
+
+
+DEFAULTED = [
+    pytest.param({"workloadRef": {"name": "auth"}}, ("workloadRef", "kind"), "Deployment",
+                 id="workload-kind"),
+    pytest.param({"actuation": {"tokenSecret": {"name": "agent-token"}}},
+                 ("actuation", "tokenSecret", "key"), "token", id="token-secret-key"),
+    pytest.param({"metrics": {"prometheus": {"caSecret": {"name": "ca"}}}},
+                 ("metrics", "prometheus", "caSecret", "key"), "token", id="ca-secret-key"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overlay", "path", "default"), DEFAULTED)
+def test_a_field_left_out_comes_back_with_its_default(custom_objects, namespace, overlay, path,
+                                                      default):  # fmt: skip
+    stored = dry_run(custom_objects, namespace, {**BASE, **overlay})
+    assert not isinstance(stored, ApiException), stored
+    node: Any = stored["spec"]
+    for key in path:
+        node = node[key]
+    assert node == default
