@@ -112,11 +112,12 @@ def verdict(runs: dict[str, dict[str, Any]]) -> list[str]:
         f"What steering buys here: {steered['cycled']} connections cycled for "
         f"{steered['needed']:g} needed ({steered['cycled_per_needed']:.2f} times), against "
         f"{loose['cycled']} for {loose['needed']:g} without it "
-        f"({loose['cycled_per_needed']:.2f} times), and balance "
-        f"{steered['time_to_balance']:.1f} s after the rollout instead of "
-        f"{loose['time_to_balance']:.1f} s. Without steering, each cycled client's reconnect "
+        f"({loose['cycled_per_needed']:.2f} times); balanced "
+        f"{steered['time_to_balance']:.1f} s after the rollout's end, against "
+        f"{loose['time_to_balance']:.1f} s without. Without steering, each cycled client's "
+        "reconnect "
         "lands on any Ready pod, the shedding ones included, so the operator needs more "
-        "steps and more closes for the same balance.",
+        "closes for the same balance.",
     ]
 
 

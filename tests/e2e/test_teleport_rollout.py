@@ -67,7 +67,9 @@ BALANCE = {
     "maxPoolFractionPerStep": 0.5,
     "minConnections": 10,
 }
-ACTUATION = {"windowSeconds": 3, "quietMillis": 100, "deadlineSeconds": 30}
+# A window of a few seconds: the refusal outlasts it by 1 s, and on a loaded machine a reconnect
+# made near its end may take longer than that, then land on the shedding pod again.
+ACTUATION = {"windowSeconds": 6, "quietMillis": 100, "deadlineSeconds": 30}
 SAMPLE_SECONDS = 0.5
 
 
