@@ -82,9 +82,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--refusal", choices=REFUSALS, default="auto",
                    help="how a steering proxy refuses: auto (GOAWAY to plaintext HTTP/2, the "
                         "default) or reset (the old way)")
-    p.add_argument("--no-h2-drain", dest="h2_drain", action="store_false",
-                   help="close plaintext HTTP/2 connections in proxy mode with a FIN alone, as "
-                        "before, not a GOAWAY first")
+    p.add_argument("--h2-drain", action="store_true",
+                   help="in proxy mode, start the close of a plaintext HTTP/2 connection with a "
+                        "GOAWAY (off by default: grpcio calls then wait until their deadline)")
     p.add_argument("--go-clients", default="", metavar="BINARY",
                    help="grpc-go clients from this goclients binary (make goclients-build prints "
                         "it) instead of grpcio's")

@@ -77,7 +77,7 @@ class LocalFleet:
     def __init__(self, *, hosts: Sequence[str], balancer: FlowHashBalancer, prefix: str = "sim",
                  grace: float = 0.5, agent_mode: str = "proxy",
                  clock: Callable[[], float] = time.time, refusal: Refusal = "auto",
-                 h2_drain: bool = True) -> None:
+                 h2_drain: bool = False) -> None:
         if agent_mode not in ("proxy", "reset"):
             raise ValueError(f"agent mode must be proxy or reset, not {agent_mode!r}")
         if refusal not in REFUSALS:

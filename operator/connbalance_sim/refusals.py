@@ -199,7 +199,7 @@ async def measure(method: str, *, group: str, window: float) -> dict[str, Any]:
         refusal: Refusal = "auto" if method == "goaway" else "reset"
         agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, port), max_fraction=1.0,
                            registry=CollectorRegistry(), refusal=refusal,
-                           h2_drain=method == "goaway")
+                           h2_drain=False)
         await agent.start()
         steering = KernelSteering(address=HOST, port=agent.port)
         if method == "kernel-rst":

@@ -53,7 +53,7 @@ class Scenario:
     failfast: int = 0
     agent_mode: str = "proxy"  # or reset (needs CAP_NET_ADMIN and SOCK_DESTROY)
     refusal: Refusal = "auto"  # how a steering proxy refuses (connbalance.agent.proxy)
-    h2_drain: bool = True  # whether the proxy's graceful close starts with an HTTP/2 GOAWAY
+    h2_drain: bool = False  # whether the proxy's graceful close starts with an HTTP/2 GOAWAY
     metrics: str = "scrape"  # how the controller reads load: scrape, or prometheus (a real one)
     # The controller's timing, demo-sized.
     settle: float = 3.0

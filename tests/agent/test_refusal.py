@@ -213,7 +213,7 @@ def test_the_drain_goaway_waits_for_the_end_of_the_frame_in_flight_then_the_fin_
 
         server = await asyncio.start_server(upstream, HOST, 0)
         agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, server.sockets[0].getsockname()[1]),
-                           max_fraction=1.0, registry=CollectorRegistry())
+                           max_fraction=1.0, registry=CollectorRegistry(), h2_drain=True)
         await agent.start()
         try:
             reader, writer = await asyncio.open_connection(HOST, agent.port)
