@@ -10,6 +10,7 @@ see all pods again, which leaves the pool as skewed as a rolling restart does, i
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import threading
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,11 @@ from urllib3.exceptions import HTTPError
 
 from tests.cluster.cluster import Cluster
 from tests.e2e.pool import OutsideBalancer, agent_status, pool_manifest
+from tests.kube.faultproxy import FaultProxy
 from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
+DRAIN = "connbalance.io/drain"
 TOKEN = "fault-test-agent-token"
 SELECTOR = "app.kubernetes.io/component=auth"
 CLIENTS = 60
@@ -401,6 +405,33 @@ def assert_nothing_twice_and_caps_held(ledger: list[Acted], *, clients: int = CL
 
 def acted_ids(ledger: list[Acted]) -> set[str]:
     return {a.id for a in ledger if a.state != "rejected"}
+
+
+def delivered(proxy: FaultProxy, namespace: str) -> list[dict[str, Any]]:
+    """The drain requests written onto pods through the proxy and accepted by the API server,
+    in order, each with the pod it went to."""
+    out = []
+    for seen in proxy.requests("PATCH", rf"/api/v1/namespaces/{namespace}/pods/[^/]+",
+                               body=DRAIN):
+        if seen.status != 200:
+            continue
+        annotations = json.loads(seen.body)["metadata"]["annotations"]
+        out.append({**json.loads(annotations[DRAIN]), "pod": seen.path.rsplit("/", 1)[1]})
+    return out
+
+
+def assert_no_pod_asked_again_within_a_cooldown(requests: list[dict[str, Any]], *,
+                                                cooldown: float) -> None:
+    """A step is measured before the next: never two requests to one pod closer than the
+    drain window and a step interval, whatever crashed in between."""
+    by_pod: dict[str, list[float]] = {}
+    for request in requests:
+        stamp = datetime.fromisoformat(request["issuedAt"].replace("Z", "+00:00")).timestamp()
+        by_pod.setdefault(request["pod"], []).append(stamp)
+    for pod, stamps in by_pod.items():
+        stamps.sort()
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        assert all(g >= cooldown - 0.01 for g in gaps), f"{pod} asked again after {gaps}"
 
 
 def pod_drain_events(cluster: Cluster, namespace: str) -> dict[str, int]:
