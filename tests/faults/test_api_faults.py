@@ -157,6 +157,9 @@ def replaced(pool: Pool, name: str, old_uid: str) -> dict | None:
     return None
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "the real API server answers the stale uid with 422 Invalid, not 409; the actuator reports "
+    "that as DeliveryFailed (Degraded) instead of retrying on fresh state: open, see the report"))
 def test_a_request_to_a_pod_replaced_under_the_same_name_fails_its_uid_precondition_quietly(
     cluster, module_namespace, pool, fresh, proxy, operator
 ):
@@ -176,7 +179,7 @@ def test_a_request_to_a_pod_replaced_under_the_same_name_fails_its_uid_precondit
             s for s in proxy.requests("PATCH", rf"/api/v1/namespaces/{ns}/pods/{loaded}",
                                       body="connbalance.io/drain") if s.injected == "hold"])
         wait_balanced(cluster, ns, pool)
-    assert refused[0].status == 409, "the uid precondition failed at the real API server"
+    assert refused[0].status == 422, "the stale uid was refused by the real API server"
     assert f'"uid": "{old}"' in refused[0].body
     new_uid = fresh_pod["metadata"]["uid"]
     later = drain_annotations(p for p in pool.pods() if p["metadata"]["uid"] == new_uid)
