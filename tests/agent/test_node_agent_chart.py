@@ -38,8 +38,13 @@ def daemonset(helm: Helm, *sets: str, **options: Any) -> dict[str, Any]:
 
 
 def test_the_node_agent_and_its_admission_policy_are_off_by_default(helm):
-    kinds = {d["kind"] for d in helm.render()}
-    assert not kinds & {"DaemonSet", "ValidatingAdmissionPolicy"}
+    docs = helm.render()
+    assert not by_kind(docs, "DaemonSet")
+    # The operator's own pod-writes policy (rbac.podWritePolicy) is on by default; only the
+    # node agent's drain-annotation policy comes with the node agent.
+    policies = [d["metadata"]["name"] for d in by_kind(docs, "ValidatingAdmissionPolicy")]
+    assert not [name for name in policies if name.endswith("-drain-annotation")]
+    assert [name for name in policies if name.endswith("-pod-writes")]
 
 
 def test_the_chart_lints_clean_with_the_node_agent_and_a_cri_socket(helm):

@@ -26,6 +26,7 @@ def render(figures: dict[str, Any], *, source: str) -> str:
     loads = ", ".join(f"{n}" for n in figures["loads_after_rollout"].values())
     balanced = ", ".join(f"{n}" for n in sorted(figures["loads_balanced"].values()))
     clients = figures["clients"]
+    spans = figures["spans_seconds"]
     lines = [
         "# End to end: the operator after a rolling restart",
         "",
@@ -72,24 +73,28 @@ def render(figures: dict[str, Any], *, source: str) -> str:
         f" the operator measured {figures['operator_skew']}) |",
         "",
         *_paragraph(
-            "Failed unary calls, from the restart to balanced plus 2 s"
-            f" ({figures['span_seconds']:.0f} s), and for the same span of a second rollout with"
-            " connbalance stopped (the balancer paused):"
+            "Failed unary calls (and all made), by group, in two spans: the rollout, from the"
+            f" restart to the first drain ({spans['rollout']:.0f} s), and the rebalancing, from"
+            f" the first drain to balanced and 2 s more ({spans['rebalancing']:.0f} s). Beside"
+            " them, the same spans of a second rollout with connbalance stopped (the balancer"
+            " paused), where nothing is drained after the rollout."
         ),
         "",
-        "| group | connbalance on | connbalance stopped |",
-        "|---|---|---|",
+        "| group | span | connbalance on | connbalance stopped | failed by code: on; stopped |",
+        "|---|---|---|---|---|",
     ]
     for group in ("retry", "failfast"):
-        on, off = calls["operator"][group], calls["operator_stopped"][group]
-        lines.append(f"| {group} | {_calls(on)} | {_calls(off)} |")
+        for span in ("rollout", "rebalancing"):
+            on, off = calls["operator"][span][group], calls["operator_stopped"][span][group]
+            lines.append(f"| {group} | {span} | {_calls(on)} | {_calls(off)} |"
+                         f" {_codes(on)}; {_codes(off)} |")
     lines += [
         "",
         *_paragraph(
-            f"Measured {figures['date']} on {machine['cpus']} CPUs ({machine['cpu_model']}), Linux"
-        f" {machine['kernel']}, Python {machine['python']}; load average"
-        f" {_load(load['start'])} at the start and {_load(load['end'])} at the end (1, 5 and 15"
-        " minutes), on a machine shared with other work."
+            f"Measured {figures['date']} on {machine['cpus']} CPUs ({machine['cpu_model']}),"
+            f" Linux {machine['kernel']}, Python {machine['python']}; load average"
+            f" {_load(load['start'])} at the start and {_load(load['end'])} at the end (1, 5 and"
+            " 15 minutes), on a machine shared with other work."
         ),
         "",
         "Regenerate: `make e2e-figures` (needs the test cluster's build; with",
@@ -106,6 +111,12 @@ def _paragraph(text: str) -> list[str]:
 def _calls(counters: dict[str, int]) -> str:
     made = counters["calls_ok"] + counters["calls_failed"]
     return f"{counters['calls_failed']} of {made}"
+
+
+def _codes(counters: dict[str, int]) -> str:
+    codes = [f"{k.removeprefix('code:')} {v}" for k, v in sorted(counters.items())
+             if k.startswith("code:") and v]  # fmt: skip
+    return ", ".join(codes) or "none"
 
 
 def _load(values: list[float]) -> str:

@@ -27,11 +27,22 @@ FIGURES = {
     "loads_balanced": {"a": 101, "b": 99, "c": 100},
     "skew_balanced": 1.01,
     "operator_skew": 1.02,
-    "span_seconds": 30.0,
-    "calls": {"operator": {"retry": {"calls_ok": 7000, "calls_failed": 0},
-                           "failfast": {"calls_ok": 1700, "calls_failed": 12}},
-              "operator_stopped": {"retry": {"calls_ok": 7100, "calls_failed": 0},
-                                   "failfast": {"calls_ok": 1750, "calls_failed": 5}}},
+    "spans_seconds": {"rollout": 20.0, "rebalancing": 15.0},
+    "calls": {
+        "operator": {
+            "rollout": {"retry": {"calls_ok": 4000, "calls_failed": 3, "code:Canceled": 3},
+                        "failfast": {"calls_ok": 1000, "calls_failed": 1, "code:Canceled": 1}},
+            "rebalancing": {"retry": {"calls_ok": 3000, "calls_failed": 0},
+                            "failfast": {"calls_ok": 700, "calls_failed": 12,
+                                         "code:Unavailable": 12}},
+        },
+        "operator_stopped": {
+            "rollout": {"retry": {"calls_ok": 4100, "calls_failed": 2, "code:Canceled": 2},
+                        "failfast": {"calls_ok": 1000, "calls_failed": 0}},
+            "rebalancing": {"retry": {"calls_ok": 3000, "calls_failed": 0},
+                            "failfast": {"calls_ok": 750, "calls_failed": 0}},
+        },
+    },
 }  # fmt: skip
 
 
@@ -43,8 +54,8 @@ def test_the_page_holds_each_figure_with_the_machine_and_its_load(tmp_path: Path
     prose = " ".join(text.split())  # paragraphs are wrapped at 100 columns
     assert "| time from the finished rollout to the first drain | 3.4 s |" in text
     assert "96 against 90 (ratio 1.07)" in text
-    assert "| failfast | 12 of 1712 | 5 of 1755 |" in text
-    assert "| retry | 0 of 7000 | 0 of 7100 |" in text
+    assert "| failfast | rebalancing | 12 of 712 | 0 of 750 | Unavailable 12; none |" in text
+    assert "| retry | rollout | 3 of 4003 | 2 of 4102 | Canceled 3; Canceled 2 |" in text
     assert "load average 3.50/3.00/2.00 at the start and 4.25/3.50/2.50" in prose
     assert "2 CPUs (Some CPU)" in prose
 

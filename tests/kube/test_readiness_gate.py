@@ -351,8 +351,12 @@ def test_the_operator_takes_a_shedding_pod_out_of_its_endpoints_for_the_window_o
 
     closed = eventually(shedding, what=f"{a} taken out of its endpoints", timeout=120)
     assert closed.reason == "Shedding"
-    annotations = core.read_namespaced_pod(a, namespace).metadata.annotations or {}
-    request = json.loads(annotations[DRAIN_ANNOTATION])
+    # The gate closes before the request is written (steer first, then cycle).
+    written = eventually(
+        lambda: (core.read_namespaced_pod(a, namespace).metadata.annotations or {}).get(
+            DRAIN_ANNOTATION),
+        what=f"the drain request on {a}", timeout=window)
+    request = json.loads(written)
     assert request["count"] > 0
     assert "steer" not in request, "with readinessGate the agent must not refuse connections"
     eventually(lambda: endpoints_ready(discovery, namespace) == {a: False, b: True},
