@@ -422,7 +422,10 @@ class ClientFleet:
             self._process.wait(10)
         except subprocess.TimeoutExpired:
             self._process.kill()
+            self._process.wait()
         self._reader.join(5)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
 
 
 def _calls(counters: Mapping[str, Any]) -> dict[str, int]:

@@ -125,7 +125,9 @@ def test_an_operator_sigkilled_between_delivery_and_status_write_resumes_and_cyc
     done = status(cluster, ns)
     # What the agents were asked, the crashed step included, is what status says was asked.
     assert done["controller"]["requested_total"] == sum(a.count for a in ledger)
-    assert events(cluster, ns, reason="Balanced"), "an Event says the pool is balanced"
+    # The resumed episode ends with its Event (posted beside the status write, not before it).
+    wait_for("an Event says the pool is balanced",
+             lambda: events(cluster, ns, reason="Balanced"), timeout=30)
     assert condition(cluster, ns, "Balanced")["status"] == "True"
 
 

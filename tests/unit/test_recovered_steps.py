@@ -35,3 +35,23 @@ def test_a_step_status_already_knows_is_not_counted_twice():
     world.clock.advance(1)
     again = world.tick(world.controller())
     assert again.state.requested_total == first.state.requested_total
+
+
+def _episode_after_a_lost_status_write(seconds_later: float) -> tuple[str | None, str | None]:
+    world = World({"a": 364, "b": 236, "c": 0})
+    first = world.tick().state.episode
+    world.state = ControllerState()  # the status write was lost with the crash
+    world.clock.advance(seconds_later)
+    return first, world.tick(world.controller()).state.episode
+
+
+def test_an_operator_back_minutes_after_its_crash_resumes_the_episode_its_pods_carry():
+    first, resumed = _episode_after_a_lost_status_write(150)  # 5 cooldowns
+    assert first is not None
+    assert resumed == first
+
+
+def test_a_step_older_than_the_resume_horizon_starts_a_new_episode():
+    first, later = _episode_after_a_lost_status_write(3600)
+    assert first is not None
+    assert later != first

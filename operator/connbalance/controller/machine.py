@@ -41,8 +41,11 @@ from connbalance.ports import (
 # A step counts as progress only if it lowered skew by at least this share.
 _PROGRESS = 0.01
 # A step found on the pods but missing from status is resumed only while this recent (in
-# cooldowns); an older one belongs to an episode that has ended.
+# cooldowns, and at least the floor in seconds: an operator restarted on a busy node, or after
+# a crash loop's backoff, comes back long after a short cooldown); an older one belongs to an
+# episode that has ended.
 _RESUME_HORIZON = 3
+_RESUME_FLOOR_SECONDS = 300.0
 # While something is about to change (a rollout, a window closing), look again at least this often.
 _SOON = 5.0
 # The longest wait for a step's cycled clients to come back, in cooldowns after the step.
@@ -444,7 +447,8 @@ class Controller:
         # Its requests were asked of the agents: status counts them, as if it had been written.
         recovered = state.with_(last_step_at=newest.issued_at,
                                 requested_total=state.requested_total + newest.requested)
-        if now - newest.issued_at < _RESUME_HORIZON * self._issuer.cooldown:
+        horizon = max(_RESUME_HORIZON * self._issuer.cooldown, _RESUME_FLOOR_SECONDS)
+        if now - newest.issued_at < horizon:
             recovered = recovered.with_(episode=newest.episode, step=max(newest.step, state.step))
         return recovered
 
