@@ -268,9 +268,9 @@ def test_the_notes_point_at_a_readme_that_exists_and_say_how_to_remove_the_crd(h
             [
                 "examples.teleport.enabled=true",
                 "examples.teleport.dryRun=false",
-                "examples.teleport.steer=false",
+                "examples.teleport.steering=none",
             ],
-            "dryRun false and steer false",
+            "dryRun false and steering none",
         ),
         (
             ["examples.teleport.enabled=true", "examples.teleport.method=http"],
@@ -288,7 +288,7 @@ def test_the_notes_warn_about_risky_combinations(helm, sets, warning):
     "sets",
     [
         ["examples.teleport.enabled=true", "examples.teleport.dryRun=false"],
-        ["examples.teleport.enabled=true", "examples.teleport.steer=false"],
+        ["examples.teleport.enabled=true", "examples.teleport.steering=none"],
         [
             "examples.teleport.enabled=true",
             "examples.teleport.method=http",

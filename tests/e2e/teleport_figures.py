@@ -22,7 +22,7 @@ FIGURES = ROOT / "docs" / "teleport" / "rollout.json"
 DOC = ROOT / "docs" / "teleport.md"
 BEGIN = "<!-- rollout-figures:begin (python -m tests.e2e.teleport_figures) -->"
 END = "<!-- rollout-figures:end -->"
-RUNS = (("agent", "steering by the agent (nftables)"), ("none", "`steer: false`"))
+RUNS = (("agent", "steering by the agent (nftables)"), ("none", "`steering: none`"))
 FLEETS = (("grpcio", "grpcio"), ("go", "grpc-go"))
 
 

@@ -11,7 +11,7 @@ endpoint of the auth Service's live EndpointSlices and dials another when one re
 (``proxy_dial.py``), a grpcio fleet behind one and a grpc-go fleet behind another.
 
 One install serves both runs: ``kubectl rollout restart`` with the agent steering, then the same
-with ``actuation.steer: false``. With ``CONNBALANCE_TELEPORT_FIGURES=<path>`` the figures of both
+with ``actuation.steering: none``. With ``CONNBALANCE_TELEPORT_FIGURES=<path>`` the figures of both
 runs are written there as JSON (``teleport_figures.py`` renders them into docs/teleport.md).
 """
 
@@ -432,7 +432,7 @@ def test_without_steering_the_same_rollout_costs_more_cycles_for_the_same_balanc
     assert "agent" in scenario.runs, "the steered run must come first: it is the comparison"
     scenario.kubectl(
         "patch", "connectionbalancer", BALANCER, "--type", "merge",
-        "-p", json.dumps({"spec": {"actuation": {"steer": False}}}),
+        "-p", json.dumps({"spec": {"actuation": {"steering": "none"}}}),
     )  # fmt: skip
     run = scenario.rollout(steering="none")
     assert run["skew_after_rollout"] > 1 + TOLERANCE, run
