@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from connbalance.agent.proxy import REFUSALS
+from connbalance.agent.proxy import DEFAULT_REFUSAL, REFUSALS
 from connbalance_sim import benchdocs, bounds, harm, matrix, measures
 from connbalance_sim.fleet import AGENT_MODES, agent_mode
 from connbalance_sim.measures import Record
@@ -79,9 +79,9 @@ def parser() -> argparse.ArgumentParser:
                         "or a real Prometheus scraping them (Debian's, from make system-deps)")
     p.add_argument("--agent-mode", choices=AGENT_MODES, default="proxy",
                    help="proxy (default), reset (needs CAP_NET_ADMIN; steers with nft), or auto")
-    p.add_argument("--refusal", choices=REFUSALS, default="auto",
-                   help="how a steering proxy refuses: auto (GOAWAY to plaintext HTTP/2, the "
-                        "default) or reset (the old way)")
+    p.add_argument("--refusal", choices=REFUSALS, default=DEFAULT_REFUSAL,
+                   help="how a steering proxy refuses: reset (the agent's default) or auto "
+                        "(GOAWAY to plaintext HTTP/2; see docs/bench.md, Harm to calls)")
     p.add_argument("--h2-drain", action="store_true",
                    help="in proxy mode, start the close of a plaintext HTTP/2 connection with a "
                         "GOAWAY (off by default: grpcio calls then wait until their deadline)")

@@ -8,7 +8,8 @@ channel after a random time (uniform in 0.5-1.5 x MEAN) and dials again: the cli
 It starts doing so on SIGUSR1, so the fleet can first settle as it would without it.
 
 The clients come in two groups, spread evenly as the Go fleet spreads them: ``--failfast N`` of
-them have no retry policy (gRPC's defaults: transparent retries only, as grpc-go always has); the
+them retry nothing (``grpc.enable_retries`` 0, so not even gRPC's transparent retries: with those
+on, grpcio 1.85 streams refused by GOAWAY could hang, see ``connbalance_sim.goaway_retries``); the
 rest retry by the pinned policy (``connbalance_sim.retrypolicy``: UNAVAILABLE, 5 attempts, 0.1 s
 to 1 s, no wait-for-ready).
 
@@ -149,6 +150,8 @@ def channel_options(*, backoff_ms: int, group: str = FAILFAST) -> list[tuple[str
     ]
     if group == RETRY:
         options += grpcio_retry_options()
+    else:
+        options.append(("grpc.enable_retries", 0))
     return options
 
 

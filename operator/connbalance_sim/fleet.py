@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from connbalance.agent.engine import RequestState
-from connbalance.agent.proxy import REFUSALS, ProxyAgent, Refusal
+from connbalance.agent.proxy import DEFAULT_REFUSAL, REFUSALS, ProxyAgent, Refusal
 from connbalance.agent.reset import ResetAgent, ResetUnavailable, check_sock_destroy
 from connbalance.model import DrainRequest, PodName, PodState
 from connbalance.ports import ActuationError, FleetView
@@ -76,7 +76,7 @@ class Pod:
 class LocalFleet:
     def __init__(self, *, hosts: Sequence[str], balancer: FlowHashBalancer, prefix: str = "sim",
                  grace: float = 0.5, agent_mode: str = "proxy",
-                 clock: Callable[[], float] = time.time, refusal: Refusal = "auto",
+                 clock: Callable[[], float] = time.time, refusal: Refusal = DEFAULT_REFUSAL,
                  h2_drain: bool = False) -> None:
         if agent_mode not in ("proxy", "reset"):
             raise ValueError(f"agent mode must be proxy or reset, not {agent_mode!r}")

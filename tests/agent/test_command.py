@@ -69,6 +69,14 @@ def fails_with(capsys: pytest.CaptureFixture[str], *args: str) -> str:
             ],
             "--pod-ip",
         ),
+        (["--mode", "reset", "--port", "3025", "--refusal", "auto"], "--refusal"),
+        (
+            [
+                *("--mode", "proxy", "--upstream", "127.0.0.1:1"),
+                *("--proxy-listen", "127.0.0.1:0", "--refusal", "goaway"),
+            ],
+            "--refusal",
+        ),
     ],
 )
 def test_a_bad_flag_is_refused_with_a_message_naming_it(args, flag, capsys):

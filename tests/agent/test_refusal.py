@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from connbalance.agent import CloseOutcome
 from connbalance.agent.h2 import H2_DRAIN_GOAWAY, H2_PREFACE, FrameCursor
-from connbalance.agent.proxy import ProxyAgent, Refusal
+from connbalance.agent.proxy import DEFAULT_REFUSAL, ProxyAgent, Refusal
 from connbalance.model import DrainRequest, RequestId
 from tests.agent.support import run
 
@@ -132,12 +132,12 @@ def test_a_reset_refusal_costs_fail_fast_grpcio_clients_the_calls_of_their_backo
     assert set(after["failed_by_cause"]) <= {"backoff", "refused_connect"}
 
 
-async def _refused_raw(payload: bytes) -> bytes:
-    """What a steering auto proxy sends a client that opens with ``payload``; b"reset" if it
-    reset the connection."""
+async def _refused_raw(payload: bytes, refusal: Refusal = "auto") -> bytes:
+    """What a steering proxy (``auto`` unless told) sends a client that opens with
+    ``payload``; b"reset" if it reset the connection."""
     async with server_process() as port:
         agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, port), max_fraction=1.0,
-                           registry=CollectorRegistry())
+                           registry=CollectorRegistry(), refusal=refusal)
         await agent.start()
         try:
             agent.refuse_new(5.0)
@@ -172,6 +172,14 @@ def test_an_http2_client_is_told_settings_then_goaway_before_any_stream():
 ])
 def test_a_client_that_does_not_open_with_the_http2_preface_is_reset(opening):
     assert run(_refused_raw(opening)) == b"reset"
+
+
+def test_by_default_a_steering_proxy_resets_even_an_http2_client():
+    """GOAWAY is asked for (``refusal="auto"``), never assumed: grpcio clients with retries on
+    hung on it (docs/bench.md, Harm to calls)."""
+    refused = _refused_raw(H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+                           refusal=DEFAULT_REFUSAL)
+    assert run(refused) == b"reset"
 
 
 def test_an_unknown_refusal_is_refused_naming_it():

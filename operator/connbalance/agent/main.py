@@ -18,7 +18,7 @@ from typing import Any
 from connbalance.agent.engine import DrainEngine
 from connbalance.agent.http import AgentServer, server_tls
 from connbalance.agent.intake import watch_annotations_file, watch_pod_annotation
-from connbalance.agent.proxy import ProxyAgent
+from connbalance.agent.proxy import DEFAULT_REFUSAL, REFUSALS, ProxyAgent
 from connbalance.agent.reset import ResetAgent
 from connbalance.agent.state import StateFileError
 from connbalance.model.settings import setting
@@ -93,6 +93,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--proxy-listen", type=_host_port, help="proxy mode: where clients connect, HOST:PORT"
     )
     parser.add_argument(
+        "--refusal",
+        choices=REFUSALS,
+        default=None,
+        help=(
+            "proxy mode: how a steering agent refuses a new connection: reset (the default) or "
+            "auto (GOAWAY to a plaintext HTTP/2 client, a reset to any other; grpcio clients "
+            "with retries on, their default, can hang on it: see docs/bench.md)"
+        ),
+    )
+    parser.add_argument(
         "--listen",
         type=_host_port,
         default=_host_port(DEFAULT_LISTEN),
@@ -160,6 +170,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
             parser.error("--port only applies to --mode reset (proxy mode uses --upstream)")
         if args.pod_ip is not None:
             parser.error("--pod-ip only applies to --mode reset (proxy mode uses --upstream)")
+    if args.mode != "proxy" and args.refusal is not None:
+        parser.error("--refusal only applies to --mode proxy (reset mode refuses in the kernel)")
     token = ""
     if args.token_file is not None:
         try:
@@ -247,6 +259,7 @@ def _make_agent(args: argparse.Namespace) -> DrainEngine:
         upstream=args.upstream,
         max_fraction=args.max_fraction,
         state_file=args.state_file,
+        refusal=args.refusal or DEFAULT_REFUSAL,
     )
 
 

@@ -65,6 +65,11 @@ _POLL_FLOOR_SECONDS = 0.005
 
 Refusal = Literal["auto", "reset"]
 REFUSALS: Final[tuple[Refusal, ...]] = ("auto", "reset")
+# The default refusal is the reset. ``auto`` answers a plaintext HTTP/2 client with GOAWAY, which
+# costs grpc-go, and grpcio with retries off, no call; but grpcio 1.85 clients with retries on
+# (their default) met it with streams that never came back and memory growing by hundreds of MB
+# a second (docs/bench.md, Harm to calls), so it is asked for, never assumed.
+DEFAULT_REFUSAL: Final[Refusal] = "reset"
 # From the drain's GOAWAY to the FIN: long enough for a call started just before it to be
 # answered, short enough that the FIN comes within the steering that follows a window.
 _DRAIN_GRACE_SECONDS = 0.5
@@ -318,7 +323,7 @@ class ProxyAgent(DrainEngine):
         rng: random.Random | None = None,
         registry: CollectorRegistry | None = None,
         clock: Clock = SYSTEM_CLOCK,
-        refusal: Refusal = "auto",
+        refusal: Refusal = DEFAULT_REFUSAL,
         h2_drain: bool = False,
     ) -> None:
         if refusal not in REFUSALS:
