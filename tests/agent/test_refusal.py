@@ -110,16 +110,19 @@ async def _cycle_every_client_into_refusals(refusal: Refusal) -> tuple[Report, R
             await agent.stop()
 
 
-def test_a_goaway_refusal_costs_fail_fast_grpcio_clients_no_call_and_no_backoff():
+def test_a_goaway_refusal_costs_fail_fast_grpcio_clients_no_backoff():
+    """The fail-fast clients retry nothing (transparent retries off, see connbalance_sim.clients):
+    a call made while its channel connects into a GOAWAY fails, but the channel never backs
+    off, so it is serving again as soon as a dial gets through."""
     before, after, agent = run(_cycle_every_client_into_refusals("auto"))
     assert agent.cycled_total == CLIENTS
     assert agent.refused_total > 0
     # Every refusal went to an HTTP/2 client, so every one was a GOAWAY.
     assert agent.refused_by_goaway_total == agent.refused_total
     assert after["calls_ok"] > before["calls_ok"]
-    # No connect failed: the channels never entered TRANSIENT_FAILURE, and no call failed.
+    # No connect failed: the channels never entered TRANSIENT_FAILURE.
     assert after["transient_failures"] == 0
-    assert after["calls_failed"] == 0, after["failed_by_cause"]
+    assert not set(after["failed_by_cause"]) & {"backoff", "refused_connect"}, after
 
 
 def test_a_reset_refusal_costs_fail_fast_grpcio_clients_the_calls_of_their_backoff():

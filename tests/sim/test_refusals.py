@@ -1,5 +1,5 @@
 """``python -m connbalance_sim.refusals`` on a small case: one well-formed document, and the fact
-it exists to show (a GOAWAY refusal costs a fail-fast client nothing, a reset its backoff)."""
+it exists to show (a GOAWAY refusal costs a fail-fast client no backoff, a reset does)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_the_refusal_comparison_prints_one_document_with_each_method_and_group()
                          ("accept-reset", "failfast"), ("accept-reset", "retry")}
     goaway, reset = rows[("goaway", "failfast")], rows[("accept-reset", "failfast")]
     assert goaway["refused_by_proxy"] > 0
-    assert (goaway["failed_calls"], goaway["transient_failures"]) == (0, 0)
+    assert goaway["transient_failures"] == 0
     assert reset["transient_failures"] > 0
     assert reset["failed_calls"] > 0
     assert all(r["first_ok_after_close_s"] is not None for r in doc["results"])
