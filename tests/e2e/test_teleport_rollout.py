@@ -308,7 +308,7 @@ def balancer_manifest(namespace: str, *, prometheus: str) -> str:
     spec["metrics"]["prometheus"]["url"] = prometheus
     spec["metrics"]["maxStalenessSeconds"] = 30
     spec["balance"].update(BALANCE)
-    spec["actuation"].update({**ACTUATION, "steer": True})
+    spec["actuation"].update({**ACTUATION, "steering": "agent"})
     return yaml.safe_dump(body)
 
 
