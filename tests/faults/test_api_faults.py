@@ -32,6 +32,7 @@ from tests.faults.kit import (
     drain_annotations,
     events,
     kubectl,
+    status,
     wait_balanced,
     wait_for,
 )
@@ -223,5 +224,6 @@ def test_a_pod_deleted_while_it_drains_comes_back_without_its_request(
     # What changed is told: the operator said when it was balanced again. (Whether a status
     # write lands while the new pod settles depends on how fast the pod comes back, so the
     # phases in between are not asserted.)
-    assert seen.phases()[-1] == "Balanced", seen.phases()
-    assert events(cluster, ns, reason="Balanced")
+    assert status(cluster, ns)["phase"] == "Balanced", seen.phases()
+    wait_for("an Event says the pool is balanced again",
+             lambda: events(cluster, ns, reason="Balanced"), timeout=30)
