@@ -14,8 +14,10 @@ e2e-figures: system-deps venv helm cluster-build ## the rollout scenario on the 
 # rollout's retry group loses a few calls to the backoff, and dry run, leader hand-over and the
 # sticky balancer time out there; docs/e2e.md says which.
 SCENARIOS := tests/e2e/test_operator_scenarios.py
-TEST_IGNORES += --ignore=$(SCENARIOS)
+# The Teleport rollout passed one run and failed the next on one grpc-go retry-group call.
+TELEPORT_ROLLOUT := tests/e2e/test_teleport_rollout.py
+TEST_IGNORES += --ignore=$(SCENARIOS) --ignore=$(TELEPORT_ROLLOUT)
 
 .PHONY: e2e-scenarios
-e2e-scenarios: system-deps venv helm cluster-build ## the operator's end-to-end scenarios (not yet in make test; about 13 min)
-	$(PY) -m pytest $(SCENARIOS) $(PYTEST_ARGS)
+e2e-scenarios: system-deps venv helm cluster-build goclients-build ## the operator's scenarios and the Teleport rollout (not yet in make test; about 16 min)
+	$(PY) -m pytest $(SCENARIOS) $(TELEPORT_ROLLOUT) $(PYTEST_ARGS)

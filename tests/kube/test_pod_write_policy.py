@@ -140,7 +140,7 @@ def test_the_operator_may_change_only_its_own_annotations_and_condition(
         lambda: (done := patch(cluster, namespace, operator,
                                {"metadata": {"labels": {"app": "elsewhere"}}})).returncode != 0
         and done,
-        what="the pod-writes policy refusing the operator's label change", timeout=60,
+        what="the pod-writes policy refusing the operator's label change", timeout=180,
     )  # fmt: skip
     refused(first, "may not change a pod's labels")
 
@@ -205,7 +205,7 @@ subjects: [{{kind: ServiceAccount, name: {account}, namespace: {namespace}}}]
             lambda: (d := status_patch(cluster, namespace, who,
                                        {"type": ACCEPTING, "status": "False"})).returncode != 0
             and d,
-            what="the policy refusing pods/status without rbac.readinessGate", timeout=60,
+            what="the policy refusing pods/status without rbac.readinessGate", timeout=180,
         )  # fmt: skip
         refused(steer, "may only update pods, not UPDATE pods/status")
         drain = {"metadata": {"annotations": {"connbalance.io/drain": '{"id":"a","count":1}'}}}
