@@ -268,15 +268,21 @@ async def _cycle_go_clients_into_proxy_refusals(binary: Path, *, refusal: Refusa
         await server.stop()
 
 
-def test_go_clients_refused_with_goaway_redial_without_backoff_and_fail_no_call(binary):
+def test_go_clients_refused_with_goaway_redial_without_backoff_and_their_retry_policy_fails_nothing(
+        binary):
     before, after, agent = asyncio.run(
         _cycle_go_clients_into_proxy_refusals(binary, refusal="auto"))
     assert agent.cycled_total == 8
     assert agent.refused_total > 0
     assert agent.refused_by_goaway_total == agent.refused_total
-    # grpc-go took each GOAWAY as a graceful close: no connect failed, no call failed.
+    # grpc-go took each GOAWAY as a graceful close: no connect failed, so no backoff.
     assert after["transient_failures"] == 0
-    assert after["calls_failed"] == 0, after["groups"]
+    assert after["groups"]["retry"]["calls_failed"] == 0, after["groups"]
+    # grpc-go retries a stream a GOAWAY left unprocessed once without a retry policy (its
+    # csAttempt.shouldRetry, first attempt only), so a fail-fast call that meets two refused
+    # connections in a row fails Unavailable. A loaded CI run met one; nothing else may fail.
+    failfast = after["groups"]["failfast"]
+    assert set(failfast["failed_by_code"]) <= {"Unavailable"}, after["groups"]
     assert after["calls_ok"] > before["calls_ok"]
 
 
