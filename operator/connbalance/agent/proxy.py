@@ -19,41 +19,33 @@ its channel IDLE, until its deadline (every time, in a test of one client; grpc-
 
 While its pod steers, the proxy refuses new client connections. How (``refusal``):
 
-- ``auto`` (the default): a client that opens with the HTTP/2 preface (plaintext gRPC) is sent
+- ``reset`` (the default): every refused connection is reset on arrival. A gRPC client counts
+  that as a failed connect: its channel waits out its reconnect backoff in TRANSIENT_FAILURE,
+  and fail-fast calls made meanwhile fail.
+- ``auto``: a client that opens with the HTTP/2 preface (plaintext gRPC) is sent
   SETTINGS and then GOAWAY (last stream 0, NO_ERROR), and the connection is closed once the
   client closes it. gRPC clients (grpcio and grpc-go) take that as a connection that became ready
   and was then shut down gracefully: the channel reconnects at once, with no reconnect backoff,
   and a call already sent on it is retried transparently. Any other client (TLS, which the proxy
   cannot answer without the server's certificate, or one that says nothing for half a second) is
-  reset, as with ``reset``.
-- ``reset``: every refused connection is reset on arrival. A gRPC client counts that as a failed
-  connect: its channel waits out its reconnect backoff in TRANSIENT_FAILURE, and fail-fast calls
-  made meanwhile fail.
+  reset, as with ``reset``. grpc-go retries a call refused so only once without a retry policy,
+  and grpcio 1.85 with its retries on meets it badly (see ``DEFAULT_REFUSAL``).
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
-import fcntl
 import itertools
 import random
-import socket
-import termios
 from pathlib import Path
 from typing import Final, Literal, cast
 
 from prometheus_client import CollectorRegistry
 
 from connbalance.agent.engine import DrainEngine
-from connbalance.agent.h2 import (
-    H2_DRAIN_GOAWAY,
-    H2_PREFACE,
-    FrameCursor,
-    GoawayRefusal,
-    reset,
-)
+from connbalance.agent.h2 import GoawayRefusal, reset
+from connbalance.agent.pair import Pair
 from connbalance.agent.selection import ConnectionInfo
 from connbalance.ports.clock import SYSTEM_CLOCK, Clock
 
@@ -75,139 +67,8 @@ DEFAULT_REFUSAL: Final[Refusal] = "reset"
 _DRAIN_GRACE_SECONDS = 0.5
 
 
-class _Pair:
-    """One client connection and its upstream connection."""
-
-    __slots__ = (
-        "bytes_in",
-        "bytes_out",
-        "client",
-        "client_eof",
-        "client_spoke_last",
-        "closed",
-        "drained_at",
-        "early",
-        "frames",
-        "id",
-        "last_activity",
-        "opened_at",
-        "peer",
-        "preface",
-        "upstream",
-        "upstream_eof",
-    )
-
-    def __init__(
-        self, *, conn_id: str, client: asyncio.Transport, peer: tuple[str, int], now: float
-    ) -> None:
-        self.id = conn_id
-        self.client = client
-        self.upstream: asyncio.Transport | None = None
-        self.peer = peer
-        self.opened_at = now
-        self.last_activity = now
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.client_eof = False
-        self.upstream_eof = False
-        self.closed = False
-        self.client_spoke_last = False
-        self.early: list[bytes] = []
-        self.preface = b""  # the client's first bytes, up to the length of the HTTP/2 preface
-        self.frames = FrameCursor()  # the server's bytes, read as HTTP/2 frames
-        self.drained_at: float | None = None  # when the drain's GOAWAY went to the client
-
-    def note_client_bytes(self, data: bytes) -> None:
-        if len(self.preface) < len(H2_PREFACE):
-            self.preface += data[: len(H2_PREFACE) - len(self.preface)]
-
-    @property
-    def is_h2c(self) -> bool:
-        """The client opened with the HTTP/2 preface: plaintext HTTP/2, so gRPC without TLS."""
-        return self.preface == H2_PREFACE
-
-    def drain(self, now: float) -> bool:
-        """Write the drain's GOAWAY to the client if it can go now: between two frames."""
-        if not self.frames.between_frames or self.client.is_closing():
-            return False
-        self.client.write(H2_DRAIN_GOAWAY)
-        self.drained_at = now
-        return True
-
-    def queued(self) -> int:
-        size = self.client.get_write_buffer_size()
-        if self.upstream is not None:
-            size += self.upstream.get_write_buffer_size()
-        return size
-
-    def unread(self) -> int:
-        """Bytes the kernel holds that the event loop has not read yet, on either socket.
-
-        Checked right before a graceful close: a busy loop can lag behind its sockets, and data
-        that arrived but was not read means the connection is not quiet (closing then would
-        also turn the FIN into a RST).
-        """
-        return _pending(self.client) + (_pending(self.upstream) if self.upstream else 0)
-
-    def info(self, now: float) -> ConnectionInfo:
-        return ConnectionInfo(
-            id=self.id,
-            peer=self.peer,
-            opened_at=self.opened_at,
-            last_activity=self.last_activity,
-            idle_seconds=max(0.0, now - self.last_activity),
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            queued=self.queued(),
-            client_spoke_last=self.client_spoke_last,
-        )
-
-    def close(self) -> None:
-        self.closed = True
-        self.client.close()
-        if self.upstream is not None:
-            self.upstream.close()
-
-    def finish(self) -> None:
-        """The graceful close: FIN to the client at once, then close both sockets.
-
-        The FIN goes out now (a direct shutdown, the write buffer being empty) rather than on
-        the loop's next turn: every moment between deciding and the FIN is one in which the
-        client may start a call on a connection that is going away.
-        """
-        sock = self.client.get_extra_info("socket")
-        if sock is not None:
-            # Through a plain socket object on the same descriptor: uvloop's socket stand-in
-            # has no shutdown().
-            with contextlib.suppress(OSError, ValueError):
-                raw = socket.socket(fileno=sock.fileno())
-                try:
-                    raw.shutdown(socket.SHUT_WR)
-                finally:
-                    raw.detach()
-        self.close()
-
-    def abort(self) -> None:
-        self.closed = True
-        self.client.abort()
-        if self.upstream is not None:
-            self.upstream.abort()
-
-
-def _pending(transport: asyncio.Transport) -> int:
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return 0
-    buf = array.array("i", [0])
-    try:
-        fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
-    except (OSError, ValueError):
-        return 0
-    return int(buf[0])
-
-
 class _UpstreamSide(asyncio.Protocol):
-    def __init__(self, agent: ProxyAgent, pair: _Pair) -> None:
+    def __init__(self, agent: ProxyAgent, pair: Pair) -> None:
         self._agent = agent
         self._pair = pair
 
@@ -247,7 +108,7 @@ class _UpstreamSide(asyncio.Protocol):
 class _ClientSide(asyncio.Protocol):
     def __init__(self, agent: ProxyAgent) -> None:
         self._agent = agent
-        self._pair: _Pair | None = None
+        self._pair: Pair | None = None
         self._refusal: GoawayRefusal | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -337,7 +198,7 @@ class ProxyAgent(DrainEngine):
         )
         self.listen = listen
         self.upstream = upstream
-        self._pairs: dict[str, _Pair] = {}
+        self._pairs: dict[str, Pair] = {}
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._connecting: set[asyncio.Task[None]] = set()
@@ -395,24 +256,24 @@ class ProxyAgent(DrainEngine):
     def active_count(self) -> int:
         return sum(1 for p in self._pairs.values() if not p.closed)
 
-    def _accept(self, transport: asyncio.Transport, peer: tuple[str, int]) -> _Pair | GoawayRefusal:
+    def _accept(self, transport: asyncio.Transport, peer: tuple[str, int]) -> Pair | GoawayRefusal:
         now = self.clock.monotonic()
         if now < self._refuse_until:
             self.refused_total += 1
             if self.refusal == "reset":
-                refused = _Pair(conn_id="refused", client=transport, peer=peer, now=now)
+                refused = Pair(conn_id="refused", client=transport, peer=peer, now=now)
                 refused.closed = True
                 reset(transport)
                 return refused
             return GoawayRefusal(transport, on_goaway=self._count_goaway)
-        pair = _Pair(conn_id=f"c{next(self._ids)}", client=transport, peer=peer, now=now)
+        pair = Pair(conn_id=f"c{next(self._ids)}", client=transport, peer=peer, now=now)
         self._pairs[pair.id] = pair
         task = asyncio.get_running_loop().create_task(self._connect_upstream(pair))
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
         return pair
 
-    async def _connect_upstream(self, pair: _Pair) -> None:
+    async def _connect_upstream(self, pair: Pair) -> None:
         loop = asyncio.get_running_loop()
         try:
             await loop.create_connection(
@@ -438,7 +299,7 @@ class ProxyAgent(DrainEngine):
     def _count_goaway(self) -> None:
         self.refused_by_goaway_total += 1
 
-    def _forget(self, pair: _Pair) -> None:
+    def _forget(self, pair: Pair) -> None:
         if not pair.closed:
             pair.close()
         self._pairs.pop(pair.id, None)

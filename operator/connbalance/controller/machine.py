@@ -5,7 +5,7 @@ A tick passes its gates in order, each a method of its own: the pool can be read
 (``_busy``: a step in flight, a rollout under way), its load can be read and was measured after
 the last drain window (``_measured_too_early``) and after the clients that step cycled came back
 (``_reconnects_pending``), the pool was not already judged
-(``_already_judged``), and then the planner's verdict becomes a phase (``_decided``) or a step
+(``judged.already_judged``), and then the planner's verdict becomes a phase (``_decided``) or a step
 (``_step``).
 """
 
@@ -22,8 +22,10 @@ from connbalance.controller.issuer import (
     IssueRefused,
     RecordingActuator,
 )
+from connbalance.controller.judged import already_judged, stalled
+from connbalance.controller.recovery import recover
 from connbalance.controller.results import Seen, TickResult, conditions_for, tick_result
-from connbalance.controller.state import ControllerState, IssuedStep, newest_step
+from connbalance.controller.state import ControllerState, newest_step
 from connbalance.model import DrainRequest, Phase, Plan, PodLoad, PodName, Policy, PolicyName
 from connbalance.planner import Verdict
 from connbalance.planner.plan import decide
@@ -38,14 +40,6 @@ from connbalance.ports import (
     MetricsError,
 )
 
-# A step counts as progress only if it lowered skew by at least this share.
-_PROGRESS = 0.01
-# A step found on the pods but missing from status is resumed only while this recent (in
-# cooldowns, and at least the floor in seconds: an operator restarted on a busy node, or after
-# a crash loop's backoff, comes back long after a short cooldown); an older one belongs to an
-# episode that has ended.
-_RESUME_HORIZON = 3
-_RESUME_FLOOR_SECONDS = 300.0
 # While something is about to change (a rollout, a window closing), look again at least this often.
 _SOON = 5.0
 # The longest wait for a step's cycled clients to come back, in cooldowns after the step.
@@ -101,7 +95,8 @@ class Controller:
                 self._interval,
                 ready=("False", exc.reason),
             )
-        state = self._recover(state, newest_step(view.pods, policy=self._name), now)
+        newest = newest_step(view.pods, policy=self._name)
+        state = recover(state, newest, now=now, cooldown=self._issuer.cooldown)
         busy = self._busy(state, view, now)
         if busy is not None:
             return busy
@@ -131,7 +126,15 @@ class Controller:
             plan=plan,
             planned=None if planned is measured else {p: m.load for p, m in planned.items()},
         )
-        judged = self._already_judged(state, view, plan, verdict, seen, now)
+        judged = already_judged(
+            state,
+            revision=view.revision,
+            plan=plan,
+            verdict=verdict,
+            seen=seen,
+            now=now,
+            policy=self._policy,
+        )
         if judged is not None:
             return judged
         return await self._decided(state, view, plan, verdict, now, seen)
@@ -215,7 +218,10 @@ class Controller:
         )
 
     def _decide(
-        self, state: ControllerState, view: FleetView, measured: Mapping[PodName, PodLoad],
+        self,
+        state: ControllerState,
+        view: FleetView,
+        measured: Mapping[PodName, PodLoad],
         now: float,
     ) -> tuple[Plan, Verdict, Mapping[PodName, PodLoad]]:
         """The planner's verdict, on the loads expected once the clients still away land."""
@@ -235,47 +241,6 @@ class Controller:
                 "as landing evenly",
             )
         return plan, verdict, planned
-
-    def _already_judged(
-        self,
-        state: ControllerState,
-        view: FleetView,
-        plan: Plan,
-        verdict: Verdict,
-        seen: Seen,
-        now: float,
-    ) -> TickResult | None:
-        """In postRollout mode a pool found balanced, or given up on, waits for the next
-        rollout; in continuous mode a pool given up on waits for a change, or for its hold."""
-        same_pool = state.episode is None and state.judged_revision == view.revision
-        if self._policy.balance.mode != "postRollout":
-            return self._held(state, plan, seen, now) if same_pool else None
-        if not same_pool or verdict is Verdict.SETTLING:
-            return None
-        if verdict is Verdict.WITHIN_TOLERANCE:
-            return tick_result(
-                state, Phase.BALANCED, plan.reason, self._interval, balanced=plan.skew, seen=seen
-            )
-        reason = f"{plan.reason}; postRollout mode waits for the next rollout"
-        return tick_result(state, Phase.IDLE, reason, self._interval, balanced=plan.skew, seen=seen)
-
-    def _held(
-        self, state: ControllerState, plan: Plan, seen: Seen, now: float
-    ) -> TickResult | None:
-        """A continuous-mode balancer that gave up on this pool leaves it alone until the hold
-        ends: trying again at once would churn connections on clients that will not move."""
-        if state.held_until is None or now >= state.held_until:
-            return None
-        wait = state.held_until - now
-        reason = f"{plan.reason}; gave up on this pool, trying again in {wait:.0f}s"
-        return tick_result(
-            state,
-            Phase.DEGRADED,
-            reason,
-            min(self._interval, wait),
-            balanced=plan.skew,
-            seen=seen,
-        )
 
     async def _decided(
         self,
@@ -304,7 +269,7 @@ class Controller:
             return self._balanced(state, view, plan, seen)
         if verdict is Verdict.CAPPED:
             return self._give_up(state, view, plan, plan.reason, seen, now)
-        if self._stalled(state, plan.skew):
+        if stalled(state, plan.skew, self._policy):
             why = (
                 f"{state.step} step(s) did not lower skew enough (now {plan.skew:.3f}); "
                 "stopping until the pool changes"
@@ -427,30 +392,6 @@ class Controller:
             issued=issued,
             seen=seen,
         )
-
-    def _stalled(self, state: ControllerState, skew: float) -> bool:
-        balance = self._policy.balance
-        if state.step >= balance.max_steps:
-            return True
-        window = balance.max_steps_without_improvement
-        return len(state.skews) >= window and skew > state.skews[-window] * (1 - _PROGRESS)
-
-    def _recover(
-        self, state: ControllerState, newest: IssuedStep | None, now: float
-    ) -> ControllerState:
-        """Adopt a step the pods carry but status lost (a crash between delivery and the status
-        write). Its id already sits on those pods, so it is never issued again."""
-        if newest is None or (
-            state.last_step_at is not None and newest.issued_at <= state.last_step_at + 1e-3
-        ):
-            return state
-        # Its requests were asked of the agents: status counts them, as if it had been written.
-        recovered = state.with_(last_step_at=newest.issued_at,
-                                requested_total=state.requested_total + newest.requested)
-        horizon = max(_RESUME_HORIZON * self._issuer.cooldown, _RESUME_FLOOR_SECONDS)
-        if now - newest.issued_at < horizon:
-            recovered = recovered.with_(episode=newest.episode, step=max(newest.step, state.step))
-        return recovered
 
 
 def _new_episode(name: PolicyName, revision: str, now: float) -> str:
