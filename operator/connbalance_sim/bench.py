@@ -80,7 +80,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--agent-mode", choices=AGENT_MODES, default="proxy",
                    help="proxy (default), reset (needs CAP_NET_ADMIN; steers with nft), or auto")
     p.add_argument("--refusal", choices=REFUSALS, default=DEFAULT_REFUSAL,
-                   help="how a steering proxy refuses: reset (the agent's default) or auto "
+                   help="how a steering proxy refuses: connect (the agent's default: its "
+                        "listener closes for the window), reset (accept, then reset) or auto "
                         "(GOAWAY to plaintext HTTP/2; see docs/bench.md, Harm to calls)")
     p.add_argument("--h2-drain", action="store_true",
                    help="in proxy mode, start the close of a plaintext HTTP/2 connection with a "

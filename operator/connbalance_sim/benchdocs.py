@@ -20,9 +20,11 @@ HOW: Final[Mapping[str, str]] = {
     "proxy": (
         "The agent in proxy mode, in front of each server: the balancer sends it the traffic, "
         "it closes chosen connections with a FIN at a quiet moment, and while its pod steers "
-        "it refuses new connections at its own listener: with a reset by default, and with "
-        "`--refusal auto` a plaintext HTTP/2 client with SETTINGS then GOAWAY (see Harm to "
-        "calls)."
+        "it refuses new connections at its own listener: by default it closes the listener for "
+        "the window, so the kernel refuses each connect, which this balancer (as an NLB) "
+        "passes on as a reset; `--refusal reset` accepts and resets (the default when the "
+        "proxy rows were made, and the same cost here), and `--refusal auto` answers a "
+        "plaintext HTTP/2 client with SETTINGS then GOAWAY (see Harm to calls)."
     ),
     "reset": (
         "The agent in reset mode, out of the data path, as beside an unmodified Teleport: the "

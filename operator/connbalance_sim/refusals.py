@@ -4,9 +4,11 @@ One grpcio client (fail-fast, or with the pinned retry policy) makes a unary cal
 a real simulated server through a gate on loopback. The gate closes the client's connection
 gracefully and then refuses its reconnects for ``--window`` seconds, one way or another:
 
-- ``goaway``: the proxy agent's way (``refusal="auto"``): accept, answer the HTTP/2 preface with
+- ``closed-listener``: the proxy agent's default (``refusal="connect"``): its listening socket is
+  closed for the window, so the kernel answers the SYN with a reset, as ``kernel-rst`` does;
+- ``goaway``: the proxy agent's ``refusal="auto"``: accept, answer the HTTP/2 preface with
   SETTINGS then GOAWAY (last stream 0), close;
-- ``accept-reset``: the proxy agent's old way (``refusal="reset"``): accept, then reset;
+- ``accept-reset``: the proxy agent's ``refusal="reset"``: accept, then reset;
 - ``kernel-rst``: reset mode's way: an nftables element answers the SYN with a reset;
 - ``kernel-drop``: an nftables rule drops the SYN; the client's kernel sends it again later;
 - ``pause``: the listener stops accepting; the handshake completes in the kernel's backlog and
@@ -42,7 +44,7 @@ from connbalance_sim.clients import FAILFAST, RETRY, StateWatch, channel_options
 from connbalance_sim.clients import Counters as ClientCounters
 from connbalance_sim.server import PING
 
-METHODS = ("goaway", "accept-reset", "kernel-rst", "kernel-drop", "pause")
+METHODS = ("closed-listener", "goaway", "accept-reset", "kernel-rst", "kernel-drop", "pause")
 HOST = "127.0.16.1"
 CALL_EVERY = 0.02
 _DROP_TABLE = "inet connbalance_refusals"
@@ -196,7 +198,8 @@ async def measure(method: str, *, group: str, window: float) -> dict[str, Any]:
             finally:
                 serving.cancel()
                 gate.stop()
-        refusal: Refusal = "auto" if method == "goaway" else "reset"
+        refusals: dict[str, Refusal] = {"goaway": "auto", "closed-listener": "connect"}
+        refusal = refusals.get(method, "reset")
         agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, port), max_fraction=1.0,
                            registry=CollectorRegistry(), refusal=refusal,
                            h2_drain=False)

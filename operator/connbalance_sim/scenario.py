@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from connbalance.agent.proxy import Refusal
+from connbalance.agent.proxy import DEFAULT_REFUSAL, Refusal
 from connbalance.model import PodName
 from connbalance.ports import LoadSource, MetricsError
 from connbalance_sim import harm
@@ -52,7 +52,7 @@ class Scenario:
     go_clients: str = ""
     failfast: int = 0
     agent_mode: str = "proxy"  # or reset (needs CAP_NET_ADMIN and SOCK_DESTROY)
-    refusal: Refusal = "auto"  # how a steering proxy refuses (connbalance.agent.proxy)
+    refusal: Refusal = DEFAULT_REFUSAL  # how a steering proxy refuses (connbalance.agent.proxy)
     h2_drain: bool = False  # whether the proxy's graceful close starts with an HTTP/2 GOAWAY
     metrics: str = "scrape"  # how the controller reads load: scrape, or prometheus (a real one)
     # The controller's timing, demo-sized.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 
 from connbalance.agent import AgentServer, CloseOutcome, ProxyAgent, RequestState
+from connbalance.agent.proxy import DEFAULT_REFUSAL, Refusal
 from connbalance.model import DrainRequest
 from connbalance.ports.clock import SYSTEM_CLOCK
 from tests.agent.fakeclock import FakeClock
@@ -309,10 +311,14 @@ def test_bytes_and_half_closes_pass_through_unchanged_and_are_counted():
 
 
 async def new_client(agent: ProxyAgent) -> str:
-    """Connect once: "reset" when the proxy refused the connection (and the client saw the
-    reset), "served" when it took it. The proxy decides as it accepts, so no timing is guessed."""
+    """Connect once: "refused" when the kernel refused the connect (the listener is closed),
+    "reset" when the proxy took the connection and reset it (the client saw the reset), "served"
+    when it took it. The proxy decides as it accepts, so no timing is guessed."""
     refused, active = agent.refused_total, agent.active_count()
-    reader, writer = await asyncio.open_connection(HOST, agent.port)
+    try:
+        reader, writer = await asyncio.open_connection(HOST, agent.port)
+    except ConnectionRefusedError:
+        return "refused"
     try:
         async with asyncio.timeout(10):
             while agent.refused_total == refused and agent.active_count() == active:
@@ -326,8 +332,17 @@ async def new_client(agent: ProxyAgent) -> str:
         writer.close()
 
 
+async def listening_again(agent: ProxyAgent) -> None:
+    """Wait until the listener is open again: opening it is a real bind, after the clock."""
+    async with asyncio.timeout(10):
+        while not agent.listening:
+            await asyncio.sleep(0.01)
+
+
 @contextlib.asynccontextmanager
-async def fake_clock_proxy(*, seed: int = 0) -> AsyncIterator[tuple[ProxyAgent, FakeClock]]:
+async def fake_clock_proxy(
+    *, seed: int = 0, refusal: Refusal = DEFAULT_REFUSAL
+) -> AsyncIterator[tuple[ProxyAgent, FakeClock]]:
     """A proxy on real sockets whose clock moves only when the test advances it."""
     writers: list[asyncio.StreamWriter] = []
     upstream = await asyncio.start_server(lambda _r, w: writers.append(w), HOST, 0)
@@ -338,6 +353,7 @@ async def fake_clock_proxy(*, seed: int = 0) -> AsyncIterator[tuple[ProxyAgent, 
         max_fraction=1.0,
         rng=random.Random(seed),
         clock=clock,
+        refusal=refusal,
     )
     await agent.start()
     try:
@@ -350,9 +366,37 @@ async def fake_clock_proxy(*, seed: int = 0) -> AsyncIterator[tuple[ProxyAgent, 
         await upstream.wait_closed()
 
 
-def test_while_steering_new_connections_are_reset_until_the_refusal_ends_on_the_clock():
+def test_while_steering_the_kernel_refuses_new_connects_until_the_refusal_ends_on_the_clock():
     async def scenario() -> None:
         async with fake_clock_proxy() as (agent, clock):
+            assert agent.refusal == "connect"  # the default
+            _reader, held = await asyncio.open_connection(HOST, agent.port)
+            async with asyncio.timeout(10):
+                while agent.active_count() < 1:
+                    await asyncio.sleep(0.01)
+            agent.refuse_new(0.5)
+            assert await new_client(agent) == "refused"
+            await clock.advance(0.499)
+            assert await new_client(agent) == "refused"
+            # The connection made before the refusal still carries bytes.
+            held.write(b"still here")
+            await held.drain()
+            async with asyncio.timeout(10):
+                while agent.connections()[0].bytes_in < len(b"still here"):
+                    await asyncio.sleep(0.01)
+            await clock.advance(0.001)
+            await listening_again(agent)
+            assert await new_client(agent) == "served"
+            # The kernel refused those connects: the proxy never saw them.
+            assert agent.refused_total == 0
+            held.close()
+
+    run(scenario())
+
+
+def test_with_the_reset_refusal_new_connections_are_taken_and_reset_until_it_ends():
+    async def scenario() -> None:
+        async with fake_clock_proxy(refusal="reset") as (agent, clock):
             agent.refuse_new(0.5)
             assert await new_client(agent) == "reset"
             await clock.advance(0.499)
@@ -364,15 +408,46 @@ def test_while_steering_new_connections_are_reset_until_the_refusal_ends_on_the_
     run(scenario())
 
 
-def test_a_steering_request_refuses_new_connections_for_its_window_and_a_second_more():
+def test_a_steering_request_refuses_new_connects_for_its_window_and_a_second_more():
     async def scenario() -> None:
         async with fake_clock_proxy() as (agent, clock):
             body = {**drain("steer", 0, window=2.0), "steer": True}
             await agent.submit(DrainRequest.from_wire(body, now=clock.now()))
             await clock.advance(2.999)
-            assert await new_client(agent) == "reset"
+            assert await new_client(agent) == "refused"
             await clock.advance(0.001)
+            await listening_again(agent)
             assert await new_client(agent) == "served"
+
+    run(scenario())
+
+
+def test_a_port_taken_while_the_listener_was_closed_is_tried_again_until_it_is_free():
+    async def scenario() -> None:
+        async with fake_clock_proxy() as (agent, clock):
+            agent.refuse_new(0.5)
+            squatter = socket.socket()  # no SO_REUSEADDR: the proxy's bind fails while it listens
+            squatter.bind((HOST, agent.port))
+            squatter.listen()
+            try:
+                await clock.advance(0.5)
+                await clock.advance(0.3)  # three tries, each refused
+                assert not agent.listening
+            finally:
+                squatter.close()
+            await clock.advance(0.1)
+            await listening_again(agent)
+            assert await new_client(agent) == "served"
+
+    run(scenario())
+
+
+def test_a_proxy_stopped_while_its_listener_is_closed_stops_cleanly():
+    async def scenario() -> None:
+        async with fake_clock_proxy() as (agent, _clock):
+            agent.refuse_new(30.0)
+            assert not agent.listening
+        assert not agent.listening
 
     run(scenario())
 

@@ -137,14 +137,18 @@ def test_a_reset_refusal_costs_fail_fast_grpcio_clients_the_calls_of_their_backo
 
 async def _refused_raw(payload: bytes, refusal: Refusal = "auto") -> bytes:
     """What a steering proxy (``auto`` unless told) sends a client that opens with
-    ``payload``; b"reset" if it reset the connection."""
+    ``payload``; b"reset" if it reset the connection, b"refused" if the kernel refused the
+    connect."""
     async with server_process() as port:
         agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, port), max_fraction=1.0,
                            registry=CollectorRegistry(), refusal=refusal)
         await agent.start()
         try:
             agent.refuse_new(5.0)
-            reader, writer = await asyncio.open_connection(HOST, agent.port)
+            try:
+                reader, writer = await asyncio.open_connection(HOST, agent.port)
+            except ConnectionRefusedError:
+                return b"refused"
             writer.write(payload)
             heard = b""
             try:
@@ -177,16 +181,22 @@ def test_a_client_that_does_not_open_with_the_http2_preface_is_reset(opening):
     assert run(_refused_raw(opening)) == b"reset"
 
 
-def test_by_default_a_steering_proxy_resets_even_an_http2_client():
+def test_by_default_a_steering_proxy_refuses_even_an_http2_clients_connect():
     """GOAWAY is asked for (``refusal="auto"``), never assumed: grpcio clients with retries on
-    hung on it (docs/bench.md, Harm to calls)."""
+    hung on it (docs/bench.md, Harm to calls). By default the listener is closed instead."""
     refused = _refused_raw(H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00",
                            refusal=DEFAULT_REFUSAL)
+    assert run(refused) == b"refused"
+
+
+def test_the_reset_refusal_resets_even_an_http2_client():
+    refused = _refused_raw(H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+                           refusal="reset")
     assert run(refused) == b"reset"
 
 
 def test_an_unknown_refusal_is_refused_naming_it():
-    with pytest.raises(ValueError, match="refusal must be one of auto, reset, not 'drop'"):
+    with pytest.raises(ValueError, match="refusal must be one of connect, reset, auto, not 'drop'"):
         ProxyAgent(listen=(HOST, 0), upstream=(HOST, 1), max_fraction=1.0,
                    refusal="drop")  # type: ignore[arg-type]
 

@@ -97,9 +97,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=REFUSALS,
         default=None,
         help=(
-            "proxy mode: how a steering agent refuses a new connection: reset (the default) or "
-            "auto (GOAWAY to a plaintext HTTP/2 client, a reset to any other; grpcio clients "
-            "with retries on, their default, can hang on it: see docs/bench.md)"
+            "proxy mode: how a steering agent refuses a new connection: connect (the default: "
+            "the listener closes for the window, so the kernel refuses the connect and a "
+            "balancer that dials again picks another pod), reset (accept, then reset) or auto "
+            "(GOAWAY to a plaintext HTTP/2 client, a reset to any other; grpcio clients with "
+            "retries on, their default, can hang on it: see docs/bench.md)"
         ),
     )
     parser.add_argument(

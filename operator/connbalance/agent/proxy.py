@@ -19,17 +19,25 @@ its channel IDLE, until its deadline (every time, in a test of one client; grpc-
 
 While its pod steers, the proxy refuses new client connections. How (``refusal``):
 
-- ``reset`` (the default): every refused connection is reset on arrival. A gRPC client counts
-  that as a failed connect: its channel waits out its reconnect backoff in TRANSIENT_FAILURE,
-  and fail-fast calls made meanwhile fail.
-- ``auto``: a client that opens with the HTTP/2 preface (plaintext gRPC) is sent
-  SETTINGS and then GOAWAY (last stream 0, NO_ERROR), and the connection is closed once the
-  client closes it. gRPC clients (grpcio and grpc-go) take that as a connection that became ready
-  and was then shut down gracefully: the channel reconnects at once, with no reconnect backoff,
-  and a call already sent on it is retried transparently. Any other client (TLS, which the proxy
-  cannot answer without the server's certificate, or one that says nothing for half a second) is
-  reset, as with ``reset``. grpc-go retries a call refused so only once without a retry policy,
-  and grpcio 1.85 with its retries on meets it badly (see ``DEFAULT_REFUSAL``).
+- ``connect`` (the default): the listening socket is closed for the window and opened again
+  when it ends, so the kernel answers each new connect with a reset (ECONNREFUSED), as reset
+  mode's nftables rule does. Established connections are untouched. A balancer that dials again
+  when a dial is refused (Teleport's proxy dialling the auth Service, an HAProxy with redispatch)
+  places the client on another pod and the client never knows; one that cannot (an NLB) resets
+  the client, which then costs what ``reset`` costs. The refused connects are the kernel's, so
+  ``refused_total`` counts none of them.
+- ``reset``: each refused connection is accepted and reset on arrival. A balancer in front has
+  already connected by then, so it cannot dial another pod; a gRPC client counts the reset as a
+  failed connect and waits out its reconnect backoff in TRANSIENT_FAILURE, and fail-fast calls
+  made meanwhile fail.
+- ``auto``: a client that opens with the HTTP/2 preface (plaintext gRPC) is sent SETTINGS and
+  then GOAWAY (last stream 0, NO_ERROR), and the connection is closed once the client closes it.
+  gRPC clients (grpcio and grpc-go) take that as a connection that became ready and was then
+  shut down gracefully: the channel reconnects at once, with no reconnect backoff. Any other
+  client (TLS, which the proxy cannot answer without the server's certificate, or one that says
+  nothing for half a second) is reset, as with ``reset``. grpc-go retries a call refused so only
+  once without a retry policy, and grpcio 1.85 with its retries on meets it badly (see
+  ``DEFAULT_REFUSAL``).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import random
 from pathlib import Path
 from typing import Final, Literal, cast
@@ -55,16 +64,22 @@ _BACKLOG = 4096
 # How often a connection that is busy now is looked at again while waiting for it to go quiet.
 _POLL_FLOOR_SECONDS = 0.005
 
-Refusal = Literal["auto", "reset"]
-REFUSALS: Final[tuple[Refusal, ...]] = ("auto", "reset")
-# The default refusal is the reset. ``auto`` answers a plaintext HTTP/2 client with GOAWAY, which
-# costs grpc-go, and grpcio with retries off, no call; but grpcio 1.85 clients with retries on
-# (their default) met it with streams that never came back and memory growing by hundreds of MB
-# a second (docs/bench.md, Harm to calls), so it is asked for, never assumed.
-DEFAULT_REFUSAL: Final[Refusal] = "reset"
+Refusal = Literal["connect", "reset", "auto"]
+REFUSALS: Final[tuple[Refusal, ...]] = ("connect", "reset", "auto")
+# The default refusal is the refused connect: never worse for a client than the reset, and
+# behind a balancer that dials again it costs the client nothing. ``auto`` answers a plaintext
+# HTTP/2 client with GOAWAY, which costs grpc-go, and grpcio with retries off, no backoff; but
+# grpcio 1.85 clients with retries on (their default) met it with streams that never came back
+# and memory growing by hundreds of MB a second (docs/bench.md, Harm to calls), so it is asked
+# for, never assumed.
+DEFAULT_REFUSAL: Final[Refusal] = "connect"
 # From the drain's GOAWAY to the FIN: long enough for a call started just before it to be
 # answered, short enough that the FIN comes within the steering that follows a window.
 _DRAIN_GRACE_SECONDS = 0.5
+# How soon a listener that could not be opened again at the end of a window is tried again.
+_RELISTEN_RETRY_SECONDS = 0.1
+
+log = logging.getLogger(__name__)
 
 
 class _UpstreamSide(asyncio.Protocol):
@@ -207,25 +222,42 @@ class ProxyAgent(DrainEngine):
         self.refused_total = 0
         self.refused_by_goaway_total = 0  # of them, answered with GOAWAY (auto, HTTP/2 only)
         self._refuse_until = 0.0
+        self._port: int | None = None  # the port bound, kept while the listener is closed
+        self._relisten: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._port is None:
             raise RuntimeError("the proxy has not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._port
+
+    @property
+    def listening(self) -> bool:
+        """False while a ``connect`` refusal has the listening socket closed."""
+        return self._server is not None
 
     async def start(self) -> None:
+        await self._listen(self.listen[1])
+        assert self._server is not None
+        self._port = int(self._server.sockets[0].getsockname()[1])
+
+    async def _listen(self, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _ClientSide(self),
             host=self.listen[0],
-            port=self.listen[1],
+            port=port,
             backlog=_BACKLOG,
             reuse_address=True,
         )
 
     async def stop(self) -> None:
         await self._cancel_requests()
+        if self._relisten is not None:
+            self._relisten.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relisten
+            self._relisten = None
         if self._server is not None:
             self._server.close()
         for task in list(self._connecting):
@@ -248,6 +280,30 @@ class ProxyAgent(DrainEngine):
         which a balancer in front sends to another pod with probability (N-1)/N.
         """
         self._refuse_until = max(self._refuse_until, self.clock.monotonic() + seconds)
+        if self.refusal == "connect" and self._server is not None and self._relisten is None:
+            self._server.close()
+            self._server = None
+            log.info("listener closed for %.1fs: the kernel refuses new connects", seconds)
+            self._relisten = asyncio.get_running_loop().create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        """Open the listener again once the refusal is over (later if it was extended), and
+        keep trying if the port cannot be bound: a pod must never be left refusing."""
+        assert self._port is not None
+        while True:
+            wait = self._refuse_until - self.clock.monotonic()
+            if wait > 0:
+                await self.clock.sleep(wait)
+                continue
+            try:
+                await self._listen(self._port)
+            except OSError as exc:
+                log.error("cannot listen on port %d again: %s; retrying", self._port, exc)
+                await self.clock.sleep(_RELISTEN_RETRY_SECONDS)
+                continue
+            self._relisten = None
+            log.info("listening again on port %d", self._port)
+            return
 
     def connections(self) -> list[ConnectionInfo]:
         now = self.clock.monotonic()
@@ -260,7 +316,8 @@ class ProxyAgent(DrainEngine):
         now = self.clock.monotonic()
         if now < self._refuse_until:
             self.refused_total += 1
-            if self.refusal == "reset":
+            # One the loop accepted as the listener closed is reset, as ``reset`` does.
+            if self.refusal in ("connect", "reset"):
                 refused = Pair(conn_id="refused", client=transport, peer=peer, now=now)
                 refused.closed = True
                 reset(transport)
