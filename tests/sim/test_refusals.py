@@ -12,7 +12,8 @@ import sys
 def test_the_refusal_comparison_prints_one_document_with_each_method_and_group():
     done = subprocess.run(
         [sys.executable, "-m", "connbalance_sim.refusals",
-         "--methods", "goaway,accept-reset,closed-listener", "--window", "0.5"], capture_output=True, text=True, timeout=120, check=True)
+         "--methods", "goaway,accept-reset,closed-listener", "--window", "0.5"],
+        capture_output=True, text=True, timeout=120, check=True)
     doc = json.loads(done.stdout)
     assert doc["window_s"] == 0.5
     assert len(doc["load_average"]["start"]) == 3
