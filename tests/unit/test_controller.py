@@ -301,6 +301,11 @@ def test_dry_run_plans_the_same_but_delivers_nothing():
     assert result.plan.act
     assert world.actuator.delivered == []
     assert result.state.last_action.startswith("dry run: would cycle")
+    # Nothing issued, and what would have been, for the Events on the pods.
+    assert result.issued == ()
+    would = {r.id.rsplit(".", 1)[1]: r.count for r in result.would_issue}
+    assert would == {d.pod: d.count for d in result.plan.drains}
+    assert sum(would.values()) > 0
 
 
 def test_paused_does_nothing():

@@ -370,9 +370,10 @@ class Controller:
             done = state.with_(
                 judged_revision=view.revision, last_action=f"dry run: would cycle {summary}"
             )
-            return tick_result(
+            idle = tick_result(
                 done, Phase.IDLE, f"dryRun: {plan.reason}", self._interval, seen=seen
             )
+            return replace(idle, would_issue=issued)
         after = state.with_(
             episode=episode,
             step=step,

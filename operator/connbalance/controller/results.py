@@ -29,6 +29,8 @@ class TickResult:
     requeue_after: float
     seen: Seen = field(default_factory=Seen)
     issued: tuple[DrainRequest, ...] = ()
+    # In dry run, what would have been issued: told in Events on the pods, delivered nowhere.
+    would_issue: tuple[DrainRequest, ...] = ()
 
     @property
     def plan(self) -> Plan | None:

@@ -236,7 +236,7 @@ def _invalid_status(
 
 def _post_on_pods(apis: Apis, namespace: str, result: TickResult, *, dry_run: bool) -> None:
     """Each drain is also told on the pod it concerns, where someone debugging the pod looks."""
-    for request in result.issued:
+    for request in result.would_issue if dry_run else result.issued:
         pod = next((p for p in result.seen.pods if request.id.endswith(f".{p.name}")), None)
         if pod is None:
             continue
