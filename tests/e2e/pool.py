@@ -97,7 +97,8 @@ class StickyBalancer(FlowHashBalancer):
 
     Connections are anonymous here (a client redials from a new port), so what is owed is
     counted per backend: each connection a backend in service closed is one reconnect owed to
-    it, paid by the next new connection, or given back when that dial fails."""
+    it, paid by the next new connection, or given back when that dial fails. A dial the pod
+    refuses (it steers) is tried again on the same pod, never on a fresh pick."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(on_end=self._owe, **options)
@@ -110,6 +111,9 @@ class StickyBalancer(FlowHashBalancer):
             self.owed.append(end.backend)
 
     def choose(self, peer: tuple[str, int], *, attempt: int = 0) -> Any:
+        promised = self._promised.get(peer)
+        if self.sticky and attempt > 0 and promised is not None and self.is_ready(promised):
+            return self._backends[promised]  # a refused dial is tried again on the same pod
         if self.sticky and attempt == 0:
             for index, name in enumerate(self.owed):
                 if self.is_ready(name):
