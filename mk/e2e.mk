@@ -17,16 +17,6 @@ SCENARIOS := tests/e2e/test_operator_scenarios.py
 # The Teleport rollout passed one run and failed the next on one grpc-go retry-group call.
 TELEPORT_ROLLOUT := tests/e2e/test_teleport_rollout.py
 TEST_IGNORES += --ignore=$(SCENARIOS) --ignore=$(TELEPORT_ROLLOUT)
-# Failed some full runs and passed others; open under issue 12 until their cause is found.
-FLAKY := tests/faults/test_prometheus_faults.py \
-  tests/kube/test_pod_write_policy.py::test_the_operator_may_change_only_its_own_annotations_and_condition
-TEST_IGNORES += --ignore=tests/faults/test_prometheus_faults.py \
-  --deselect=tests/kube/test_pod_write_policy.py::test_the_operator_may_change_only_its_own_annotations_and_condition
-
-.PHONY: test-flaky
-test-flaky: system-deps venv helm cluster-build ## the tests left out of make test for failing some runs
-	$(PY) -m pytest $(FLAKY) $(PYTEST_ARGS)
-
 .PHONY: e2e-scenarios
 e2e-scenarios: system-deps venv helm cluster-build goclients-build ## the operator's scenarios and the Teleport rollout (not yet in make test; about 16 min)
 	$(PY) -m pytest $(SCENARIOS) $(TELEPORT_ROLLOUT) $(PYTEST_ARGS)

@@ -88,7 +88,11 @@ class PrometheusProxy:
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.queries += 1
-        if self.mode == "garbage":
+        # The mode the request arrived in answers it: one read at the end could give a query
+        # that arrived stale a fresh answer, if the test moved on meanwhile (which once let a
+        # tick see fresh samples and drain while the test said garbage).
+        mode = self.mode
+        if mode == "garbage":
             return web.Response(status=200, text="<html>502 upstream hiccup</html>\x00\xff",
                                 content_type="text/html")
         assert self._session is not None
@@ -103,7 +107,7 @@ class PrometheusProxy:
         form = dict(request.query)
         if body and request.content_type == "application/x-www-form-urlencoded":
             form.update(await request.post())  # type: ignore[arg-type]
-        if self.mode == "stale" and "timestamp(" in str(form.get("query", "")):
+        if mode == "stale" and "timestamp(" in str(form.get("query", "")):
             data = _aged(data)
         return web.Response(status=status, body=data, content_type="application/json")
 
