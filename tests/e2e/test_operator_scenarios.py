@@ -41,6 +41,7 @@ from tests.cluster.cluster import Cluster
 from tests.e2e.pool import HTTP_PORT, OutsideBalancer, agent_status, pool_manifest
 from tests.e2e.scenario_kit import (
     DRAIN_ANNOTATION,
+    LEASE,
     PAUSE_ANNOTATION,
     AgentWatch,
     ClientFleet,
@@ -501,6 +502,11 @@ def test_a_leader_killed_mid_drain_hands_over_to_the_standby_which_acts_on_no_id
         and found, what="exactly one replica leads again",
     )  # fmt: skip
     assert successor != leader, "the standby, not the killed one restarted, took over"
+    eventually(
+        lambda: [e for e in events(cluster, namespace, kind="Lease", name=LEASE)
+                 if e["reason"] == "LeaderElected" and new_holder in e["message"]],
+        what="a LeaderElected Event on the Lease naming the new holder",
+    )  # fmt: skip
 
     done = eventually(lambda: balanced_now(pool, balancers, "leader"),
                       what="the pool balanced by the new leader", timeout=150)  # fmt: skip

@@ -86,6 +86,7 @@ QUESTIONS = (
     Question(OPERATOR, "patch", "connectionbalancers.connbalance.io/status", "W", always),
     Question(OPERATOR, "create", "events", "W", always),
     Question(OPERATOR, "update", "leases.coordination.k8s.io", "R", always),
+    Question(OPERATOR, "create", "events", "R", always),  # LeaderElected, on the Lease
     Question(OPERATOR, "list", "namespaces", "all", always),
     Question(OPERATOR, "list", "customresourcedefinitions.apiextensions.k8s.io", "all", always),
     # What it must never do.

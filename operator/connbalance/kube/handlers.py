@@ -14,6 +14,7 @@ Lease runs loops; losing it stops them all at once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import socket
 import uuid
@@ -67,6 +68,11 @@ class Runtime:
     elector_task: asyncio.Task[None] | None = None
     server: web.AppRunner | None = None
     stopping: set[asyncio.Future[None]] = field(default_factory=set)
+    # A context kopf set up for one of its handlers. kopf.event() works only where kopf set its
+    # posting context variables (its per-object handling), so a balancer's loop must be started
+    # in such a context, not in the leader election's task, where a standby becomes the leader.
+    handler_context: contextvars.Context | None = None
+    announce_leading: bool = False  # became the leader; its Event not posted yet
 
 
 RUNTIME: Runtime | None = None
@@ -79,9 +85,37 @@ def _post_event(ref: Mapping[str, Any], kind: Kind, reason: str, message: str) -
 def _start_leading() -> None:
     runtime = _runtime()
     runtime.leading = True
+    runtime.announce_leading = OPTIONS.lease_namespace is not None
     metrics.LEADER.set(1)
+    _announce_leading(runtime)
     for key in sorted(runtime.index.balancers):
-        runtime.loops.ensure(key)
+        # Seen in the index means seen by a handler, so its context is there.
+        _in_handler_context(runtime, runtime.loops.ensure, key)
+
+
+def _in_handler_context(runtime: Runtime, call: Any, *args: Any) -> None:
+    if runtime.handler_context is None:
+        call(*args)
+    else:
+        runtime.handler_context.run(call, *args)
+
+
+def _remember_handler_context(runtime: Runtime) -> None:
+    """Called in kopf's handlers: keep one context where kopf.event() works."""
+    if runtime.handler_context is None:
+        runtime.handler_context = contextvars.copy_context()
+    _announce_leading(runtime)
+
+
+def _announce_leading(runtime: Runtime) -> None:
+    """A ``LeaderElected`` Event on the Lease, once a context to post it from is known."""
+    if not runtime.announce_leading or runtime.handler_context is None:
+        return
+    runtime.announce_leading = False
+    ref = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+           "metadata": {"name": OPTIONS.lease_name, "namespace": OPTIONS.lease_namespace}}
+    message = f"{OPTIONS.identity} became the leader and acts for every ConnectionBalancer"
+    _in_handler_context(runtime, _post_event, ref, "Normal", "LeaderElected", message)
 
 
 def _stop_leading() -> None:
@@ -168,6 +202,7 @@ async def balancer_event(
     **_: Any,
 ) -> None:
     runtime, key = _runtime(), (namespace or "", name)
+    _remember_handler_context(runtime)
     if event.get("type") == "DELETED":
         runtime.index.drop(key)
         runtime.seen.pop(key, None)
