@@ -20,7 +20,7 @@ APT_PACKAGES := iproute2
 TEST_PREREQS :=
 BENCH_TARGETS :=
 PYTEST_ARGS ?=
-# Left out of `make test` until they pass there: mk/e2e.mk runs them (make e2e-scenarios).
+# Test paths left out of `make test` (pytest --ignore/--deselect options); none now.
 TEST_IGNORES :=
 
 -include mk/*.mk

@@ -9,14 +9,11 @@ e2e-figures: system-deps venv helm cluster-build ## the rollout scenario on the 
 	  tests/e2e/test_operator_scenarios.py -k test_after_a_rolling_restart
 	$(PY) -m tests.e2e.figures $(E2E_FIGURES) --out docs/e2e.md
 
-# The operator's scenarios (issue 9, item 8) on one chart install and one pool. Not in `make test`
-# yet: with the agent's reset refusal (its default since the GOAWAY hang, docs/bench.md) the
-# rollout's retry group loses a few calls to the backoff, and dry run, leader hand-over and the
-# sticky balancer time out there; docs/e2e.md says which.
+# The operator's scenarios (issue 9, item 8) on one chart install and one pool, and the Teleport
+# rollout (issue 10). Both are in `make test`; this target runs them alone.
 SCENARIOS := tests/e2e/test_operator_scenarios.py
-# The Teleport rollout passed one run and failed the next on one grpc-go retry-group call.
 TELEPORT_ROLLOUT := tests/e2e/test_teleport_rollout.py
-TEST_IGNORES += --ignore=$(SCENARIOS) --ignore=$(TELEPORT_ROLLOUT)
+
 .PHONY: e2e-scenarios
-e2e-scenarios: system-deps venv helm cluster-build goclients-build ## the operator's scenarios and the Teleport rollout (not yet in make test; about 16 min)
+e2e-scenarios: system-deps venv helm cluster-build goclients-build ## the operator's scenarios and the Teleport rollout alone (about 8 min)
 	$(PY) -m pytest $(SCENARIOS) $(TELEPORT_ROLLOUT) $(PYTEST_ARGS)
