@@ -25,6 +25,7 @@ import yaml
 
 from tests.chart.helmrun import Helm
 from tests.cluster.cluster import Cluster
+from tests.faults.kit import apply_crd
 from tests.kube import rbacdoc
 
 pytestmark = pytest.mark.cluster
@@ -140,7 +141,10 @@ def kubectl(cluster: Cluster, *args: str, stdin: str | None = None) -> subproces
 
 @pytest.fixture
 def places(cluster: Cluster, namespace: str) -> Iterator[dict[str, str]]:
-    """R, the release's namespace (the fixture's), and W and O, made here."""
+    """R, the release's namespace (the fixture's), and W and O, made here. The CRD is applied
+    first: RBAC on connectionbalancers is judged only once the API server serves the resource
+    (run alone, before any other test applied it, every such question was denied)."""
+    apply_crd(cluster)
     extra = {key: f"{namespace}-{key.lower()}" for key in ("W", "O")}
     for name in extra.values():
         assert kubectl(cluster, "create", "namespace", name).returncode == 0
