@@ -539,7 +539,7 @@ def test_two_requests_running_at_once_share_one_ceiling():
     run(scenario())
 
 
-def test_an_oversized_body_is_refused_as_malformed():
+def test_an_oversized_body_is_refused_as_too_large():
     async def scenario() -> None:
         agent = ProxyAgent(listen=(HOST, 0), upstream=(HOST, 1), max_fraction=1.0)
         http = AgentServer(agent, host=HOST, port=0, token=TOKEN)
@@ -552,7 +552,7 @@ def test_an_oversized_body_is_refused_as_malformed():
                     data=body,
                     headers={"Authorization": f"Bearer {TOKEN}"},
                 ) as resp:
-                    assert resp.status == 400
+                    assert resp.status == 413
                     assert (await resp.json())["field"] == "body"
             assert agent.status().requests == ()
         finally:

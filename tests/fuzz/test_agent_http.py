@@ -143,7 +143,7 @@ def test_a_body_is_read_up_to_the_limit_and_refused_above_it(rig, size, chunked)
     if size <= MAX_BODY_BYTES:
         refused_naming(answer, 400, "id")  # read whole, and judged on what it says
     else:
-        refused_naming(answer, 400, "body")
+        refused_naming(answer, 413, "body")  # Payload Too Large
     untouched(rig)
 
 
@@ -151,7 +151,7 @@ def test_a_body_one_byte_over_the_limit_is_refused_and_one_at_it_is_read():
     """The boundary itself, whatever hypothesis drew above."""
     started = start_rig(max_fraction=0.5)
     try:
-        refused_naming(post(started, padded(MAX_BODY_BYTES + 1), [GOOD_AUTH]), 400, "body")
+        refused_naming(post(started, padded(MAX_BODY_BYTES + 1), [GOOD_AUTH]), 413, "body")
         refused_naming(post(started, padded(MAX_BODY_BYTES), [GOOD_AUTH]), 400, "id")
         untouched(started)
     finally:

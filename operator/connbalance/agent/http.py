@@ -80,7 +80,7 @@ async def _drain(request: web.Request) -> web.Response:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         agent.metrics.count_request("invalid")
-        return _error(400, f"body larger than {MAX_BODY_BYTES} bytes", field="body")
+        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes", field="body")
     try:
         drain = DrainRequest.from_json(body, now=agent.clock.now())
     except InvalidDrainRequest as exc:
