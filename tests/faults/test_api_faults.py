@@ -158,9 +158,6 @@ def replaced(pool: Pool, name: str, old_uid: str) -> dict | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the real API server answers the stale uid with 422 Invalid, not 409; the actuator reports "
-    "that as DeliveryFailed (Degraded) instead of retrying on fresh state: open, see the report"))
 def test_a_request_to_a_pod_replaced_under_the_same_name_fails_its_uid_precondition_quietly(
     cluster, module_namespace, pool, fresh, proxy, operator
 ):

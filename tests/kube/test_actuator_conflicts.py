@@ -1,7 +1,8 @@
-"""A 409 on the pod write (a conflict, or the uid precondition of a pod replaced under the same
-name) is not a delivery failure to report but a reconcile to retry on fresh state: it leaves the
-actuator as the API server's own error, so the loop retries it and status says nothing. Other
-failures stay ActuationErrors, told in status and Events. Found by tests/faults/test_api_faults.py.
+"""A 409 on the pod write (a conflict) is not a delivery failure to report but a reconcile to
+retry on fresh state: it leaves the actuator as the API server's own error, so the loop retries
+it and status says nothing; so does the 422 of a pod replaced under the same name
+(tests/kube/test_actuator_uid.py, on the real API server). Other failures stay ActuationErrors,
+told in status and Events. Found by tests/faults/test_api_faults.py.
 """
 
 from __future__ import annotations

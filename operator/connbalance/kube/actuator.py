@@ -29,12 +29,25 @@ class AnnotationActuator:
                 self._core.patch_namespaced_pod, pod.name, self._namespace, body
             )
         except (ApiException, HTTPError, OSError) as exc:
-            if isinstance(exc, ApiException) and exc.status == 409:
-                # A conflict, or that uid precondition on a replacement: the loop retries the
-                # reconcile on fresh state, and nothing is wrong enough for status to say so.
+            if isinstance(exc, ApiException) and (exc.status == 409 or _stale_uid(exc)):
+                # A conflict, or that uid on a replacement: the loop retries the reconcile on
+                # fresh state, and nothing is wrong enough for status to say so.
                 raise
             status = f"HTTP {exc.status}" if isinstance(exc, ApiException) else str(exc)
             raise ActuationError(f"cannot annotate pod {pod.name}: {status}") from exc
+
+
+def _stale_uid(exc: ApiException) -> bool:
+    """The API server refused the patch for its uid: the pod was replaced under its name. It
+    answers 422 Invalid, the cause on ``metadata.uid`` (the uid is immutable), not 409."""
+    if exc.status != 422:
+        return False
+    try:
+        status = json.loads(exc.body or "")
+    except (TypeError, ValueError):
+        return False
+    causes = (status.get("details") or {}).get("causes") or [] if isinstance(status, dict) else []
+    return any(isinstance(c, dict) and c.get("field") == "metadata.uid" for c in causes)
 
 
 class HttpActuator:
