@@ -158,6 +158,50 @@ HANDWRITTEN = [
         "spec.actuation.tokenSecret.key",
         id="token-secret-empty-key",
     ),
+    pytest.param(
+        {
+            "actuation": {
+                "method": "http",
+                "agentScheme": "https",
+                "tokenSecret": {"name": "t"},
+                "caSecret": {"name": "ca"},
+                "agentServerName": "agent.connbalance.local",
+            }
+        },
+        None,
+        id="https-to-the-agent",
+    ),
+    pytest.param(
+        {"actuation": {"agentScheme": "https"}},
+        "spec.actuation.agentScheme",
+        id="https-by-annotation",
+    ),
+    pytest.param(
+        {"actuation": {"method": "http", "agentServerName": "agent.connbalance.local"}},
+        "spec.actuation.agentServerName",
+        id="server-name-without-https",
+    ),
+    pytest.param(
+        {"actuation": {"method": "http", "caSecret": {"name": "ca"}}},
+        "spec.actuation.caSecret",
+        id="agent-ca-without-https",
+    ),
+    pytest.param(
+        {"actuation": {"method": "http", "agentScheme": "https", "caSecret": {"key": "ca.crt"}}},
+        "spec.actuation.caSecret.name",
+        id="agent-ca-without-name",
+    ),
+    pytest.param(
+        {
+            "actuation": {
+                "method": "http",
+                "agentScheme": "https",
+                "caSecret": {"name": "ca", "key": ""},
+            }
+        },
+        "spec.actuation.caSecret.key",
+        id="agent-ca-empty-key",
+    ),
     pytest.param({"surprise": True}, "spec.surprise", id="unknown-top-level"),
     pytest.param({"balance": {"tolerence": 0.2}}, "spec.balance.tolerence", id="typo-nested"),
     pytest.param({"selector": None}, "spec.selector", id="no-selector"),
@@ -273,6 +317,9 @@ DEFAULTED = [
                  ("actuation", "tokenSecret", "key"), "token", id="token-secret-key"),
     pytest.param({"metrics": {"prometheus": {"caSecret": {"name": "ca"}}}},
                  ("metrics", "prometheus", "caSecret", "key"), "token", id="ca-secret-key"),
+    pytest.param({"actuation": {"method": "http", "agentScheme": "https",
+                                "caSecret": {"name": "ca"}}},
+                 ("actuation", "caSecret", "key"), "token", id="agent-ca-secret-key"),
 ]  # fmt: skip
 
 

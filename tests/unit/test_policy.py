@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connbalance.model import DrainRequest, InvalidDrainRequest, Policy, PolicyError
+from connbalance.model import DrainRequest, InvalidDrainRequest, Policy, PolicyError, SecretKeyRef
 from connbalance.model.drain import DEFAULT_DEADLINE_SLACK_SECONDS
-from connbalance.model.settings import FIELDS, setting
+from connbalance.model.settings import DEFAULT_SECRET_KEY, FIELDS, setting
 
 NOW = datetime(2026, 11, 30, 7, 59, tzinfo=UTC)
 
@@ -111,3 +111,60 @@ def test_a_request_takes_its_defaults_and_bounds_from_the_policy_table():
     too_long = setting("actuation.windowSeconds").upper_bound() + 1
     with pytest.raises(InvalidDrainRequest, match="windowSeconds"):
         DrainRequest.from_wire({"id": "x", "count": 1, "windowSeconds": too_long}, now=NOW)
+
+
+POOL = {"selector": {"matchLabels": {"app": "auth"}}}
+HTTP = {"method": "http", "tokenSecret": {"name": "agent-token"}}
+
+
+def test_the_agent_is_reached_over_plain_http_with_no_ca_and_no_name_unless_asked():
+    actuation = Policy.from_spec({**POOL, "actuation": HTTP}).actuation
+    assert actuation.agent_scheme == "http"
+    assert actuation.agent_server_name is None
+    assert actuation.ca_secret is None
+
+
+def test_https_takes_a_server_name_and_a_ca_secret_whose_key_defaults_like_the_others():
+    actuation = Policy.from_spec(
+        {**POOL, "actuation": {**HTTP, "agentScheme": "https", "caSecret": {"name": "agent-ca"},
+                               "agentServerName": "agent.connbalance.local"}}
+    ).actuation  # fmt: skip
+    assert actuation.agent_scheme == "https"
+    assert actuation.agent_server_name == "agent.connbalance.local"
+    assert actuation.ca_secret == SecretKeyRef(name="agent-ca", key=DEFAULT_SECRET_KEY)
+    assert actuation.token_secret == SecretKeyRef(name="agent-token", key=DEFAULT_SECRET_KEY)
+
+
+def test_https_with_the_system_cas_needs_neither_a_ca_secret_nor_a_name():
+    actuation = Policy.from_spec({**POOL, "actuation": {**HTTP, "agentScheme": "https"}}).actuation
+    assert (actuation.agent_scheme, actuation.ca_secret, actuation.agent_server_name) == (
+        "https", None, None
+    )
+
+
+@pytest.mark.parametrize(
+    ("actuation", "field", "says"),
+    [
+        ({"agentScheme": "https"}, "spec.actuation.agentScheme",
+         "can be https only when method is http"),
+        ({**HTTP, "agentServerName": "agent.connbalance.local"}, "spec.actuation.agentServerName",
+         "only used when agentScheme is https"),
+        ({**HTTP, "caSecret": {"name": "agent-ca"}}, "spec.actuation.caSecret",
+         "only used when agentScheme is https"),
+        ({**HTTP, "agentScheme": "http", "caSecret": {"name": "agent-ca"}},
+         "spec.actuation.caSecret", "only used when agentScheme is https"),
+        ({**HTTP, "agentScheme": "tls"}, "spec.actuation.agentScheme",
+         "must be one of http, https"),
+        ({**HTTP, "agentScheme": "https", "agentServerName": ""},
+         "spec.actuation.agentServerName", "must be a non-empty string"),
+        ({**HTTP, "agentScheme": "https", "caSecret": {"key": "ca.crt"}},
+         "spec.actuation.caSecret.name", "required"),
+        ({**HTTP, "agentScheme": "https", "caSecret": {"name": "agent-ca", "key": ""}},
+         "spec.actuation.caSecret.key", "must be a non-empty string"),
+    ],
+)  # fmt: skip
+def test_agent_tls_settings_out_of_place_are_refused_naming_the_field(actuation, field, says):
+    with pytest.raises(PolicyError) as caught:
+        Policy.from_spec({**POOL, "actuation": actuation})
+    assert caught.value.field == field
+    assert says in caught.value.message

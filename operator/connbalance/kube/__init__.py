@@ -2,9 +2,9 @@
 the kopf entry point that runs it.
 
 - The controller's ports over the cluster: ``fleet`` (the pods and their workload's rollout),
-  ``actuator`` (the pod annotation, and with method http a POST to the agent's port), ``gates``
-  (the pod condition ``connbalance.io/accepting``, for steering readinessGate), Events
-  (``handlers``).
+  ``actuator`` (the pod annotation, and with method http a POST to the agent's port, over
+  HTTPS as ``agenttls`` says with agentScheme https), ``gates`` (the pod condition
+  ``connbalance.io/accepting``, for steering readinessGate), Events (``handlers``).
 - What a ConnectionBalancer refers to and becomes: ``secrets`` (read by name), ``status``
   (written from a tick's result), ``crd`` (the schema, generated from the policy's settings).
 - Running it: ``handlers`` (kopf), ``loops`` (one loop per balancer), ``leader`` (the Lease),

@@ -12,6 +12,7 @@ import aiohttp
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from connbalance.kube.agenttls import AgentTls, agent_url, connect_options, tls_failure
 from connbalance.model import DRAIN_ANNOTATION, DrainRequest, PodState
 from connbalance.ports import ActuationError, Actuator
 
@@ -54,26 +55,40 @@ class HttpActuator:
     """Annotation first, then ``POST /v1/drain`` to the agent with a bearer token.
 
     ``annotate`` is the durable delivery (an ``AnnotationActuator`` in the operator); the POST
-    only makes the agent act sooner, so it goes to the pod's IP and ``port`` and fails fast."""
+    only makes the agent act sooner, so it goes to the pod's IP and ``port`` and fails fast.
+    With ``tls`` it goes over HTTPS, and the agent's certificate is verified before the token
+    is sent."""
 
-    def __init__(self, *, annotate: Actuator, port: int, token: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        annotate: Actuator,
+        port: int,
+        token: str,
+        timeout: float = 5.0,
+        tls: AgentTls | None = None,
+    ) -> None:
         self._annotate = annotate
         self._port = port
         self._token = token
         self._timeout = timeout
+        self._tls = tls
 
     async def deliver(self, *, pod: PodState, request: DrainRequest) -> None:
         await self._annotate.deliver(pod=pod, request=request)
         if not pod.ip:
             raise ActuationError(f"pod {pod.name} has no IP to reach its agent")
-        url = f"http://{pod.ip}:{self._port}/v1/drain"
+        url = agent_url(pod.ip, self._port, "/v1/drain", tls=self._tls)
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
+        body = json.dumps(request.to_wire())
         try:
             async with (
                 aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=self._timeout)
                 ) as session,
-                session.post(url, data=json.dumps(request.to_wire()), headers=headers) as response,
+                session.post(
+                    url, data=body, headers=headers, **connect_options(self._tls)
+                ) as response,
             ):
                 if response.status >= 300:
                     text = (await response.text())[:200]
@@ -83,4 +98,5 @@ class HttpActuator:
                 f"agent {url} unreachable: no answer within {self._timeout:g}s"
             ) from exc
         except aiohttp.ClientError as exc:
-            raise ActuationError(f"agent {url} unreachable: {exc}") from exc
+            failure = tls_failure(url, exc) or f"agent {url} unreachable: {exc}"
+            raise ActuationError(failure) from exc

@@ -31,6 +31,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
+from connbalance.kube.agenttls import AgentTls, agent_url, connect_options, tls_failure
 from connbalance.model import DrainRequest, PodState
 
 FINAL: Final = frozenset({"done", "rejected"})
@@ -101,15 +102,13 @@ def not_reported(
     return Outcome(request=request.id, requested=request.count, state=state, reason=reason)
 
 
-def _url(host: str, port: int, path: str) -> str:
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
-
-
-async def _get_json(url: str, *, headers: Mapping[str, str], timeout: float) -> tuple[int, Any]:
+async def _get_json(
+    url: str, *, headers: Mapping[str, str], timeout: float, tls: AgentTls | None = None
+) -> tuple[int, Any]:
     """The status and decoded body; raises aiohttp.ClientError, TimeoutError or ValueError."""
     timeouts = aiohttp.ClientTimeout(total=timeout)
     async with aiohttp.ClientSession(timeout=timeouts) as session, session.get(
-        url, headers=dict(headers)
+        url, headers=dict(headers), **connect_options(tls)
     ) as response:
         if response.status == 404:
             return 404, None
@@ -119,23 +118,26 @@ async def _get_json(url: str, *, headers: Mapping[str, str], timeout: float) -> 
 
 @dataclass(frozen=True, slots=True)
 class AgentStatusReader:
-    """A sidecar's ``/status`` on the pod's address (``method: http``)."""
+    """A sidecar's ``/status`` on the pod's address (``method: http``), over HTTPS with
+    ``tls``."""
 
     port: int
     token: str
     timeout: float = 3.0
+    tls: AgentTls | None = None
 
     async def ask(self, pod: PodState, request: DrainRequest) -> Outcome:
         if not pod.ip:
             return Outcome(request=request.id, requested=request.count, state=UNREACHABLE,
                            reason="the pod has no IP")
-        url = _url(pod.ip, self.port, "/status")
+        url = agent_url(pod.ip, self.port, "/status", tls=self.tls)
         try:
             _, answer = await _get_json(url, headers={"Authorization": f"Bearer {self.token}"},
-                                        timeout=self.timeout)
+                                        timeout=self.timeout, tls=self.tls)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            refused = tls_failure(url, exc) if isinstance(exc, aiohttp.ClientError) else None
             return Outcome(request=request.id, requested=request.count, state=UNREACHABLE,
-                           reason=f"{url}: {exc or type(exc).__name__}")
+                           reason=refused or f"{url}: {exc or type(exc).__name__}")
         return from_agent(request, answer if isinstance(answer, Mapping) else {})
 
     async def read(self, asked: Asked) -> dict[str, Outcome]:
@@ -156,7 +158,8 @@ class NodeAgentStatusReader:
         if not pod.host_ip:
             return Outcome(request=request.id, requested=request.count, state=UNREACHABLE,
                            reason="the pod has no hostIP: it runs on no node yet")
-        url = _url(pod.host_ip, self.port, f"/v1/pods/{self.namespace}/{pod.name}")
+        url = agent_url(pod.host_ip, self.port, f"/v1/pods/{self.namespace}/{pod.name}",
+                        tls=None)
         try:
             code, answer = await _get_json(url, headers={}, timeout=self.timeout)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:

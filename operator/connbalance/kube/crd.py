@@ -84,6 +84,10 @@ _STRUCTURED: dict[str, dict[str, Any]] = {
     "metrics.prometheus.bearerTokenSecret": _secret_ref("A Secret holding a bearer token."),
     "metrics.prometheus.caSecret": _secret_ref("A Secret holding the CA bundle."),
     "actuation.tokenSecret": _secret_ref("A Secret holding the agent's token (method http)."),
+    "actuation.caSecret": _secret_ref(
+        "A Secret holding the PEM CA bundle that the agent's certificate is verified with "
+        "(agentScheme https); unset, the system CAs."
+    ),
 }
 
 def _rules_by_scope() -> dict[str, list[dict[str, str]]]:

@@ -1,7 +1,8 @@
 """Wiring: the controller of one ConnectionBalancer, with its adapters built from the spec.
 
-Secrets are read by name here (and only here), a CA bundle from a Secret goes to a private file,
-and one Prometheus load source is kept per distinct setting across reconciles.
+Secrets are read by name here (and only here), a CA bundle from a Secret goes to a private file
+(Prometheus's) or into a TLS context (the agents'), and one Prometheus load source and one TLS
+context are kept per distinct setting across reconciles.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import ssl
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -16,12 +18,13 @@ from typing import Any, Final
 
 from connbalance.controller import Controller
 from connbalance.kube.actuator import AnnotationActuator, HttpActuator
+from connbalance.kube.agenttls import AgentTls
 from connbalance.kube.confirm import AgentStatusReader, Confirmations, NodeAgentStatusReader
 from connbalance.kube.confirmprom import PrometheusConfirmations
 from connbalance.kube.fleet import KubeFleet
 from connbalance.kube.gates import GatedActuator, PodConditionGate
 from connbalance.kube.secrets import SpecError, read_secret
-from connbalance.model import MetricsSpec, Policy, PolicyName
+from connbalance.model import ActuationSpec, MetricsSpec, Policy, PolicyName
 from connbalance.ports import Actuator, EventSink
 from connbalance.ports.gates import ReadinessGate
 from connbalance.prometheus import PrometheusLoadSource
@@ -66,6 +69,35 @@ def _load_source(
     return PrometheusLoadSource.from_spec(
         metrics, namespace=namespace, selector=selector, bearer_token=token, ca_file=ca
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _agent_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """One context per CA bundle, kept across ticks. Verification and the hostname check stay on
+    (``create_default_context``): a bundle given replaces the system CAs rather than adding to
+    them, so only the CA that signs the agents is trusted with their token."""
+    if ca_bundle is None:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cadata=ca_bundle)
+
+
+def _agent_tls(actuation: ActuationSpec, *, core: Any, namespace: str) -> AgentTls | None:
+    """How to verify the agents with ``agentScheme: https`` (None with http). Raises SpecError
+    when the CA Secret cannot be read or holds no certificate."""
+    if actuation.agent_scheme != "https":
+        return None
+    ref = actuation.ca_secret
+    if ref is None:
+        return AgentTls(context=_agent_context(None), server_name=actuation.agent_server_name)
+    bundle = read_secret(core, namespace, ref, "spec.actuation.caSecret")
+    where = f"spec.actuation.caSecret: Secret {namespace}/{ref.name} key {ref.key!r}"
+    if not bundle:  # an empty bundle loads, and then trusts no agent at all
+        raise SpecError(f"{where} is empty")
+    try:
+        context = _agent_context(bundle)
+    except (ssl.SSLError, ValueError) as exc:
+        raise SpecError(f"{where} holds no PEM CA certificate ({exc})") from exc
+    return AgentTls(context=context, server_name=actuation.agent_server_name)
 
 
 def _confirmations_without_http(
@@ -129,10 +161,11 @@ def build_controller(
         agent_token = read_secret(
             core, namespace, policy.actuation.token_secret, "spec.actuation.tokenSecret"
         )
+        tls = _agent_tls(policy.actuation, core=core, namespace=namespace)
         actuator = HttpActuator(
-            annotate=annotate, port=policy.actuation.agent_port, token=agent_token
+            annotate=annotate, port=policy.actuation.agent_port, token=agent_token, tls=tls
         )
-        reader = AgentStatusReader(port=policy.actuation.agent_port, token=agent_token)
+        reader = AgentStatusReader(port=policy.actuation.agent_port, token=agent_token, tls=tls)
     if policy.actuation.steering == "readinessGate":
         gate = readiness_gate(core=core, namespace=namespace, policy=policy)
         actuator = GatedActuator(actuator=actuator, gate=gate, events=events)

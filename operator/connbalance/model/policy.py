@@ -86,9 +86,12 @@ class ActuationSpec:
     deadline_seconds: float
     steering: str  # agent, readinessGate or none: the old boolean steer already read into it
     agent_port: int
+    agent_scheme: str  # http or https, toward the agent's port (method http)
+    agent_server_name: str | None  # None: the agent's certificate names the pod's IP
     agent: str
     server_port: int
     token_secret: SecretKeyRef | None
+    ca_secret: SecretKeyRef | None  # None: the agent's certificate is checked by system CAs
 
     @property
     def steer(self) -> bool:
@@ -145,6 +148,9 @@ def _structured(spec: Mapping[str, Any], prefix: str) -> dict[str, Any]:
         "actuation.tokenSecret": _secret(
             _get(spec, "actuation.tokenSecret"), f"{prefix}.actuation.tokenSecret"
         ),
+        "actuation.caSecret": _secret(
+            _get(spec, "actuation.caSecret"), f"{prefix}.actuation.caSecret"
+        ),
     }
 
 
@@ -179,7 +185,9 @@ def _build(values: Mapping[str, Any]) -> Policy:
         ),
         balance=BalanceSpec(**groups["balance"]),
         actuation=ActuationSpec(
-            **groups["actuation"], token_secret=values["actuation.tokenSecret"]
+            **groups["actuation"],
+            token_secret=values["actuation.tokenSecret"],
+            ca_secret=values["actuation.caSecret"],
         ),
         **groups[""],
     )

@@ -16,6 +16,9 @@ from typing import Any, Final, Protocol
 PRESETS: Final = ("teleport-auth", "open-fds", "custom")
 MODES: Final = ("postRollout", "continuous")
 METHODS: Final = ("annotation", "http")
+# How the operator speaks to a sidecar's HTTP endpoint (method http): https keeps the bearer
+# token off the pod network in the clear.
+AGENT_SCHEMES: Final = ("http", "https")
 AGENTS: Final = ("sidecar", "node")
 # How reconnects are kept off a shedding pod for its window: its agent refuses them, or the pod
 # leaves its Services' endpoints (a readiness-gate condition set False), or nothing steers.
@@ -130,6 +133,16 @@ FIELDS: Final[tuple[Setting, ...]] = (
             "Deprecated: use steering. Still read, as steering agent (true) or none (false); "
             "given beside steering, the two must agree."),
     _number("actuation.agentPort", int, 9095, 1, 65535, "The agent's HTTP port (method http)."),
+    Setting("actuation.agentScheme", str, "http",
+            "How the operator reaches the agent's port (method http): http, or https, the "
+            "agent serving --tls-cert-file and --tls-key-file and its certificate verified "
+            "against caSecret (unset: the system CAs).",
+            choices=AGENT_SCHEMES),
+    Setting("actuation.agentServerName", str, None,
+            "The name the agent's certificate must carry (agentScheme https); the operator "
+            "still connects to the pod's IP. Unset: the certificate must carry the pod's IP, "
+            "which changes with every pod, so a fixed DNS name in the certificate (such as "
+            "agent.connbalance.local) named here is the practical setup."),
     Setting("actuation.agent", str, "sidecar",
             "Who acts on the requests: sidecar, the agent in each pod; node, the node agent "
             "(a DaemonSet) in the pod's network namespace. Each acts only when named here.",
@@ -150,6 +163,7 @@ STRUCTURED: Final = frozenset(
         "metrics.prometheus.bearerTokenSecret",
         "metrics.prometheus.caSecret",
         "actuation.tokenSecret",
+        "actuation.caSecret",
     }
 )
 
@@ -297,6 +311,28 @@ class NotTogether:
 
 
 @dataclass(frozen=True, slots=True)
+class ValueOnlyWhen:
+    """``field`` may have ``value`` only while ``other`` has ``other_value``: unlike
+    ``NotTogether``, a choice added to ``other`` later is refused too, not let through."""
+
+    scope: str
+    field: str
+    value: str
+    other: str
+    other_value: str
+
+    @property
+    def message(self) -> str:
+        return f"can be {self.value} only when {self.other} is {self.other_value}"
+
+    def holds(self, get: Lookup) -> bool:
+        return bool(get(self.field) != self.value or get(self.other) == self.other_value)
+
+    def cel(self) -> str:
+        return f"self.{self.field} != '{self.value}' || self.{self.other} == '{self.other_value}'"
+
+
+@dataclass(frozen=True, slots=True)
 class Supersedes:
     """``field`` (a choice) replaces the boolean ``old``, still read so that objects stored
     before the change keep working: true reads as ``when_true``, false as ``when_false``, and
@@ -351,4 +387,8 @@ RULES: Final[tuple[Rule, ...]] = (
     # The node agent takes requests from the pod's annotation only: it has no HTTP intake.
     NotTogether("actuation", "method", value="http", other="agent", other_value="node"),
     ExcludesWhenTrue("metrics.prometheus", "insecureSkipVerify", others=("caFile", "caSecret")),
+    # Only the sidecar's HTTP endpoint is reached over TLS; an annotation has no transport.
+    ValueOnlyWhen("actuation", "agentScheme", value="https", other="method", other_value="http"),
+    OnlyWhen("actuation", "agentServerName", other="agentScheme", value="https"),
+    OnlyWhen("actuation", "caSecret", other="agentScheme", value="https"),
 )
