@@ -146,10 +146,14 @@ def test_watch_namespaces_become_flags_and_roles_in_those_namespaces_only(helm):
     assert all(b["subjects"][0]["namespace"] == "ops" for b in bindings)
 
 
-def test_the_leader_elections_lease_is_the_only_right_in_the_release_namespace(helm):
+def test_the_leader_elections_lease_and_its_event_are_the_only_rights_in_the_release_namespace(
+    helm,
+):
     docs = helm.render("watchNamespaces={a}")
     leases = [d for d in by_kind(docs, "Role") if d["metadata"]["namespace"] == "ops"]
-    assert [r["resources"] for r in one(leases, "Role")["rules"]] == [["leases"]]
+    rules = [(r["resources"], r["verbs"]) for r in one(leases, "Role")["rules"]]
+    # The Lease, and the LeaderElected Event the new leader posts on it.
+    assert rules == [(["leases"], ["get", "create", "update"]), (["events"], ["create"])]
     env = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {
         "name": "POD_NAMESPACE",
