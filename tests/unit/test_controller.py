@@ -19,7 +19,7 @@ from connbalance.controller import (
 )
 from connbalance.model import Drain, Phase, Plan, PodName, Policy, PolicyName
 from connbalance.planner import Landing, expected_loads
-from connbalance.ports import MetricsEmpty
+from connbalance.ports import MetricsEmpty, MetricsPodMissing
 from tests.unit.fakes import AnnotatingActuator, DictLoads, FakeClock, ListEvents, ListFleet
 
 NAME = PolicyName("teleport/auth")
@@ -231,6 +231,33 @@ def test_metrics_errors_degrade_and_change_nothing():
         (c.type, c.status, c.reason) for c in result.conditions
     }
     assert world.actuator.delivered == []
+
+
+@pytest.mark.parametrize(("ready_for", "phase"), [
+    (29.0, Phase.SETTLING),  # under maxStalenessSeconds 30 (over settleSeconds 10): not scraped
+    (30.0, Phase.DEGRADED),  # missing that long is the metrics' fault
+])
+def test_a_pod_missing_from_the_metrics_waits_only_while_it_is_too_new_to_be_scraped(
+    ready_for, phase
+):
+    world = World({"a": 364, "b": 236, "c": 0}, metrics__maxStalenessSeconds=30)
+    world.fleet.replace_pod("c", uid="uid-c2", since=world.clock.now - ready_for)
+    world.loads.error = MetricsPodMissing("no series for pod c", pods=("c",))
+    result = world.tick()
+    assert result.state.phase is phase
+    told = ("MetricsAvailable", "False", "PodMissing") in {
+        (c.type, c.status, c.reason) for c in result.conditions
+    }
+    assert told is (phase is Phase.DEGRADED)
+    assert world.events.reasons() == ([] if phase is Phase.SETTLING else ["PodMissing"])
+    assert world.actuator.delivered == []
+
+
+def test_a_missing_pod_the_error_does_not_name_is_the_metrics_fault():
+    world = World({"a": 364, "b": 236, "c": 0})
+    world.fleet.replace_pod("c", uid="uid-c2", since=world.clock.now - 1)
+    world.loads.error = MetricsPodMissing("no series with the pod label")
+    assert world.tick().state.phase is Phase.DEGRADED
 
 
 def test_a_rollout_in_progress_is_waited_out():

@@ -1,12 +1,8 @@
 """The state machine: one ``tick`` observes, decides, issues at most one step, and says when to
-come back.
-
-A tick passes its gates in order, each a method of its own: the pool can be read and is not busy
-(``_busy``: a step in flight, a rollout under way), its load can be read and was measured after
-the last drain window (``_measured_too_early``) and after the clients that step cycled came back
-(``_reconnects_pending``), the pool was not already judged
-(``judged.already_judged``), and then the planner's verdict becomes a phase (``_decided``) or a step
-(``_step``).
+come back. Its gates, in order, each a method: the pool is readable and not busy (``_busy``),
+its load readable (pods too new to be scraped wait: ``scrapelag``) and measured after the last
+window (``_measured_too_early``) and the cycled clients' return (``_reconnects_pending``), the
+pool not judged already (``judged``); then the verdict is a phase (``_decided``) or a step.
 """
 
 from __future__ import annotations
@@ -25,6 +21,7 @@ from connbalance.controller.issuer import (
 from connbalance.controller.judged import already_judged, stalled
 from connbalance.controller.recovery import recover
 from connbalance.controller.results import Seen, TickResult, conditions_for, tick_result
+from connbalance.controller.scrapelag import not_scraped_yet
 from connbalance.controller.state import ControllerState, newest_step
 from connbalance.model import DrainRequest, Phase, Plan, PodLoad, PodName, Policy, PolicyName
 from connbalance.planner import Verdict
@@ -104,6 +101,10 @@ class Controller:
         try:
             measured = await self._loads.read(pods=ready) if ready else {}
         except MetricsError as exc:
+            if why := not_scraped_yet(exc, view.pods, policy=self._policy, now=now):
+                return tick_result(
+                    state, Phase.SETTLING, why, self._soon, seen=Seen(pods=view.pods)
+                )
             self._events.emit(kind="Warning", reason=exc.reason, message=str(exc))
             return tick_result(
                 state,

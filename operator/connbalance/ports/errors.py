@@ -1,5 +1,6 @@
 """Errors raised by adapters. Each carries a CamelCase ``reason`` for conditions and Events."""
 
+
 from typing import ClassVar
 
 
@@ -29,6 +30,10 @@ class MetricsEmpty(MetricsError):
 
 class MetricsPodMissing(MetricsError):
     reason = "PodMissing"
+
+    def __init__(self, message: str, *, pods: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.pods = pods  # the ready pods without a series, where known
 
 
 class MetricsDuplicateSeries(MetricsError):

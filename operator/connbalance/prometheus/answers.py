@@ -107,7 +107,8 @@ def per_pod(
         hint = f"; {unnamed} series have no {pod_label!r} label" if unnamed else ""
         raise MetricsPodMissing(
             f"{where} has no series for pod {', '.join(missing)} "
-            f"(it has {', '.join(sorted(by_pod)) or 'none'}{hint})"
+            f"(it has {', '.join(sorted(by_pod)) or 'none'}{hint})",
+            pods=tuple(missing),
         )
     return {p: by_pod[p] for p in pods}
 
