@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import ssl
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 from connbalance.agent import AgentServer, ProxyAgent
 from connbalance.agent.http import server_tls
 from connbalance.agent.main import run
+from tests.agent import certs
 from tests.agent.support import deadline_in
 from tests.agent.support import run as run_scenario
 
@@ -31,18 +31,9 @@ TOKEN = "tls-token"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def self_signed(folder: Path, *, name: str = "agent") -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.fail("openssl is missing: make test installs it (APT_PACKAGES)")
-    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", f"/CN={HOST}", "-addext", f"subjectAltName=IP:{HOST}",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return cert, key
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    made = certs.self_signed(folder, name="agent", subject_alt_name=f"IP:{HOST}")
+    return made.cert, made.key
 
 
 def trusting(cert: Path) -> ssl.SSLContext:

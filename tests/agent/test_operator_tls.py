@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import shutil
-import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -32,6 +29,7 @@ from connbalance.kube.secrets import SpecError
 from connbalance.kube.wiring import build_controller
 from connbalance.model import DrainRequest, PodName, PodState, Policy, PolicyName, RequestId
 from connbalance.ports import ActuationError
+from tests.agent.certs import Certificate, self_signed
 from tests.agent.support import run
 from tests.unit.fakes import ListEvents
 
@@ -39,30 +37,6 @@ HOST = "127.0.0.1"
 TOKEN = "operator-tls-token"
 AGENT_NAME = "agent.connbalance.local"
 POLICY = "teleport/auth"
-
-
-@dataclass(frozen=True, slots=True)
-class Certificate:
-    cert: Path
-    key: Path
-
-    def trusted(self) -> ssl.SSLContext:
-        """A client context whose only CA is this (self-signed) certificate."""
-        return ssl.create_default_context(cafile=str(self.cert))
-
-
-def self_signed(folder: Path, *, name: str, subject_alt_name: str) -> Certificate:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.fail("openssl is missing: make test installs it (APT_PACKAGES)")
-    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", f"/CN={name}", "-addext",
-         f"subjectAltName={subject_alt_name}", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return Certificate(cert=cert, key=key)
 
 
 @pytest.fixture

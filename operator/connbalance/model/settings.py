@@ -311,15 +311,10 @@ class NotTogether:
 
 
 @dataclass(frozen=True, slots=True)
-class ValueOnlyWhen:
-    """``field`` may have ``value`` only while ``other`` has ``other_value``: unlike
-    ``NotTogether``, a choice added to ``other`` later is refused too, not let through."""
-
-    scope: str
-    field: str
-    value: str
-    other: str
-    other_value: str
+class ValueOnlyWhen(NotTogether):
+    """``field`` may have ``value`` only while ``other`` has ``other_value`` (the same fields as
+    ``NotTogether``, the other way round): a choice added to ``other`` later is refused too, not
+    let through."""
 
     @property
     def message(self) -> str:
