@@ -12,8 +12,12 @@ What it measures, each from the parts themselves:
   are within the tolerance;
 - ``cycled`` against ``needed``: connections the agents say they closed, against the load above
   the mean when each disruption ended, summed over disruptions that left the pool skewed;
-- ``drains_while_balanced``: requests issued while the agents' counts had been within the
-  tolerance for the 3 s before (must be 0);
+- ``drains_while_balanced``: requests issued while the agents' counts had been balanced, by the
+  controller's own measure, for the 3 s before (must be 0). The measure is the controller's
+  trigger for the request's step: an episode's first step (``cb.<episode>.1.<pod>``) acts above
+  1 + tolerance, its later steps above 1 + targetTolerance (the hysteresis), so a later step at
+  a skew of 1.07 is the episode finishing, not churn. Each one counted is listed with its step,
+  the trigger and the skews seen before it, to be explained;
 - ``failed_calls``: the clients' failed unary calls, all groups, churned ones included;
 - the operator's resident memory at the start and the end, and the API requests it made per
   minute (counted by a pass-through proxy between it and the API server).
@@ -51,6 +55,7 @@ from tests.faults.kit import (
 from tests.kube.faultproxy import FaultProxy
 
 TOLERANCE = 0.10
+TARGET_TOLERANCE = 0.05
 GROUP = 30  # clients per group; churn restarts one group
 GROUPS = 3
 LOOKBACK_SECONDS = 3.0
@@ -93,11 +98,34 @@ class Sampler:
                 self.requests.setdefault(request["id"], request)
             self._stop.wait(0.5)
 
-    def balanced_since(self, moment: float) -> bool:
-        """Within the tolerance, all pods present, for every sample of the lookback."""
+    def skews_before(self, moment: float) -> list[float] | None:
+        """The skews of the lookback before ``moment``; None when a pod was missing from one."""
         window = [s for t, s in self.samples if moment - LOOKBACK_SECONDS <= t <= moment]
-        return bool(window) and all(
-            len(s) == GROUPS and skew(s) <= 1 + TOLERANCE for s in window)
+        if not window or any(len(s) != GROUPS for s in window):
+            return None
+        return [round(skew(s), 3) for s in window]
+
+
+def trigger_for(request_id: str) -> tuple[int, float]:
+    """The step a request belongs to and the skew above which the controller acts at it."""
+    parts = request_id.split(".", 3)
+    step = int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else 1
+    return step, 1 + (TOLERANCE if step == 1 else TARGET_TOLERANCE)
+
+
+def issued_while_balanced(sampler: Sampler) -> list[dict[str, Any]]:
+    """The requests issued after a lookback balanced by their step's trigger, with why."""
+    found = []
+    for rid, request in sorted(sampler.requests.items()):
+        if not request.get("issuedAt"):
+            continue
+        moment = datetime.fromisoformat(request["issuedAt"].replace("Z", "+00:00")).timestamp()
+        skews = sampler.skews_before(moment)
+        step, trigger = trigger_for(rid)
+        if skews is not None and all(value <= trigger for value in skews):
+            found.append({"id": rid, "step": step, "trigger": round(trigger, 2),
+                          "count": request.get("count"), "skews_before": skews})
+    return found
 
 
 @dataclass
@@ -136,7 +164,7 @@ class Soak:
             kubectl(self.cluster, "apply", "-f", "-", stdin=balancer_manifest(
                 self.namespace, self.cluster.prometheus_url,
                 balance={"settleSeconds": 3, "stepIntervalSeconds": 3, "tolerance": TOLERANCE,
-                         "maxConnectionsPerStep": 100}))
+                         "targetTolerance": TARGET_TOLERANCE, "maxConnectionsPerStep": 100}))
             sampler.start()
             self._balanced(pool, sampler, since=time.time())
             rss_start = operator.rss_kib()
@@ -225,11 +253,7 @@ class Soak:
                 api_requests: int, load: tuple[Any, Any]) -> dict[str, Any]:
         ledger = agents_ledger(pool.uids)
         cycled = sum(a.cycled for a in ledger)
-        while_balanced = [
-            rid for rid, request in sampler.requests.items()
-            if request.get("issuedAt") and sampler.balanced_since(
-                datetime.fromisoformat(request["issuedAt"].replace("Z", "+00:00")).timestamp())
-        ]
+        while_balanced = issued_while_balanced(sampler)
         counters = [g.counters() for g in self.groups]
         ordered = sorted(self.times)
         return {
@@ -249,7 +273,7 @@ class Soak:
             "cycled_per_needed": round(cycled / self.needed, 2) if self.needed else None,
             "drains": len(sampler.requests),
             "drains_while_balanced": len(while_balanced),
-            "drains_while_balanced_ids": while_balanced,
+            "drains_while_balanced_detail": while_balanced,
             "failed_calls": sum(int(c.get("calls_failed", 0)) for c in counters),
             "calls": sum(int(c.get("calls_ok", 0)) + int(c.get("calls_failed", 0))
                          for c in counters),

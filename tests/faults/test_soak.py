@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.cluster import Cluster
+from tests.faults.soak import TARGET_TOLERANCE, TOLERANCE, trigger_for
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +35,17 @@ def test_one_rollout_of_the_soak_prints_every_figure(cluster: Cluster, crd: None
         assert report[key] >= 0
     assert report["calls"] > 0, "the clients made calls"
     assert report["needed"] >= 0
+    detail = report["drains_while_balanced_detail"]
+    assert len(detail) == report["drains_while_balanced"]
+    for drain in detail:  # each one counted says why: its step's trigger was not reached
+        assert all(value <= drain["trigger"] for value in drain["skews_before"]), drain
     assert report["operator_rss_mib"]["start"] > 0
     assert report["operator_rss_mib"]["end"] > 0
     assert report["api_requests_per_minute"] > 0
     assert len(report["load_average"]["start"]) == 3
+
+
+def test_a_later_step_is_judged_by_target_tolerance_and_the_first_by_tolerance() -> None:
+    assert trigger_for("cb.3f2a9c1e.1.auth-0") == (1, 1 + TOLERANCE)
+    assert trigger_for("cb.3f2a9c1e.4.auth-0") == (4, 1 + TARGET_TOLERANCE)
+    assert trigger_for("cb.3f2a9c1e.12.auth-0.x") == (12, 1 + TARGET_TOLERANCE)
