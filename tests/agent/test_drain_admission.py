@@ -10,6 +10,7 @@ pod's token.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -133,9 +134,12 @@ def test_only_the_operators_service_account_may_write_the_drain_annotation(
     made = kubectl(cluster, "create", "-f", "-", stdin=pod_manifest(namespace, POD, node))
     assert made.returncode == 0, made.stderr
     intruder, operator = writers["intruder"], writers["operator"]
+    # Each try forges a new id: a patch let through before the policy loaded sets the annotation,
+    # and the same patch again would change nothing, which the policy (it judges changes) allows.
+    tries = itertools.count(1)
     refused = eventually(
-        lambda: (done := annotate(cluster, namespace, intruder, request("forged-1"))).returncode
-        != 0 and done,
+        lambda: (done := annotate(cluster, namespace, intruder,
+                                  request(f"forged-{next(tries)}"))).returncode != 0 and done,
         what="the policy in force: the intruder's drain annotation refused",
         timeout=60,
     )  # fmt: skip
@@ -145,7 +149,7 @@ def test_only_the_operators_service_account_may_write_the_drain_annotation(
     assert annotate(cluster, namespace, operator, request("cb-1")).returncode == 0
     # Any other change to the pod is anyone's (RBAC permitting), the drain annotation untouched.
     assert annotate(cluster, namespace, intruder, "note=hello").returncode == 0
-    for change in (request("forged-2"), f"{DRAIN}-"):  # neither change it nor remove it
+    for change in (request("forged-again"), f"{DRAIN}-"):  # neither change it nor remove it
         done = annotate(cluster, namespace, intruder, change)
         assert done.returncode != 0
         assert "only the connbalance operator" in done.stderr
