@@ -40,6 +40,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from connbalance.controller.state import step_of
 from tests.cluster.cluster import Cluster, default_run_dir
 from tests.faults.kit import (
     Clients,
@@ -108,8 +109,8 @@ class Sampler:
 
 def trigger_for(request_id: str) -> tuple[int, float]:
     """The step a request belongs to and the skew above which the controller acts at it."""
-    parts = request_id.split(".", 3)
-    step = int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else 1
+    named = step_of(request_id)
+    step = named[1] if named is not None else 1
     return step, 1 + (TOLERANCE if step == 1 else TARGET_TOLERANCE)
 
 

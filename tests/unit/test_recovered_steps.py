@@ -5,6 +5,8 @@ status says was asked, found by the fault tests (tests/faults)."""
 from __future__ import annotations
 
 from connbalance.controller import ControllerState
+from connbalance.controller.state import request_id, step_of
+from connbalance.model import PodName
 from tests.unit.test_controller import World
 
 
@@ -55,3 +57,10 @@ def test_a_step_older_than_the_resume_horizon_starts_a_new_episode():
     first, later = _episode_after_a_lost_status_write(3600)
     assert first is not None
     assert later != first
+
+
+def test_a_request_id_names_its_episode_and_step_and_no_other_id_does():
+    written = request_id(episode="e1f2", step=3, pod=PodName("auth.0"))
+    assert step_of(written) == ("e1f2", 3)
+    for other in ("forged-1", "cb.e1f2.x.auth-0", "cb.e1f2.3", "xb.e1f2.3.auth-0", ""):
+        assert step_of(other) is None, other

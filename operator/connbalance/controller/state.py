@@ -94,6 +94,14 @@ def request_id(*, episode: str, step: int, pod: PodName) -> RequestId:
     return RequestId(f"cb.{episode}.{step}.{pod}")
 
 
+def step_of(request: str) -> tuple[str, int] | None:
+    """The episode and step a request id written by ``request_id`` names; None for any other."""
+    parts = request.split(".", 3)
+    if len(parts) < 4 or parts[0] != "cb" or not parts[2].isdigit():
+        return None
+    return parts[1], int(parts[2])
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedStep:
     """The newest step found on the pods for one policy: recovered, not remembered."""
@@ -111,13 +119,11 @@ def newest_step(pods: tuple[PodState, ...], *, policy: PolicyName) -> IssuedStep
         drain = pod.drain
         if drain is None or drain.policy != policy or drain.issued_at is None:
             continue
-        parts = drain.id.split(".")
-        if len(parts) < 4 or parts[0] != "cb" or not parts[2].isdigit():
+        named = step_of(drain.id)
+        if named is None:
             continue
         found = IssuedStep(
-            episode=parts[1],
-            step=int(parts[2]),
-            issued_at=drain.issued_at.timestamp(),
+            episode=named[0], step=named[1], issued_at=drain.issued_at.timestamp()
         )
         if best is None or (found.issued_at, found.step) > (best.issued_at, best.step):
             best = found
