@@ -1,7 +1,7 @@
 """The state machine: one ``tick`` observes, decides, issues at most one step, and says when to
 come back. Its gates, in order, each a method: the pool is readable and not busy (``_busy``),
 its load readable (pods too new to be scraped wait: ``scrapelag``) and measured after the last
-window (``_measured_too_early``) and the cycled clients' return (``_reconnects_pending``), the
+window (``waits.measured_too_early``) and the cycled clients' return (``_reconnects_pending``), the
 pool not judged already (``judged``); then the verdict is a phase (``_decided``) or a step.
 """
 
@@ -23,6 +23,7 @@ from connbalance.controller.recovery import recover
 from connbalance.controller.results import Seen, TickResult, conditions_for, tick_result
 from connbalance.controller.scrapelag import not_scraped_yet
 from connbalance.controller.state import ControllerState, newest_step
+from connbalance.controller.waits import measured_too_early, until_settled
 from connbalance.model import DrainRequest, Phase, Plan, PodLoad, PodName, Policy, PolicyName
 from connbalance.planner import Verdict
 from connbalance.planner.plan import decide
@@ -115,9 +116,10 @@ class Controller:
                 seen=Seen(pods=view.pods),
             )
         seen = Seen(pods=view.pods, loads={p: m.load for p, m in measured.items()})
-        early = self._measured_too_early(state, measured, seen) or self._reconnects_pending(
-            state, measured, seen, now
-        )
+        window = self._policy.actuation.window_seconds
+        early = measured_too_early(
+            state, measured, seen, now=now, window=window, most=self._soon
+        ) or self._reconnects_pending(state, measured, seen, now)
         if early is not None:
             return early
         plan, verdict, planned = self._decide(state, view, measured, now)
@@ -163,23 +165,6 @@ class Controller:
                 seen=Seen(pods=view.pods),
             )
         return None
-
-    def _measured_too_early(
-        self, state: ControllerState, measured: Mapping[PodName, PodLoad], seen: Seen
-    ) -> TickResult | None:
-        """A load measured before the last drain window closed says nothing about that step."""
-        if state.last_step_at is None or not measured:
-            return None
-        oldest = min(m.timestamp for m in measured.values())
-        if oldest >= state.last_step_at + self._policy.actuation.window_seconds:
-            return None
-        return tick_result(
-            state,
-            Phase.COOLING_DOWN,
-            "waiting for a measurement taken after the last drain window",
-            self._soon,
-            seen=seen,
-        )
 
     def _away(self, state: ControllerState, measured: Mapping[PodName, PodLoad]) -> float:
         """The last step's cycled clients not back yet (see ``arrivals``), or 0."""
@@ -254,7 +239,10 @@ class Controller:
     ) -> TickResult:
         """The planner's verdict as a phase; on Act, the next step."""
         if verdict is Verdict.SETTLING:
-            return tick_result(state, Phase.SETTLING, plan.reason, self._soon, seen=seen)
+            wait = until_settled(
+                view.pods, now=now, settle=self._policy.balance.settle_seconds, most=self._soon
+            )
+            return tick_result(state, Phase.SETTLING, plan.reason, wait, seen=seen)
         if verdict in (Verdict.TOO_FEW_PODS, Verdict.BELOW_MINIMUM):
             return tick_result(state, Phase.IDLE, plan.reason, self._interval, seen=seen)
         if verdict in (Verdict.MISSING_LOAD, Verdict.STALE):
