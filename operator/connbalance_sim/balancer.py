@@ -163,6 +163,7 @@ class FlowHashBalancer:
         self._checker: asyncio.Task[None] | None = None
         self._pairs: set[_Pair] = set()
         self._connecting: set[asyncio.Task[None]] = set()
+        self._health_listeners: list[Callable[[], None]] = []
         self.stats = BalancerStats()
 
     @property
@@ -211,6 +212,11 @@ class FlowHashBalancer:
         backend = self._backends.pop(name, None)
         if backend is not None:
             backend.retired = True
+
+    def watch_health(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever a backend's health check flips it in or out of service,
+        as a kubelet's readiness probe changes a pod's Ready condition."""
+        self._health_listeners.append(listener)
 
     def steer_off(self, name: str, *, until: float) -> None:
         backend = self._backends.get(name)
@@ -304,13 +310,19 @@ class FlowHashBalancer:
         while True:
             backends = list(self._backends.values())
             results = await asyncio.gather(*(self._check(b) for b in backends))
+            flipped = False
             for backend, ok in zip(backends, results, strict=True):
+                was = backend.healthy
                 if ok:
                     backend.healthy, backend.failures = True, 0
                 else:
                     backend.failures += 1
                     if backend.failures >= self._unhealthy_after:
                         backend.healthy = False
+                flipped = flipped or backend.healthy != was
+            if flipped:
+                for listener in self._health_listeners:
+                    listener()
             await asyncio.sleep(self._interval)
 
     async def _check(self, backend: Backend) -> bool:

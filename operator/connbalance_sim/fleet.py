@@ -93,16 +93,37 @@ class LocalFleet:
         self._pods: dict[PodName, Pod] = {}
         self._uids = itertools.count(1)
         self._rolling = False
+        self._listeners: list[Callable[[], None]] = []
+        balancer.watch_health(self._changed)
 
     @property
     def names(self) -> list[PodName]:
         return list(self._names)
+
+    @property
+    def rolling(self) -> bool:
+        return self._rolling
+
+    def watch(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` after every change a watch on the pods and their Deployment would
+        deliver: a pod created, deleting, gone or flipping Ready, a rollout starting or ending.
+        Returns the call that stops it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            listener()
 
     def pod(self, name: PodName) -> Pod | None:
         return self._pods.get(name)
 
     def pods(self) -> list[Pod]:
         return [self._pods[n] for n in self._names if n in self._pods]
+
+    def is_ready(self, name: PodName) -> bool:
+        """Whether the balancer serves the pod: its Ready condition."""
+        return self._balancer.is_ready(name)
 
     def metrics_targets(self) -> dict[PodName, str]:
         return {pod.name: pod.metrics_address for pod in self._pods.values() if not pod.deleting}
@@ -121,6 +142,7 @@ class LocalFleet:
                               on_step: Callable[[PodName, str], None] | None = None) -> None:
         """One pod at a time: delete, start anew, wait until the balancer serves it, pause."""
         self._rolling = True
+        self._changed()
         try:
             for index, name in enumerate(names):
                 if on_step is not None:
@@ -133,6 +155,7 @@ class LocalFleet:
                     await asyncio.sleep(pause)
         finally:
             self._rolling = False
+            self._changed()
 
     async def wait_ready(self, name: PodName, *, timeout: float = START_TIMEOUT) -> None:
         deadline = self._clock() + timeout
@@ -190,6 +213,7 @@ class LocalFleet:
         else:
             data_port, health_port = grpc_port, pod.metrics_port
         self._balancer.register(name=name, host=host, port=data_port, health_port=health_port)
+        self._changed()
 
     async def _delete(self, name: PodName) -> None:
         pod = self._pods.get(name)
@@ -197,6 +221,7 @@ class LocalFleet:
             return
         pod.deleting = True
         self._balancer.deregister(name)
+        self._changed()
         with contextlib.suppress(ProcessLookupError):
             pod.process.terminate()
         try:
@@ -207,6 +232,7 @@ class LocalFleet:
         await pod.agent.stop()
         if self._pods.get(name) is pod:
             del self._pods[name]
+        self._changed()
 
 
 class LocalActuator:

@@ -11,8 +11,9 @@ mode, a reset in reset mode), except random-reconnect's, which the clients make 
 - ``wazuh``: when max/mean exceeds 1 + 0.1, pods above the mean close a chunk of their excess
   while every pod but the idlest is out of rotation, so reconnects land on the idle one.
 - ``connbalance``, ``connbalance-steer`` and ``connbalance-uniform``: the real controller and
-  planner, through the local Fleet and Actuator: steering by the agent (the default: at its
-  listener in proxy mode, with nftables in reset mode), by the balancer, or none.
+  planner, through the local Fleet and Actuator, scheduled by the operator's own loop
+  (``operatorloop``): steering by the agent (the default: at its listener in proxy mode, with
+  nftables in reset mode), by the balancer, or none.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
-from connbalance.controller import Controller, ControllerState
+from connbalance.controller import Controller, ControllerState, TickResult
 from connbalance.model import PodName, Policy, PolicyName
 from connbalance_sim.fleet import LocalActuator, Pod
+from connbalance_sim.operatorloop import run_controller
 from connbalance_sim.scenario import Context, Scenario, Strategy
 
 TICK: Final = 0.25
@@ -189,15 +191,13 @@ class Connbalance(Nothing):
         controller = Controller(name=PolicyName("sim/fleet"), policy=self.policy(ctx.scenario),
                                 loads=ctx.loads, fleet=ctx.fleet, actuator=actuator, events=sink,
                                 clock=ctx.clock)
-        state = ControllerState()
-        while True:
-            result = await controller.tick(state)
-            if result.state.phase != state.phase:
+
+        def told(result: TickResult, before: ControllerState) -> None:
+            if result.state.phase != before.phase:
                 ctx.log("phase", "", f"phase {result.state.phase.value}: {result.state.reason}")
-            state = result.state
-            ctx.status["phase"] = state.phase.value
-            # The controller re-reads everything each tick: ticking often costs only reads.
-            await asyncio.sleep(min(result.requeue_after, 0.5))
+            ctx.status["phase"] = result.state.phase.value
+
+        await run_controller(controller.tick, on_result=told, fleet=ctx.fleet)
 
 
 class _Events:
