@@ -118,7 +118,10 @@ Why each behaves as it does:
   client where it is needed. It rounds in fixed chunks and re-aims at whichever pod is idlest,
   and in a real cluster taking all but one backend out sends every new client to one pod.
 - **connbalance** (the defaults): plans the fewest closes that bring max/mean within tolerance,
-  in bounded steps measured one after the other, and stops once balanced. The agent of each
+  in bounded steps measured one after the other, and stops once balanced. It is scheduled as the
+  operator schedules it (`connbalance.kube.loops`): a reconcile, then a sleep for as long as the
+  controller asks, cut short when the pool changes (a pod comes, goes or flips Ready, the
+  rollout finishes), so its times are the operator's. The agent of each
   shedding pod refuses new connections for the drain window (at its listener in proxy mode,
   with a self-expiring nftables element in reset mode), so a cycled client's retry lands on
   another pod: each cycled connection moves about once, in either mode, at the price of a
