@@ -149,6 +149,9 @@ def test_a_tick_is_recorded_in_the_operator_metrics():
     assert value("connbalance_cycled_connections_total", outcome="requested") == sum(
         r.count for r in result.issued
     )
+    assert value("connbalance_reconciles_total") == 1
+    record("ns/metrics", result)
+    assert value("connbalance_reconciles_total") == 2
     forget("ns/metrics")
     assert value("connbalance_skew") is None
     assert value("connbalance_pod_load", pod="a") is None

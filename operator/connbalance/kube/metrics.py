@@ -28,6 +28,9 @@ CYCLED = Counter(
     [*_BALANCER, "outcome"],
     registry=REGISTRY,
 )
+RECONCILES = Counter("connbalance_reconciles_total",
+                     "controller ticks run: each reads the pool and its load once", _BALANCER,
+                     registry=REGISTRY)
 RECONCILE_ERRORS = Counter("connbalance_reconcile_errors_total",
                            "reconciles that failed and were retried", _BALANCER,
                            registry=REGISTRY)
@@ -42,6 +45,7 @@ def _labels(policy: str) -> tuple[str, str]:
 
 def record(policy: str, result: TickResult) -> None:
     namespace, balancer = _labels(policy)
+    RECONCILES.labels(namespace, balancer).inc()
     state = result.state
     if state.skew is not None:
         SKEW.labels(namespace, balancer).set(state.skew)
