@@ -62,6 +62,14 @@ class Cluster:
     pids: dict[str, int] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     argvs: dict[str, list[str]] = field(default_factory=dict)  # each part's command, to restart
+    # An audit policy for the API server (its events go to logs/audit.log, one JSON per line),
+    # and Prometheus's scrape interval: the operator's benchmark sets both.
+    audit_policy: Path | None = None
+    scrape_interval: str = "1s"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.run_dir / "logs" / "audit.log"
 
     @property
     def kubeconfig(self) -> Path:
@@ -176,6 +184,7 @@ class Cluster:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--api-audiences=https://kubernetes.default.svc.cluster.local",
                 "--profiling=false",
+                *self._audit_flags(),
             ],
         )
         self.wait("kube-apiserver", lambda: self.get(f"{self.api_server}/readyz") == b"ok")
@@ -212,11 +221,18 @@ class Cluster:
             ),
         )
 
+    def _audit_flags(self) -> list[str]:
+        if self.audit_policy is None:
+            return []
+        return [f"--audit-policy-file={self.audit_policy}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json"]  # fmt: skip
+
     def start_prometheus(self, pki: Path) -> None:
         binary = self.bin_dir / "prometheus"
         config = self.run_dir / "prometheus.yml"
         template = (HERE / "prometheus.yml.in").read_text()
-        config.write_text(template.replace("@KUBECONFIG@", str(pki / "prometheus.kubeconfig")))
+        template = template.replace("@KUBECONFIG@", str(pki / "prometheus.kubeconfig"))
+        config.write_text(template.replace("@SCRAPE_INTERVAL@", self.scrape_interval))
         self.spawn(
             "prometheus",
             [
