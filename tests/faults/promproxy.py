@@ -18,6 +18,8 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
+from connbalance.prometheus.presets import PART_LABEL, TIMESTAMP_PART
+
 Mode = Literal["pass", "down", "stale", "garbage"]
 STALE_BY_SECONDS = 600.0
 
@@ -113,9 +115,12 @@ class PrometheusProxy:
 
 
 def _aged(data: bytes) -> bytes:
-    """The answer with every sample value (a timestamp, here) moved back."""
+    """The answer with every timestamp series' value moved back: a series marked as the
+    timestamps part of the one query a read sends, or every series of a timestamps query."""
     answer = json.loads(data)
-    for item in answer.get("data", {}).get("result", []):
+    result = answer.get("data", {}).get("result", [])
+    marked = [i for i in result if i.get("metric", {}).get(PART_LABEL) == TIMESTAMP_PART]
+    for item in marked or result:
         stamp, value = item["value"]
         item["value"] = [stamp, str(float(value) - STALE_BY_SECONDS)]
     return json.dumps(answer).encode()

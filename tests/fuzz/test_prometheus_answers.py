@@ -217,3 +217,15 @@ def test_a_good_answer_is_read_as_it_is(prometheus):
     assert {p: (v.load, v.timestamp) for p, v in reading.items()} == {
         "auth-0": (3.0, NOW - 5), "auth-1": (0.0, NOW - 5), "auth-2": (1e300, NOW - 5)
     }  # fmt: skip
+
+
+def test_a_reading_is_one_query_with_its_timestamps_in_it(prometheus):
+    """The operator's cost per tick: one PromQL query per balancer, not one per figure."""
+    prometheus.value = Reply(200, vector({p: (NOW, "4") for p in PODS}))
+    prometheus.timestamps = Reply(200, vector({p: (NOW, repr(NOW - 2)) for p in PODS}))
+    prometheus.queries.clear()
+    reading = read(source(prometheus.url, "teleport-auth"))
+    assert not isinstance(reading, MetricsError), reading
+    assert {v.timestamp for v in reading.values()} == {NOW - 2}
+    (sent,) = prometheus.queries
+    assert "timestamp(" in sent

@@ -20,6 +20,7 @@ Each preset also has a timestamp query: the time of the oldest raw sample behind
 An instant query stamps every result with the evaluation time, so without it a sample that stopped
 moving (a federated or remote-written series, explicit timestamps) would look fresh for the whole
 five-minute lookback. ``custom`` queries have none, and their freshness is the evaluation time.
+A read sends both as one instant query (``Queries.combined``), so a tick costs one query.
 """
 
 from __future__ import annotations
@@ -120,10 +121,25 @@ class Pool:
     pods: tuple[PodName, ...] = ()
 
 
+# The label that tells a timestamp series from a value series in the one query a read sends.
+PART_LABEL: Final = "connbalance_part"
+TIMESTAMP_PART: Final = "timestamp"
+
+
 @dataclass(frozen=True, slots=True)
 class Queries:
     value: str
     timestamps: str | None
+
+    @property
+    def combined(self) -> str:
+        """Both in one instant query: the value series, and the timestamp series marked with
+        ``PART_LABEL``, whose label sets then never match a value series', so ``or`` keeps
+        every series of both sides."""
+        if self.timestamps is None:
+            return self.value
+        marked = f'label_replace({self.timestamps}, "{PART_LABEL}", "{TIMESTAMP_PART}", "", "")'
+        return f"({self.value}) or {marked}"
 
 
 def render(*, preset: str, query: str | None, pool: Pool, pod_label: str) -> Queries:

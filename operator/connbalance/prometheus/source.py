@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from connbalance.model import MetricsSpec, PodLoad, PodName
 from connbalance.prometheus import answers
 from connbalance.prometheus.connection import Connection
-from connbalance.prometheus.presets import Pool, Queries, render
+from connbalance.prometheus.presets import PART_LABEL, TIMESTAMP_PART, Pool, Queries, render
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,11 +98,14 @@ class PrometheusLoadSource:
     def _read(self, pods: tuple[PodName, ...] | None) -> dict[PodName, PodLoad]:
         queries = self.queries(pods=pods or ())
         where = f"Prometheus {self.connection.base_url} query {queries.value}"
-        samples = answers.vector(self.connection.query(queries.value), where=where)
-        chosen = answers.per_pod(samples, pod_label=self.pod_label, pods=pods, where=where)
-        stamps: dict[PodName, float] = {}
-        if queries.timestamps is not None:
-            stamps = self._timestamps(queries.timestamps)
+        samples = answers.vector(self.connection.query(queries.combined), where=where)
+        values = [s for s in samples if s.labels.get(PART_LABEL) != TIMESTAMP_PART]
+        chosen = answers.per_pod(values, pod_label=self.pod_label, pods=pods, where=where)
+        stamps = {
+            PodName(s.labels[self.pod_label]): s.value
+            for s in samples
+            if s.labels.get(PART_LABEL) == TIMESTAMP_PART and self.pod_label in s.labels
+        }
         return answers.loads(
             chosen,
             timestamps=stamps,
@@ -110,12 +113,3 @@ class PrometheusLoadSource:
             max_staleness_seconds=self.max_staleness_seconds,
             where=f"Prometheus {self.connection.base_url}",
         )
-
-    def _timestamps(self, promql: str) -> dict[PodName, float]:
-        where = f"Prometheus {self.connection.base_url} query {promql}"
-        samples = answers.vector(self.connection.query(promql), where=where)
-        return {
-            PodName(s.labels[self.pod_label]): s.value
-            for s in samples
-            if self.pod_label in s.labels
-        }
