@@ -72,12 +72,13 @@ class LoadModel:
     def sync(self, pods: list[SeenPod]) -> None:
         with self._lock:
             live = {p.uid: p for p in pods if p.live}
-            for uid in [u for u in self.loads if u not in live]:
-                gone = self._pods[uid]
-                self._spread(self.loads.pop(uid), self._members(gone.group, live, skip=uid))
+            gone = [u for u in self.loads if u not in live]
             for uid in live:
                 if uid not in self.loads:
                     self.loads[uid] = self.per_pod if self.filling else 0
+            for uid in gone:
+                group = self._pods[uid].group
+                self._spread(self.loads.pop(uid), self._members(group, live, skip=uid))
             self._pods = live
             self._by_ip = {p.ip: uid for uid, p in live.items()}
             for pod in live.values():

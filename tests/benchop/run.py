@@ -22,6 +22,7 @@ small case.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -56,7 +57,7 @@ AUDIT_POLICY = f"""apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
-- level: Metadata
+- level: Request
   userGroups: ["system:serviceaccounts:{OPERATOR_NS}"]
 - level: None
 """
@@ -133,6 +134,10 @@ class Watcher:
         if self._thread is not None:
             self._thread.join(10)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def _run(self) -> None:
         while not self._stop.wait(1.0):
             try:
@@ -141,7 +146,11 @@ class Watcher:
             except Exception as exc:  # a bench keeps going through an API hiccup
                 print(f"bench: list failed: {exc}", file=sys.stderr)
                 continue
-            self.model.sync(pods)
+            try:
+                self.model.sync(pods)
+            except Exception as exc:  # told, never silent: the figures after it would be wrong
+                print(f"bench: the load model failed: {exc!r}", file=sys.stderr, flush=True)
+                raise
             now = time.time()
             for item in workloads:
                 name = item.metadata.name
@@ -260,6 +269,7 @@ class Bench:
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
         self.core, self.apps = client.CoreV1Api(api), client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.watcher: Watcher | None = None
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         done = self.cluster.run_kubectl(*args, stdin=stdin, check=False)
@@ -270,6 +280,8 @@ class Bench:
     def wait(self, what: str, check: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not check():
+            if self.watcher is not None and not self.watcher.alive:
+                raise RuntimeError(f"bench: the pool's watcher stopped while waiting: {what}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"bench: not within {timeout:.0f}s: {what}")
             time.sleep(1.0)
@@ -280,9 +292,8 @@ class Bench:
         model = LoadModel(per_pod=PER_POD)
         port = free_port()
         exporter = Exporter(model, port).start()
-        watcher = Watcher(self.core, self.apps, model).start()
+        watcher = self.watcher = Watcher(self.core, self.apps, model).start()
         try:
-            self.kubectl("create", "namespace", POOL_NS)
             docs = [deployment(i, size.pods, port) for i in range(size.balancers)]
             self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
             total = size.balancers * size.pods
@@ -344,7 +355,8 @@ class Bench:
 
 
 def install_operator(cluster: Cluster, helm: str) -> OperatorProcess:
-    cluster.run_kubectl("create", "namespace", OPERATOR_NS)
+    for namespace in (OPERATOR_NS, POOL_NS):  # the chart's Roles go into the watched one
+        cluster.run_kubectl("create", "namespace", namespace)
     done = subprocess.run(
         [helm, "install", RELEASE, str(ROOT / "charts" / "connbalance"), "--namespace",
          OPERATOR_NS, "--set", f"watchNamespaces={{{POOL_NS}}}", "--set", "replicaCount=1",
@@ -371,6 +383,9 @@ def measure(size: Size, *, steady: float, rollouts: int, helm: str) -> dict[str,
         finally:
             proxy.stop()
             cluster.stop()
+            if cluster.audit_log.exists() and os.environ.get("BENCH_OPERATOR_KEEP_AUDIT"):
+                Path(os.environ["BENCH_OPERATOR_KEEP_AUDIT"]).write_bytes(
+                    cluster.audit_log.read_bytes())
 
 
 GOALS = {"rss_mib_under": 150, "cpu_share_balanced_under": 0.05, "list_calls_balanced": 0,
@@ -407,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for size in args.sizes:
         print(f"bench: {size.balancers} balancers x {size.pods} pods", file=sys.stderr, flush=True)
-        result = measure(size, steady=args.steady_seconds, rollouts=args.rollouts, helm=helm)
+        with contextlib.redirect_stdout(sys.stderr):  # the cluster's progress; stdout is JSON
+            result = measure(size, steady=args.steady_seconds, rollouts=args.rollouts, helm=helm)
         result["goals_met"] = judged(result)
         runs.append(result)
     doc = {"bench": "operator", "goals": GOALS, "runs": runs, "machine": machine.to_json(),

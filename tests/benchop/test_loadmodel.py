@@ -23,10 +23,11 @@ def filled(count: int = 3) -> LoadModel:
 
 def test_a_restarted_pod_hands_its_connections_to_the_others_and_comes_back_empty():
     model = filled()
-    model.sync([pod("u0", live=False), pod("u1"), pod("u2")])
-    model.sync([pod("u1"), pod("u2"), pod("u9")])
+    model.sync([pod("u0", live=False), pod("u1"), pod("u2"), pod("u8")])  # u8 new as u0 goes
+    model.sync([pod("u1"), pod("u2"), pod("u8"), pod("u9")])
     assert model.loads["u9"] == 0
-    assert model.loads["u1"] + model.loads["u2"] == 150
+    assert model.loads["u8"] > 0, "a new pod takes its share of the reconnects"
+    assert model.loads["u1"] + model.loads["u2"] + model.loads["u8"] == 150
     assert sum(model.loads.values()) == 150
 
 

@@ -253,6 +253,23 @@ def test_a_pod_missing_from_the_metrics_waits_only_while_it_is_too_new_to_be_scr
     assert world.actuator.delivered == []
 
 
+@pytest.mark.parametrize(
+    ("newest_ready_for", "phase"), [(5.0, Phase.SETTLING), (40.0, Phase.DEGRADED)]
+)
+def test_no_series_at_all_waits_only_while_every_pod_is_too_new_to_be_scraped(
+    newest_ready_for, phase
+):
+    """A whole pool replaced between two scrapes: the answer is empty, not short of a pod."""
+    world = World({"a": 364, "b": 236, "c": 0}, metrics__maxStalenessSeconds=30)
+    for name in ("a", "b"):
+        world.fleet.replace_pod(name, uid=f"uid-{name}2", since=world.clock.now - 6)
+    world.fleet.replace_pod("c", uid="uid-c2", since=world.clock.now - newest_ready_for)
+    world.loads.error = MetricsEmpty("query returned no series")
+    result = world.tick()
+    assert result.state.phase is phase
+    assert world.events.reasons() == ([] if phase is Phase.SETTLING else ["EmptyResult"])
+
+
 def test_a_missing_pod_the_error_does_not_name_is_the_metrics_fault():
     world = World({"a": 364, "b": 236, "c": 0})
     world.fleet.replace_pod("c", uid="uid-c2", since=world.clock.now - 1)

@@ -3,8 +3,9 @@
 A pod that turned Ready a moment ago has not been scraped yet: Prometheus has no series for it
 until its next scrape. That is the pool settling, not the metrics failing, so such a pod missing
 from an answer is waited for (no Warning, no MetricsAvailable False) while it has been Ready for
-less than settleSeconds or maxStalenessSeconds, whichever is longer. Missing for longer, it is
-the metrics' fault, and told as such.
+less than settleSeconds or maxStalenessSeconds, whichever is longer; so is an answer with no
+series at all when every pod asked for is that new (a whole pool replaced between two scrapes).
+Missing for longer, it is the metrics' fault, and told as such.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from connbalance.model import PodName, PodState, Policy
-from connbalance.ports import MetricsError, MetricsPodMissing
+from connbalance.ports import MetricsEmpty, MetricsError, MetricsPodMissing
 
 
 def not_scraped_yet(
@@ -32,15 +33,21 @@ def not_scraped_yet(
 def _missing_and_new(
     exc: MetricsError, pods: Sequence[PodState], *, policy: Policy, now: float
 ) -> tuple[str, ...]:
-    if not isinstance(exc, MetricsPodMissing) or not exc.pods:
+    ready_since = {p.name: p.ready_since for p in pods if p.ready}
+    if isinstance(exc, MetricsEmpty):  # no series at all: every pod asked for is missing
+        missing = tuple(ready_since)
+    elif isinstance(exc, MetricsPodMissing):
+        missing = exc.pods
+    else:
+        return ()
+    if not missing:
         return ()
     grace = grace_seconds(policy)
-    ready_since = {p.name: p.ready_since for p in pods if p.ready}
-    for name in exc.pods:
+    for name in missing:
         since = ready_since.get(PodName(name))
         if since is None or now - since >= grace:
             return ()
-    return exc.pods
+    return tuple(missing)
 
 
 def grace_seconds(policy: Policy) -> float:
