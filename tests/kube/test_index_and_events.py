@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from connbalance.kube.events import TransitionEvents
 from connbalance.kube.index import BalancerIndex, PodSummary, Watched, rollout_complete
-from connbalance.kube.reconcile import _merge_patch, pause_source
+from connbalance.kube.reconcile import _differs, _merge_patch, pause_source
 
 SPEC = {
     "selector": {"matchLabels": {"app": "auth"}},
@@ -115,3 +115,16 @@ def test_a_status_patch_holds_what_changed_and_nulls_what_went():
     previous = {"phase": "Balanced", "skew": 1.01, "reason": "ok"}
     new = {"phase": "Balanced", "skew": 1.02}
     assert _merge_patch(previous, new) == {"skew": 1.02, "reason": None}
+
+
+def test_a_status_the_api_server_already_holds_is_not_written_again():
+    """A merge patch's nulls remove keys, so the stored controller state lacks its None members;
+    the same state again is no change (it was re-sent every tick: found by make bench-operator)."""
+    new = {"phase": "Balanced", "skew": None,
+           "controller": {"phase": "Balanced", "episode": None, "step": 0, "skews": []}}
+    stored = {"phase": "Balanced", "controller": {"phase": "Balanced", "step": 0, "skews": []}}
+    assert not _differs(stored, new)
+    assert _merge_patch(stored, new) == {}
+    moved = {**new, "controller": {**new["controller"], "episode": "e1"}}
+    assert _differs(stored, moved)
+    assert _merge_patch(stored, moved) == {"controller": moved["controller"]}

@@ -277,13 +277,21 @@ def _write_status(custom: Any, key: Key, patch: Mapping[str, Any]) -> None:
     )
 
 
+def _stored(value: Any) -> Any:
+    """``value`` as the API server keeps it after a JSON merge patch: a null in an object
+    removes its key, so an object's None members are not there to compare with."""
+    if isinstance(value, Mapping):
+        return {k: _stored(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def _differs(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    return any(previous.get(k) != v for k, v in new.items())
+    return any(previous.get(k) != _stored(v) for k, v in new.items())
 
 
 def _merge_patch(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON merge patch from ``previous`` to ``new``: changed keys, and None for the dropped."""
-    patch = {k: v for k, v in new.items() if previous.get(k) != v}
+    patch = {k: v for k, v in new.items() if previous.get(k) != _stored(v)}
     patch.update({k: None for k in previous if k not in new})
     return patch
 
