@@ -39,6 +39,8 @@ ROWS = (
     ("PromQL queries per tick, rebalancing", lambda r: r["rebalancing"]
      ["promql_queries_per_tick"]),
     ("rollouts rolled at once", lambda r: r["rebalancing"]["rolled_out"]),
+    ("skew when a rollout finished, median", lambda r: r["rebalancing"]
+     ["skew_after_rollout_median"]),
     ("finished rollout to first drain, p50 / p99 (s)", lambda r: _delay(r)),
     ("connections moved by drains", lambda r: r["rebalancing"]["connections_moved_by_drains"]),
 )  # fmt: skip
