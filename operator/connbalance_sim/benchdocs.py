@@ -132,7 +132,7 @@ Why each behaves as it does:
   cause is counted: see Harm to calls.
 - **connbalance-steer**: the same plan, steered at the balancer instead (a readiness gate takes
   the shedding pod out of the endpoints for the window): no refused attempts at all.
-- **connbalance-uniform** (`steer: false`): reconnects land anywhere, the shedding pods included,
+- **connbalance-uniform** (`steering: none`): reconnects land anywhere, the shedding pods included,
   so the plan solves for where they land; that costs about 2.4 to 3 times the excess.
 
 Proxy and reset mode: the connbalance rows cycle the same share of the excess in both (1.00,

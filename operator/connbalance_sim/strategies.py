@@ -179,7 +179,8 @@ class Connbalance(Nothing):
                         "maxFractionPerStep": scenario.max_fraction,
                         "maxPoolFractionPerStep": scenario.max_fraction},
             "actuation": {"windowSeconds": scenario.window, "quietMillis": 100,
-                          "deadlineSeconds": scenario.window + 5, "steer": self.steer},
+                          "deadlineSeconds": scenario.window + 5,
+                          "steering": "agent" if self.steer else "none"},
         })
 
     async def run(self, ctx: Context) -> None:
