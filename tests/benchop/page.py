@@ -46,6 +46,18 @@ ROWS = (
 )  # fmt: skip
 
 
+WHY = {
+    "list_calls_balanced": (
+        "each tick lists the pool's pods twice, once to observe the pool and once to find pods "
+        "whose readiness-gate condition is due to reopen, and reads the workload and the "
+        "ConnectionBalancer. The operator already watches every pod (its wake-ups); serving "
+        "both reads from that watch's cache, and the sweep only when a pod of the pool carries "
+        "the condition, would leave no list call in steady state."
+    ),
+    "writes_balanced": "a write while balanced is the status or an Event changing: see the verbs.",
+}
+
+
 def _cpu(figures: dict[str, Any]) -> str:
     return f"{figures['cpu_seconds_per_minute']}; {100 * figures['cpu_share_of_a_core']:.1f}%"
 
@@ -69,6 +81,10 @@ def render(doc: dict[str, Any]) -> str:
     for name in goals:
         marks = " | ".join("met" if r["goals_met"][name] else "**missed**" for r in runs)
         parts.append(f"| {name.replace('_', ' ')} {goals[name]} | {marks} |")
+    missed = [n for n in goals if not all(r["goals_met"][n] for r in runs)]
+    if missed:
+        parts.append("\nWhy a goal is missed, where the cause is known:\n")
+        parts += [f"- **{n.replace('_', ' ')}**: {WHY.get(n, 'not yet known.')}" for n in missed]
     machine = doc["machine"]
     load = machine["load_average"]
     parts.append(
