@@ -135,14 +135,13 @@ Why each behaves as it does:
 - **connbalance-uniform** (`steering: none`): reconnects land anywhere, the shedding pods included,
   so the plan solves for where they land; that costs about 2.4 to 3 times the excess.
 
-Proxy and reset mode: the connbalance rows cycle the same share of the excess in both (1.00,
-0.94 and 3.03 to 3.04 times it) and balance in about the same time, so kernel steering does in
-reset mode what the proxy's listener does. The reset-mode run counted more failed calls in every
-row, `none` included, on a machine with a load average above 4 on 2 CPUs; in quick runs side by
-side the two modes' counts were alike (connbalance-uniform 3 and 2, max-age 2 and 0), so most of
-that is the machine, not the mode. The few failures that come with unsteered closes (max-age,
-connbalance-uniform) are calls in flight when their connection ended: grpc-go clients report
-them as `Unavailable: error reading from server: EOF`.
+Proxy and reset mode: the connbalance rows cycle the same share of the excess in both (0.94,
+0.94, and 2.75 and 2.86 times it for connbalance-uniform) and balance in the same time (5.3 s),
+so kernel steering does in reset mode what the proxy's listener does. In both, steering by the
+agent costs calls that steering at the balancer does not (35 and 38 failed against 2 and 4,
+most of them fail-fast clients meeting a refused connect; see Harm to calls). The few failures
+that come with unsteered closes (max-age, connbalance-uniform) are calls in flight when their
+connection ended: grpc-go clients report them as `Unavailable: error reading from server: EOF`.
 """
 
 
