@@ -21,7 +21,8 @@ Balanced: {steady:.0f} s with every pool Balanced. Rebalancing: from `kubectl ro
 some Deployments at once until each has drained and every balancer is Balanced again. API requests
 come from the API server's audit log, whose policy records only the ServiceAccounts of the
 operator's namespace; PromQL queries from a counting proxy before Prometheus, over the operator's
-`connbalance_reconciles_total`.
+`connbalance_reconciles_total`. Every figure below is in the JSON beside this page
+(`docs/operator-bench.json`), with the requests per minute by verb and resource.
 """
 
 ROWS = (
@@ -54,7 +55,20 @@ WHY = {
         "both reads from that watch's cache, and the sweep only when a pod of the pool carries "
         "the condition, would leave no list call in steady state."
     ),
-    "writes_balanced": "a write while balanced is the status or an Event changing: see the verbs.",
+    "cpu_share_balanced_under": (
+        "every balanced tick reads everything again (the two pod lists above, the workload, the "
+        "resource, one PromQL query), about 25 ms of CPU each here; 100 balancers stepping every "
+        "10 s make about 9 ticks a second. The blocking reads also queue on asyncio's default "
+        "thread pool (6 threads on 2 CPUs), a likely cause, not yet measured, of the long p99 "
+        "delay from a finished rollout to its first drain. Reads from the watch cache would "
+        "remove most of the cost; a longer sleep while balanced (any pod or workload change wakes the loop "
+        "anyway) the rest."
+    ),
+    "writes_balanced": (
+        "not yet known: the writes while balanced are status patches and Events (see the verbs "
+        "in the JSON), so some balancers left Balanced during the window; the bench does not yet "
+        "say which or why."
+    ),
 }
 
 

@@ -434,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady-seconds", type=float, default=120.0)
     parser.add_argument("--rollouts", type=int, default=10,
                         help="Deployments rolled out at once, to measure rebalancing")
-    parser.add_argument("--docs", type=Path, help="also write this page from the figures")
+    parser.add_argument("--docs", type=Path,
+                        help="also write this page from the figures, and the JSON beside it")
     args = parser.parse_args(argv)
     helm = os.environ.get("CONNBALANCE_HELM", "")
     if not helm or not Path(helm).is_file():
@@ -453,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(doc, indent=2))
     if args.docs is not None:
         args.docs.write_text(page.render(doc))
+        args.docs.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
 
