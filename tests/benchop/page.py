@@ -61,8 +61,8 @@ WHY = {
         "10 s make about 9 ticks a second. The blocking reads also queue on asyncio's default "
         "thread pool (6 threads on 2 CPUs), a likely cause, not yet measured, of the long p99 "
         "delay from a finished rollout to its first drain. Reads from the watch cache would "
-        "remove most of the cost; a longer sleep while balanced (any pod or workload change wakes the loop "
-        "anyway) the rest."
+        "remove most of the cost; a longer sleep while balanced (any pod or workload change "
+        "wakes the loop anyway) the rest."
     ),
     "writes_balanced": (
         "not yet known: the writes while balanced are status patches and Events (see the verbs "

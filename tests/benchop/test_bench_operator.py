@@ -42,6 +42,7 @@ def test_the_operator_bench_prints_one_document_with_every_figure(tmp_path):
     assert delay["p50"] > 0
     assert set(run["goals_met"]) == set(doc["goals"])
     assert doc["machine"]["cpus"] > 0
+    assert json.loads((tmp_path / "page.json").read_text()) == doc
     page = (tmp_path / "page.md").read_text()
     assert "| balancers x pods | 1 x 3 |" in page
     assert "PromQL queries per tick, balanced" in page
