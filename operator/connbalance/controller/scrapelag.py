@@ -34,6 +34,7 @@ def _missing_and_new(
     exc: MetricsError, pods: Sequence[PodState], *, policy: Policy, now: float
 ) -> tuple[str, ...]:
     ready_since = {p.name: p.ready_since for p in pods if p.ready}
+    missing: tuple[str, ...]
     if isinstance(exc, MetricsEmpty):  # no series at all: every pod asked for is missing
         missing = tuple(ready_since)
     elif isinstance(exc, MetricsPodMissing):
