@@ -67,4 +67,4 @@ def test_an_api_server_restarted_mid_drain_loses_and_doubles_nothing(private):
     assert status(cluster, "restart")["controller"]["requested_total"] == sum(
         a.count for a in ledger)
     assert condition(cluster, "restart", "Balanced")["status"] == "True"
-    assert events(cluster, "restart", reason="Balanced")
+    wait_for("the Balanced Event", lambda: events(cluster, "restart", reason="Balanced"), 60)

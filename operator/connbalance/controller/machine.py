@@ -40,6 +40,8 @@ from connbalance.ports import (
 
 # While something is about to change (a rollout, a window closing), look again at least this often.
 _SOON = 5.0
+# Stuck short of targetTolerance but within tolerance: the target is out of reach, not balance.
+_WITHIN_BUT_STUCK = "skew %.3f within 1 + tolerance; no step brings it nearer targetTolerance"
 # The longest wait for a step's cycled clients to come back, in cooldowns after the step.
 _ARRIVAL_COOLDOWNS = 2
 
@@ -256,9 +258,12 @@ class Controller:
             )
         if verdict is Verdict.WITHIN_TOLERANCE:
             return self._balanced(state, view, plan, seen)
+        stuck = verdict is Verdict.CAPPED or stalled(state, plan.skew, self._policy)
+        if stuck and plan.skew <= 1 + self._policy.balance.tolerance:
+            return self._balanced(state, view, plan, seen, reason=_WITHIN_BUT_STUCK % plan.skew)
         if verdict is Verdict.CAPPED:
             return self._give_up(state, view, plan, plan.reason, seen, now)
-        if stalled(state, plan.skew, self._policy):
+        if stuck:
             why = (
                 f"{state.step} step(s) did not lower skew enough (now {plan.skew:.3f}); "
                 "stopping until the pool changes"
@@ -267,20 +272,21 @@ class Controller:
         return await self._step(state, view, plan, now, seen)
 
     def _balanced(
-        self, state: ControllerState, view: FleetView, plan: Plan, seen: Seen
+        self, state: ControllerState, view: FleetView, plan: Plan, seen: Seen, reason: str = ""
     ) -> TickResult:
         """Within tolerance: the episode, if any, ends, and this pool revision is judged."""
+        reason = reason or plan.reason
         if state.episode is not None:
             self._events.emit(
                 kind="Normal",
                 reason="Balanced",
-                message=f"balanced after {state.step} step(s): {plan.reason}",
+                message=f"balanced after {state.step} step(s): {reason}",
             )
         done = state.with_(
             episode=None, step=0, skews=(), judged_revision=view.revision, held_until=None
         )
         return tick_result(
-            done, Phase.BALANCED, plan.reason, self._interval, balanced=plan.skew, seen=seen
+            done, Phase.BALANCED, reason, self._interval, balanced=plan.skew, seen=seen
         )
 
     def _give_up(
