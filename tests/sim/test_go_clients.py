@@ -49,10 +49,11 @@ def _require_reset_mode(*, steering: bool) -> None:
 class GoFleet:
     """One goclients process, and the last report line it printed."""
 
-    def __init__(self, binary: Path, *, target: str, count: int, failfast: int) -> None:
+    def __init__(self, binary: Path, *, target: str, count: int, failfast: int,
+                 backoff_ms: int = 100) -> None:
         self._args = [str(binary), "--target", target, "--count", str(count),
                       "--failfast", str(failfast), "--service-config", service_config_json(),
-                      "--ping", "0.2", "--backoff-ms", "100",
+                      "--ping", "0.2", "--backoff-ms", str(backoff_ms),
                       "--report", "0.1", "--ramp", "0.5", "--lifetime", "120"]
         self.latest: Report = {}
         self._process: asyncio.subprocess.Process | None = None
@@ -178,14 +179,17 @@ def test_go_clients_redial_the_same_server_when_a_reset_agent_destroys_their_con
     assert report["groups"]["retry"]["calls_failed"] == 0
 
 
-async def _steer_one_server(binary: Path, *, redials: int) -> tuple[Report, Report, str, Any]:
-    """Two reset-mode pods behind the balancer, 40 clients (20 of them fail-fast); the pod that
-    holds more sheds all of them with steering. Returns the reports before and after, the
-    shedding server's name, and the balancer's counts."""
+async def _steer_one_server(binary: Path, *, redials: int, backoff_ms: int = 100) -> tuple[
+        Report, Report, str, Any]:
+    """Two reset-mode pods behind the balancer, 40 clients (20 of them fail-fast, each
+    reconnecting on grpc-go's backoff from ``backoff_ms``); the pod that holds more sheds all of
+    them with steering. Returns the reports before and after, the shedding server's name, and
+    the balancer's counts."""
     balancer = FlowHashBalancer(host=f"{NET}.10", health_interval=0.1, redials=redials)
     await balancer.start()
     pods = LocalFleet(hosts=[f"{NET}.11", f"{NET}.12"], balancer=balancer, agent_mode="reset")
-    fleet = GoFleet(binary, target=f"{NET}.10:{balancer.port}", count=40, failfast=20)
+    fleet = GoFleet(binary, target=f"{NET}.10:{balancer.port}", count=40, failfast=20,
+                    backoff_ms=backoff_ms)
     try:
         await pods.start()
         for name in pods.names:
@@ -197,8 +201,8 @@ async def _steer_one_server(binary: Path, *, redials: int) -> tuple[Report, Repo
         status = await shedding.agent.submit(
             _drain(shedding.agent, count=moving, steer=True, window=1.0))
         assert status.reason == ""
-        # The window and the agent's margin: 2 s; the clients' backoff is at most 0.5 s.
-        await asyncio.sleep(3.0)
+        # The window and the agent's margin: 2 s; the clients' backoff is at most 5 x backoff_ms.
+        await asyncio.sleep(2.0 + 5 * backoff_ms / 1000)
         after = await fleet.until("40 streams again", lambda r: r["streams"] == 40)
         return before, after, shedding.uid, balancer.stats
     finally:
@@ -231,8 +235,12 @@ def test_go_clients_behind_a_balancer_that_resets_refused_clients_need_their_ret
     _require_reset_mode(steering=True)
     # As an NLB does: a refused dial resets the client, whose channel waits out grpc-go's backoff
     # in TRANSIENT_FAILURE. Fail-fast calls made meanwhile fail; the retry policy's attempts
-    # (0.1 s to 1 s apart) outlast most such waits, not every one.
-    before, after, shedding, stats = asyncio.run(_steer_one_server(binary, redials=0))
+    # (0.1 s to 1 s apart) outlast most such waits, not every one. A 0.3 s backoff base keeps
+    # each refused channel there for 0.3 s or more, a call and a half at one call per 0.2 s.
+    # With the 0.1 s base of the other tests, a loaded CI run saw one fail-fast call fail in
+    # all, too few to tell the two groups apart.
+    before, after, shedding, stats = asyncio.run(
+        _steer_one_server(binary, redials=0, backoff_ms=300))
     assert before["calls_failed"] == 0
     assert after["servers"].get(shedding, 0) <= 2
     retry, failfast = after["groups"]["retry"], after["groups"]["failfast"]
