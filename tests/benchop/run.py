@@ -210,22 +210,21 @@ class Window:
     def open(cls, operator: OperatorProcess, proxy: PrometheusProxy) -> Window:
         return cls(time.time(), operator.cpu_seconds(), proxy.queries, operator.reconciles())
 
-    def close(self, operator: OperatorProcess, proxy: PrometheusProxy,
-              audit: Path) -> dict[str, Any]:
-        end = time.time()
+    def close(self, operator: OperatorProcess, proxy: PrometheusProxy, audit: Path,
+              core: client.CoreV1Api) -> dict[str, Any]:
+        end, cpu = time.time(), operator.cpu_seconds() - self.cpu
         minutes = (end - self.start) / 60
         ticks = operator.reconciles() - self.reconciles
         queries = proxy.queries - self.queries
         requests = audit_requests(audit, self.start, end)
-        by_verb = Counter(f"{verb} {resource}" for verb, resource in requests)
+        by_verb = Counter(f"{verb} {resource}" for verb, resource, _ in requests)
         lease = sum(n for k, n in by_verb.items() if k.endswith(" leases"))
         writes = sum(n for k, n in by_verb.items() if k.split()[0] in WRITES
                      and not k.endswith(" leases"))  # fmt: skip
         return {
             "seconds": round(end - self.start, 1),
-            "cpu_seconds_per_minute": round((operator.cpu_seconds() - self.cpu) / minutes, 2),
-            "cpu_share_of_a_core": round((operator.cpu_seconds() - self.cpu) / (end - self.start),
-                                         4),
+            "cpu_seconds_per_minute": round(cpu / minutes, 2),
+            "cpu_share_of_a_core": round(cpu / (end - self.start), 4),
             "reconciles": int(ticks),
             "promql_queries": queries,
             "promql_queries_per_tick": round(queries / ticks, 2) if ticks else None,
@@ -235,16 +234,32 @@ class Window:
             "list_calls": sum(n for k, n in by_verb.items() if k.startswith("list ")),
             "writes_besides_the_lease": writes,
             "lease_writes": lease,
+            "balancers_whose_status_was_patched": len(
+                {name for verb, resource, name in requests
+                 if verb == "patch" and resource == "connectionbalancers"}),
+            "events_by_reason": events_by_reason(core, self.start, end),
             "rss_mib": round(operator.rss_mib(), 1),
         }  # fmt: skip
+
+
+def events_by_reason(core: client.CoreV1Api, start: float, end: float) -> dict[str, int]:
+    """The Events the operator posted in the pool's namespace in [start, end), by reason: what
+    a write while balanced was about."""
+    listed = core.list_namespaced_event(POOL_NS).items
+    reasons = Counter(
+        str(e.reason) for e in listed
+        if start <= e.metadata.creation_timestamp.timestamp() < end
+    )  # fmt: skip
+    return dict(sorted(reasons.items()))
 
 
 WRITES = {"create", "update", "patch", "delete", "deletecollection"}
 
 
-def audit_requests(audit: Path, start: float, end: float) -> list[tuple[str, str]]:
-    """(verb, resource) of each request the audit log recorded as received in [start, end)."""
-    found: dict[str, tuple[str, str]] = {}
+def audit_requests(audit: Path, start: float, end: float) -> list[tuple[str, str, str]]:
+    """(verb, resource, name) of each request the audit log recorded as received in
+    [start, end)."""
+    found: dict[str, tuple[str, str, str]] = {}
     if not audit.exists():
         return []
     for line in audit.read_text().splitlines():
@@ -254,8 +269,10 @@ def audit_requests(audit: Path, start: float, end: float) -> list[tuple[str, str
         except (ValueError, KeyError):
             continue
         if start <= at.timestamp() < end and event.get("auditID") not in found:
-            resource = (event.get("objectRef") or {}).get("resource", event.get("requestURI", ""))
-            found[event["auditID"]] = (str(event.get("verb")), str(resource))
+            ref = event.get("objectRef") or {}
+            resource = ref.get("resource", event.get("requestURI", ""))
+            found[event["auditID"]] = (str(event.get("verb")), str(resource),
+                                       str(ref.get("name", "")))
     return list(found.values())
 
 
@@ -313,7 +330,7 @@ class Bench:
             time.sleep(10)  # past the first writes of each balancer's status
             window = Window.open(operator, proxy)
             time.sleep(self.steady)
-            balanced = window.close(operator, proxy, self.cluster.audit_log)
+            balanced = window.close(operator, proxy, self.cluster.audit_log, self.core)
             rebalancing = self.roll_out(operator, proxy, watcher, model)
         finally:
             watcher.stop()
@@ -353,7 +370,7 @@ class Bench:
 
         self.wait("every rolled-out balancer left Balanced and came back", balanced_again,
                   timeout=300)  # fmt: skip
-        figures = window.close(operator, proxy, self.cluster.audit_log)
+        figures = window.close(operator, proxy, self.cluster.audit_log, self.core)
         figures["skew_after_rollout_median"] = round(statistics.median(skews), 3)
         figures["rolled_out"] = len(chosen)
         figures["connections_moved_by_drains"] = model.moved_by_drains

@@ -48,7 +48,7 @@ def _missing_and_new(
         since = ready_since.get(PodName(name))
         if since is None or now - since >= grace:
             return ()
-    return tuple(missing)
+    return missing
 
 
 def grace_seconds(policy: Policy) -> float:
