@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from kubernetes import client, config
 
+from connbalance.kube.actuator import AnnotationActuator
 from connbalance.kube.fleet import KubeFleet
-from connbalance.model import WorkloadRef
+from connbalance.kube.podchanges import PodChanges
+from connbalance.model import DRAIN_ANNOTATION, DrainRequest, RequestId, WorkloadRef
 from connbalance.ports import FleetError, FleetView
 from tests.cluster.cluster import Cluster
+from tests.kube.counting import CountingCore
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.cluster
@@ -145,3 +149,34 @@ def test_a_missing_statefulset_is_a_fleet_error_naming_it(namespace, fleet):
     with pytest.raises(FleetError) as missing:
         observe(fleet)
     assert str(missing.value) == f"cannot read StatefulSet auth in {namespace}: HTTP 404 Not Found"
+
+
+def test_with_pod_changes_a_still_pool_is_listed_once_and_the_next_read_after_a_write_is_fresh(
+    cluster, namespace, apis, fleet
+):
+    create(cluster, namespace)
+    eventually(lambda: settled(fleet), what="the StatefulSet to settle")
+    core, clock = CountingCore(apis[0]), [0.0]
+    changes = PodChanges(clock=lambda: clock[0], resync_seconds=60)
+    watched = KubeFleet(core=core, apps=apis[1], namespace=namespace, selector=SELECTOR,
+                        workload=WorkloadRef(kind="StatefulSet", name="auth"), changes=changes)
+    first = observe(watched)
+    assert (observe(watched), core.pod_lists) == (first, 1)  # nothing moved: not listed again
+    # The operator's own write: the next read lists, and sees the request it just wrote.
+    pod = first.pods[0]
+    request = DrainRequest(id=RequestId("fresh-1"), count=1, window_seconds=5, quiet_millis=0,
+                           deadline=datetime.now(UTC) + timedelta(minutes=5), steer=False)
+    asyncio.run(AnnotationActuator(core=core, namespace=namespace, changes=changes)
+                .deliver(pod=pod, request=request))
+    after_write = observe(watched)
+    assert core.pod_lists == 2
+    drain = after_write.pods[0].drain
+    assert drain is not None
+    assert drain.id == "fresh-1"
+    # A change no watch reported (nothing bumps here) is read at the resync period at the latest.
+    apis[0].patch_namespaced_pod(pod.name, namespace,
+                                 {"metadata": {"annotations": {DRAIN_ANNOTATION: None}}})
+    assert observe(watched).pods[0].drain is not None
+    clock[0] = 60.0
+    assert observe(watched).pods[0].drain is None
+    assert core.pod_lists == 3

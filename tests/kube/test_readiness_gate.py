@@ -24,11 +24,13 @@ from connbalance.controller import Controller, ControllerState
 from connbalance.kube.actuator import AnnotationActuator
 from connbalance.kube.fleet import KubeFleet
 from connbalance.kube.gates import GatedActuator, PodConditionGate
+from connbalance.kube.podchanges import PodChanges
 from connbalance.model import DRAIN_ANNOTATION, PodName, PodState, Policy, PolicyName
 from connbalance.model.settings import ACCEPTING_CONDITION
 from connbalance.ports.gates import GateMissing
 from tests.agent.fakeclock import FakeClock
 from tests.cluster.cluster import Cluster
+from tests.kube.counting import CountingCore
 from tests.unit.fakes import DictLoads, ListEvents
 from tests.unit.fakes import FakeClock as EpochClock
 from tests.waiting import eventually
@@ -367,3 +369,30 @@ def test_the_operator_takes_a_shedding_pod_out_of_its_endpoints_for_the_window_o
     assert (reopened.status, reopened.reason) == ("True", "WindowEnded")
     held = (reopened.last_transition_time - closed.last_transition_time).total_seconds()
     assert held >= window - 1, f"reopened after {held:.0f}s, before its {window}s window ended"
+
+
+def test_with_pod_changes_the_sweep_lists_the_pool_only_after_a_write_or_at_a_window_end(
+    cluster: Cluster, namespace: str, core: Any
+) -> None:
+    deploy(cluster, namespace)
+    a, _ = pods(core, namespace)
+    clock = clock_at_a_whole_second()
+    counting = CountingCore(core)
+    changes = PodChanges(clock=clock.monotonic, resync_seconds=3600)
+    gate = PodConditionGate(core=counting, namespace=namespace, selector=SELECTOR,
+                            window_seconds=WINDOW, clock=clock, changes=changes)
+    assert asyncio.run(gate.reopen_due()) is None  # opens both new pods: two writes
+    assert asyncio.run(gate.reopen_due()) is None  # after its writes it lists again
+    assert counting.pod_lists == 2
+    assert asyncio.run(gate.reopen_due()) is None  # nothing moved since: no list
+    assert counting.pod_lists == 2
+    asyncio.run(gate.close(pod=state(a)))
+    asyncio.run(clock.advance(WINDOW - 1))
+    assert asyncio.run(gate.reopen_due()) == pytest.approx(1.0)
+    assert asyncio.run(gate.reopen_due()) == pytest.approx(1.0)  # the window is still on
+    assert counting.pod_lists == 3
+    asyncio.run(clock.advance(1))
+    assert asyncio.run(gate.reopen_due()) is None  # its end: listed, and reopened
+    assert counting.pod_lists == 4
+    restored = condition(core, namespace, a.metadata.name, ACCEPTING_CONDITION)
+    assert (restored.status, restored.reason) == ("True", "WindowEnded")

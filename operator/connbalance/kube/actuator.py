@@ -13,14 +13,16 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from connbalance.kube.agenttls import AgentTls, agent_url, connect_options, tls_failure
+from connbalance.kube.podchanges import PodChanges
 from connbalance.model import DRAIN_ANNOTATION, DrainRequest, PodState
 from connbalance.ports import ActuationError, Actuator
 
 
 class AnnotationActuator:
-    def __init__(self, *, core: Any, namespace: str) -> None:
+    def __init__(self, *, core: Any, namespace: str, changes: PodChanges | None = None) -> None:
         self._core = core
         self._namespace = namespace
+        self._changes = changes
 
     async def deliver(self, *, pod: PodState, request: DrainRequest) -> None:
         # The uid makes the patch fail on a replacement pod that took the same name.
@@ -36,6 +38,9 @@ class AnnotationActuator:
                 raise
             status = f"HTTP {exc.status}" if isinstance(exc, ApiException) else str(exc)
             raise ActuationError(f"cannot annotate pod {pod.name}: {status}") from exc
+        finally:  # written or not, the pod may have moved: the next reader lists again
+            if self._changes is not None:
+                self._changes.bump(self._namespace)
 
 
 def _stale_uid(exc: ApiException) -> bool:

@@ -1,4 +1,7 @@
-"""The Kubernetes ``Fleet``: the selected pods, and whether their workload's rollout is done."""
+"""The Kubernetes ``Fleet``: the selected pods, and whether their workload's rollout is done.
+
+Given a ``PodChanges``, the last view is reused while nothing in the namespace has moved (see
+``connbalance.kube.podchanges``): a balanced pool costs no list call per tick."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Any, TypeVar
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from connbalance.kube.podchanges import PodChanges
 from connbalance.kube.pods import label_selector, pod_state
 from connbalance.model import WorkloadRef
 from connbalance.ports import FleetError, FleetView
@@ -26,15 +30,27 @@ class KubeFleet:
         namespace: str,
         selector: tuple[tuple[str, str], ...],
         workload: WorkloadRef | None,
+        changes: PodChanges | None = None,
     ) -> None:
         self._core = core
         self._apps = apps
         self._namespace = namespace
         self._selector = label_selector(selector)
         self._workload = workload
+        self._changes = changes
+        self._key = ("fleet", namespace, self._selector, workload)
 
     async def observe(self) -> FleetView:
-        return await asyncio.to_thread(self._observe)
+        changes = self._changes
+        if changes is None:
+            return await asyncio.to_thread(self._observe)
+        kept = changes.reusable(self._key, self._namespace)
+        if isinstance(kept, FleetView):
+            return kept
+        version = changes.version(self._namespace)
+        view = await asyncio.to_thread(self._observe)
+        changes.keep(self._key, version=version, value=view)
+        return view
 
     def _observe(self) -> FleetView:
         listed = _read(

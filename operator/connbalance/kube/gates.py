@@ -14,18 +14,24 @@ API server keeps that time to the second, so a window may end up to a second ear
 Only this condition is written, by a strategic merge patch (pod conditions merge by type): the
 kubelet's own conditions are left alone. ``GatedActuator`` closes the gate before the request is
 delivered; dry run swaps the whole actuator, so it never closes one.
+
+Given a ``PodChanges``, the sweep that reopens ended windows lists the pool only when something
+in its namespace moved or the soonest window it knows of has ended: a balanced pool is not
+listed on every tick.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from connbalance.kube.podchanges import PodChanges
 from connbalance.kube.pods import label_selector
 from connbalance.model import DrainRequest, PodState
 from connbalance.model.settings import ACCEPTING_CONDITION
@@ -64,6 +70,13 @@ def missing_gate_message(pod: str) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Swept:
+    """What a sweep left: the soonest end of a window still closed (None: none is)."""
+
+    soonest: datetime | None
+
+
 class PodConditionGate:
     """The ``ReadinessGate`` of one pool: the pods ``selector`` picks in ``namespace``."""
 
@@ -75,18 +88,32 @@ class PodConditionGate:
         selector: tuple[tuple[str, str], ...],
         window_seconds: float,
         clock: Clock = SYSTEM_CLOCK,
+        changes: PodChanges | None = None,
     ) -> None:
         self._core = core
         self._namespace = namespace
         self._selector = label_selector(selector)
         self._window = window_seconds
         self._clock = clock
+        self._changes = changes
+        self._key = ("gate", namespace, self._selector)
 
     async def close(self, *, pod: PodState) -> None:
         await asyncio.to_thread(self._close, pod)
 
     async def reopen_due(self) -> float | None:
-        return await asyncio.to_thread(self._reopen_due)
+        changes = self._changes
+        if changes is None:
+            return await asyncio.to_thread(self._reopen_due)
+        kept = changes.reusable(self._key, self._namespace)
+        now = self._clock.now()
+        if isinstance(kept, _Swept) and (kept.soonest is None or now < kept.soonest):
+            return None if kept.soonest is None else (kept.soonest - now).total_seconds()
+        version = changes.version(self._namespace)
+        left = await asyncio.to_thread(self._reopen_due)
+        ends = None if left is None else now + timedelta(seconds=left)
+        changes.keep(self._key, version=version, value=_Swept(soonest=ends))
+        return left
 
     def _close(self, pod: PodState) -> None:
         obj = self._call(f"cannot read pod {pod.name}",
@@ -134,12 +161,16 @@ class PodConditionGate:
                      "message": message, "lastTransitionTime": at.strftime(_TIME)}
         # The uid makes the patch fail on a replacement pod that took the same name.
         body = {"metadata": {"uid": obj.metadata.uid}, "status": {"conditions": [condition]}}
-        self._call(
-            f"cannot set {ACCEPTING_CONDITION}={status} on pod {name} (pods/status patch; "
-            f"the chart grants it with rbac.readinessGate: true)",
-            lambda: self._core.patch_namespaced_pod_status(
-                name, self._namespace, body, _content_type=_STRATEGIC),
-        )
+        try:
+            self._call(
+                f"cannot set {ACCEPTING_CONDITION}={status} on pod {name} (pods/status patch; "
+                f"the chart grants it with rbac.readinessGate: true)",
+                lambda: self._core.patch_namespaced_pod_status(
+                    name, self._namespace, body, _content_type=_STRATEGIC),
+            )
+        finally:  # written or not, the pod may have moved: the next reader lists again
+            if self._changes is not None:
+                self._changes.bump(self._namespace)
 
     @staticmethod
     def _call(what: str, call: Callable[[], Any]) -> Any:

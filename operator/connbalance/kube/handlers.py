@@ -7,8 +7,10 @@ what each balancer selects and wake its loop (``connbalance.kube.loops``):
   our own write);
 - a selected pod comes, goes, or changes readiness or restart count;
 - its workload's rollout has just finished.
-Otherwise each loop sleeps for as long as its controller asked. Only the holder of the leader
-Lease runs loops; losing it stops them all at once.
+Any event of a selected pod or a named workload also bumps its namespace's version in
+``PodChanges``, so a loop lists its pool only when something there moved. Otherwise each loop
+sleeps for as long as its controller asked. Only the holder of the leader Lease runs loops;
+losing it stops them all at once.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from connbalance.kube.events import Kind
 from connbalance.kube.index import BalancerIndex, PodSummary, Watched, rollout_complete
 from connbalance.kube.leader import LeaseElector, Timing
 from connbalance.kube.loops import Key, Loops
+from connbalance.kube.podchanges import PodChanges
 from connbalance.kube.reconcile import PAUSE_ANNOTATION, Apis, reconcile
 from connbalance.kube.serving import serve
 from connbalance.kube.wiring import DEFAULT_PROMETHEUS_URL
@@ -148,6 +151,7 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         post_event=_post_event,
         default_prometheus_url=OPTIONS.default_prometheus_url,
         node_agent_port=OPTIONS.node_agent_port,
+        changes=PodChanges(),
     )
 
     async def run_one(key: Key) -> float | None:
@@ -225,11 +229,14 @@ async def pod_event(
     event: kopf.RawEvent, body: kopf.Body, namespace: str | None, labels: kopf.Labels,
     uid: str, **_: Any,
 ) -> None:
-    runtime = _runtime()
-    keys = runtime.index.for_pod(namespace or "", dict(labels))
-    if not keys:
+    runtime, namespace = _runtime(), namespace or ""
+    keys = runtime.index.for_pod(namespace, dict(labels))
+    if not keys and not runtime.index.knows_pod(uid):
         return
-    gone = event.get("type") == "DELETED"
+    # Any event of a selected pod, or of one that just left the selection: its annotations,
+    # conditions or labels may have moved, so the next reader lists the pool again.
+    _bump(runtime, namespace)
+    gone = event.get("type") == "DELETED" or not keys
     summary = None if gone else PodSummary.from_body(dict(body))
     if runtime.index.pod_changed(uid, summary):
         for key in keys:
@@ -240,12 +247,19 @@ async def _workload_event(kind: str, body: kopf.Body, namespace: str | None, nam
     namespace = namespace or ""
     runtime = _runtime()
     keys = runtime.index.for_workload(namespace, kind, name)
+    if keys:
+        _bump(runtime, namespace)
     if keys and runtime.index.rollout_finished(
         namespace, kind, name, rollout_complete(kind, dict(body))
     ):
         log.info("%s %s/%s finished rolling out", kind, namespace, name)
         for key in keys:
             runtime.loops.wake(key)
+
+
+def _bump(runtime: Runtime, namespace: str) -> None:
+    if runtime.apis.changes is not None:
+        runtime.apis.changes.bump(namespace)
 
 
 @kopf.on.event("apps", "v1", "deployments")

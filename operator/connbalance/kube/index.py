@@ -97,6 +97,10 @@ class BalancerIndex:
             if w.namespace == namespace and w.workload == (kind, name)
         )
 
+    def knows_pod(self, uid: str) -> bool:
+        """The pod was selected when last seen."""
+        return uid in self._pods
+
     def pod_changed(self, uid: str, summary: PodSummary | None) -> bool:
         """Record a pod's summary (None: it is gone); True when that is news."""
         before = self._pods.pop(uid, None) if summary is None else self._pods.get(uid)

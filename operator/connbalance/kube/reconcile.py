@@ -21,6 +21,7 @@ from connbalance.kube.crd import GROUP, PLURAL, VERSION
 from connbalance.kube.events import Kind, TransitionEvents
 from connbalance.kube.gates import soonest
 from connbalance.kube.metrics import record, record_confirmed
+from connbalance.kube.podchanges import PodChanges
 from connbalance.kube.secrets import SpecError
 from connbalance.kube.status import conditions, status_patch
 from connbalance.kube.wiring import (
@@ -50,6 +51,7 @@ class Apis:
     post_event: PostEvent
     default_prometheus_url: str = DEFAULT_PROMETHEUS_URL
     node_agent_port: int = 0  # where node agents answer on each node; 0: none deployed
+    changes: PodChanges | None = None  # what the watches saw move; None: list on every tick
 
 
 def pause_source(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> str | None:
@@ -116,6 +118,7 @@ async def _next_status(
             apps=apis.apps,
             default_prometheus_url=apis.default_prometheus_url,
             node_agent_port=apis.node_agent_port,
+            changes=apis.changes,
         )
     except (PolicyError, SpecError) as exc:
         events.emit(kind="Warning", reason="InvalidSpec", message=str(exc))
@@ -142,7 +145,8 @@ async def _reopen_gates(
         policy = Policy.from_spec(dict(spec))
     except PolicyError:
         return None  # reported as InvalidSpec
-    gate = readiness_gate(core=apis.core, namespace=namespace, policy=policy)
+    gate = readiness_gate(core=apis.core, namespace=namespace, policy=policy,
+                          changes=apis.changes)
     try:
         return await gate.reopen_due()
     except ActuationError as exc:

@@ -23,6 +23,7 @@ from connbalance.kube.confirm import AgentStatusReader, Confirmations, NodeAgent
 from connbalance.kube.confirmprom import PrometheusConfirmations
 from connbalance.kube.fleet import KubeFleet
 from connbalance.kube.gates import GatedActuator, PodConditionGate
+from connbalance.kube.podchanges import PodChanges
 from connbalance.kube.secrets import SpecError, read_secret
 from connbalance.model import ActuationSpec, MetricsSpec, Policy, PolicyName
 from connbalance.ports import Actuator, EventSink
@@ -127,9 +128,11 @@ def build_controller(
     apps: Any,
     default_prometheus_url: str = DEFAULT_PROMETHEUS_URL,
     node_agent_port: int = 0,
+    changes: PodChanges | None = None,
 ) -> Wired:
     """The controller for one balancer, its adapters built from the spec, and where the agents'
-    confirmations come from (``node_agent_port`` 0: no node agent to ask). Raises SpecError
+    confirmations come from (``node_agent_port`` 0: no node agent to ask). With ``changes``
+    (what the watches saw move) the pool is listed only when something moved. Raises SpecError
     when something the spec names (a Secret, a key, a file) cannot be used."""
     metrics = policy.metrics
     if metrics.url is None:
@@ -150,7 +153,7 @@ def build_controller(
         loads = _load_source(metrics, namespace, policy.selector, token, ca)
     except ValueError as exc:
         raise SpecError(f"spec.metrics: {exc}") from exc
-    annotate = AnnotationActuator(core=core, namespace=namespace)
+    annotate = AnnotationActuator(core=core, namespace=namespace, changes=changes)
     actuator: Actuator = annotate
     reader: Confirmations | None = _confirmations_without_http(
         policy, namespace=namespace, loads=loads, node_agent_port=node_agent_port
@@ -167,7 +170,7 @@ def build_controller(
         )
         reader = AgentStatusReader(port=policy.actuation.agent_port, token=agent_token, tls=tls)
     if policy.actuation.steering == "readinessGate":
-        gate = readiness_gate(core=core, namespace=namespace, policy=policy)
+        gate = readiness_gate(core=core, namespace=namespace, policy=policy, changes=changes)
         actuator = GatedActuator(actuator=actuator, gate=gate, events=events)
     controller = Controller(
         name=name,
@@ -179,6 +182,7 @@ def build_controller(
             namespace=namespace,
             selector=policy.selector,
             workload=policy.workload_ref,
+            changes=changes,
         ),
         actuator=actuator,
         events=events,
@@ -187,7 +191,9 @@ def build_controller(
     return Wired(controller=controller, confirmations=reader)
 
 
-def readiness_gate(*, core: Any, namespace: str, policy: Policy) -> ReadinessGate:
+def readiness_gate(
+    *, core: Any, namespace: str, policy: Policy, changes: PodChanges | None = None
+) -> ReadinessGate:
     """The readiness gate of the balancer's pool (``connbalance.kube.gates``)."""
     return PodConditionGate(core=core, namespace=namespace, selector=policy.selector,
-                            window_seconds=policy.actuation.window_seconds)
+                            window_seconds=policy.actuation.window_seconds, changes=changes)
