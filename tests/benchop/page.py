@@ -35,6 +35,9 @@ ROWS = (
     ("list calls while balanced", lambda r: r["balanced"]["list_calls"]),
     ("writes while balanced, besides the Lease", lambda r: r["balanced"]
      ["writes_besides_the_lease"]),
+    ("balancers whose status was patched while balanced", lambda r: r["balanced"]
+     ["balancers_whose_status_was_patched"]),
+    ("Events while balanced, by reason", lambda r: _reasons(r["balanced"]["events_by_reason"])),
     ("Lease writes while balanced", lambda r: r["balanced"]["lease_writes"]),
     ("PromQL queries per tick, balanced", lambda r: r["balanced"]["promql_queries_per_tick"]),
     ("PromQL queries per tick, rebalancing", lambda r: r["rebalancing"]
@@ -74,6 +77,10 @@ WHY = {
 
 def _cpu(figures: dict[str, Any]) -> str:
     return f"{figures['cpu_seconds_per_minute']}; {100 * figures['cpu_share_of_a_core']:.1f}%"
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
 
 
 def _delay(run: dict[str, Any]) -> str:

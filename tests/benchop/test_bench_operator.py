@@ -37,6 +37,9 @@ def test_the_operator_bench_prints_one_document_with_every_figure(tmp_path):
         assert figures["api_requests_per_minute"] > 0, "the audit log recorded the operator"
         assert figures["rss_mib"] > 10
     assert run["rebalancing"]["connections_moved_by_drains"] > 0
+    # What was written while rebalancing is told apart: the one balancer, and its drain Events.
+    assert run["rebalancing"]["balancers_whose_status_was_patched"] == 1
+    assert run["rebalancing"]["events_by_reason"].get("DrainRequested", 0) > 0
     delay = run["rollout_to_first_drain_seconds"]
     assert delay["drained"] == 1
     assert delay["p50"] > 0
