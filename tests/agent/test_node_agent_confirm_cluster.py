@@ -4,16 +4,14 @@ agent's port, ``--node-agent-port``), drains a skewed pod through its annotation
 cycles on the pod's node; the operator reads the node agent's answer for that pod on the pod's
 ``hostIP`` and records it beside the count it asked.
 
-The DaemonSet cannot run here (the test kubelet ignores its node affinity), so the chart's objects
-are applied without it, and the node agent runs as a process for ``test-node-0`` on the nodes'
-address (every test pod's ``hostIP`` is 127.0.0.1), with the chart's ServiceAccount and rights.
-The pool's pods are pinned to that node; the clients hold gRPC streams to one pod only.
+The chart is installed with its DaemonSet (``tests/agent/daemonset.py``): the node agent of
+``test-node-0`` listens on that node's address, which is the ``hostIP`` of its pods. The pool's
+pods are pinned to that node; the clients hold gRPC streams to one pod only.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,8 @@ import yaml
 from kubernetes import client, config
 
 from connbalance.agent.reset import ResetUnavailable, check_sock_destroy
-from tests.agent.nodeproc import NodeAgentProcess
-from tests.agent.test_node_agent_pool import helm, kubectl, node_agent_kubeconfig
+from tests.agent.daemonset import NodeAgentPod, chart_with_node_agent, free_port
+from tests.agent.test_node_agent_pool import kubectl
 from tests.cluster.cluster import Cluster
 from tests.e2e.pool import clients
 from tests.e2e.teleport_pool import AUTH_PORT, auth_objects, selector_labels
@@ -35,63 +33,24 @@ pytestmark = [pytest.mark.cluster, pytest.mark.netadmin]
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "test-node-0"
 CLIENTS = 12
-# Not the operator's to install here: the DaemonSet (a process stands in) and the admission
-# policy (cluster-wide; its own test is tests/agent/test_drain_admission.py).
-LEFT_OUT = {"DaemonSet", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def operator(cluster: Cluster, namespace: str, port: int) -> Iterator[list[str]]:
-    """The chart's operator objects, rendered with the node agent on ``port``; its args."""
-    kubectl(cluster, "apply", "-f", str(ROOT / "manifests" / "crd.yaml"))
-    release = f"cb-{namespace}"
-    rendered = helm().render("nodeAgent.enabled=true", f"nodeAgent.port={port}",
-                             f"watchNamespaces={{{namespace}}}", "logLevel=DEBUG",
-                             release=release, namespace=namespace)  # fmt: skip
-    mine = [d for d in rendered if d["kind"] not in LEFT_OUT
-            and not d["metadata"]["name"].endswith("-node-agent")]  # fmt: skip
-    (deployment,) = [d for d in mine if d["kind"] == "Deployment"]
-    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(mine))
-    try:
-        kubectl(cluster, "rollout", "status", "-n", namespace,
-                f"deployment/{deployment['metadata']['name']}", "--timeout=120s")  # fmt: skip
-        yield list(args)
-    finally:
-        kubectl(cluster, "delete", "-f", "-", "--ignore-not-found", "--wait=false",
-                stdin=yaml.safe_dump_all(mine))  # fmt: skip
-        kubectl(cluster, "delete", "clusterrole,clusterrolebinding",
-                f"{release}-connbalance-node-agent", "--ignore-not-found")  # fmt: skip
-
-
-@pytest.fixture
-def node_agent(cluster, namespace, port, tmp_path) -> Iterator[NodeAgentProcess]:
+def operator(cluster: Cluster, namespace: str) -> Iterator[tuple[list[str], NodeAgentPod]]:
+    """The chart with its node agent DaemonSet, in a namespace of its own: the operator's args,
+    and the node agent on NODE."""
     try:
         check_sock_destroy()
     except ResetUnavailable as exc:
         pytest.skip(f"SOCK_DESTROY unavailable on this machine: {exc}")
-    env = node_agent_kubeconfig(cluster, namespace, tmp_path / "node-agent.kubeconfig")
-    state = tmp_path / "state"
-    state.mkdir()
-    agent = NodeAgentProcess(env=env, node=NODE, namespace=namespace, state=state,
-                             log=tmp_path / "node-agent.log", netns_from="host",
-                             listen=f"127.0.0.1:{port}")  # fmt: skip
-    try:
-        yield agent
-    finally:
-        agent.stop()
-        assert "Traceback" not in agent.log.read_text(), agent.log.read_text()
+    system = f"{namespace}-cb"
+    with chart_with_node_agent(cluster, release=f"cb-{namespace}", namespace=system,
+                               watch=namespace, port=free_port()) as agents:  # fmt: skip
+        deployment = json.loads(kubectl(cluster, "get", "deployment", "-n", system, "-o", "json",
+                                        "-l", "app.kubernetes.io/component!=node-agent"))
+        (item,) = deployment["items"]
+        args = item["spec"]["template"]["spec"]["containers"][0]["args"]
+        yield list(args), next(a for a in agents if a.node == NODE)
 
 
 def pinned_pool(namespace: str) -> str:
@@ -122,10 +81,9 @@ def balancer(namespace: str, prometheus: str) -> str:
                        "metadata": {"name": "auth", "namespace": namespace}, "spec": spec})
 
 
-def test_what_the_node_agent_cycled_shows_in_the_balancers_status(
-    cluster, namespace, operator, node_agent, port
-):
-    assert f"--node-agent-port={port}" in operator
+def test_what_the_node_agent_cycled_shows_in_the_balancers_status(cluster, namespace, operator):
+    args, node_agent = operator
+    assert f"--node-agent-port={node_agent.port}" in args
     kubectl(cluster, "apply", "-f", "-", stdin=pinned_pool(namespace))
     kubectl(cluster, "rollout", "status", "-n", namespace, "deployment/teleport-auth",
             "--timeout=120s")  # fmt: skip
@@ -135,7 +93,8 @@ def test_what_the_node_agent_cycled_shows_in_the_balancers_status(
             namespace, label_selector=",".join(f"{k}={v}" for k, v in
                                                selector_labels("teleport").items()))  # fmt: skip
         assert {p.spec.node_name for p in pods.items} == {NODE}
-        assert {p.status.host_ip for p in pods.items} == {"127.0.0.1"}
+        # The node's address: where the operator asks, and where the node agent listens.
+        assert {p.status.host_ip for p in pods.items} == {node_agent.address}
         busy = sorted(pods.items, key=lambda p: p.metadata.name)[0]
     finally:
         api.close()

@@ -2,11 +2,11 @@
 held to Pod Security ``baseline``, is balanced after ``kubectl rollout restart`` by the operator
 (installed by the chart) and the node agent, with cycled/needed of 1.1 or below.
 
-The node agent runs as a process per test node, as the DaemonSet would, with the chart's own
-ServiceAccount and rights (a token for it): the test kubelet binds pods round-robin and ignores
-a DaemonSet's node affinity, so the DaemonSet itself cannot run here. The test cluster's pods
-are processes sharing the root network namespace, each on its own loopback address, so the node
-agent serves them as it serves ``hostNetwork`` pods (``--netns-from host``): by address and port.
+The chart is installed with ``nodeAgent.enabled`` into a namespace of its own, left at Pod
+Security ``privileged``, and its DaemonSet runs one node agent on each test node
+(``tests/agent/daemonset.py``). The test cluster's pods are processes sharing the root network
+namespace, each on its own loopback address, so the node agents serve them as they serve
+``hostNetwork`` pods (``nodeAgent.netnsFrom: [host]``): by address and port.
 
 ``needed`` is the excess over the mean in the skewed pool, the fewest connections that must move;
 ``cycled`` is what the node agents report they cycled for the pool's pods.
@@ -16,22 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client, config
 
 from connbalance.agent.netlink import SockDiag
 from connbalance.agent.reset import ResetUnavailable, check_sock_destroy
 from connbalance_sim.balancer import FlowHashBalancer
-from tests.agent.nodeproc import NodeAgentProcess
-from tests.chart.helmrun import Helm
+from tests.agent.daemonset import NodeAgentPod, chart_with_node_agent, free_port
 from tests.cluster.cluster import Cluster
 from tests.e2e.pool import clients
 from tests.e2e.teleport_pool import AUTH_PORT, DIAG_PORT, auth_manifest, selector_labels
@@ -43,13 +41,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 120
 NODES = ("test-node-0", "test-node-1")
 SELECTOR = ",".join(f"{k}={v}" for k, v in selector_labels("teleport").items())
-
-
-def helm() -> Helm:
-    path = os.environ.get("CONNBALANCE_HELM", "")
-    if not path or not Path(path).exists():
-        pytest.fail("CONNBALANCE_HELM does not name a helm binary: run through `make test`")
-    return Helm(path)
 
 
 def kubectl(cluster: Cluster, *args: str, stdin: str | None = None) -> str:
@@ -121,75 +112,25 @@ def skew(values: dict[str, int]) -> float:
     return max(values.values()) / mean if mean else 0.0
 
 
-def node_agent_kubeconfig(cluster: Cluster, namespace: str, path: Path) -> dict[str, str]:
-    """The chart's node agent ServiceAccount and rights, and a kubeconfig with its token."""
-    rendered = helm().render("nodeAgent.enabled=true", f"watchNamespaces={{{namespace}}}",
-                             release=f"cb-{namespace}", namespace=namespace)  # fmt: skip
-    mine = [d for d in rendered if d["metadata"]["name"].endswith("-node-agent")
-            and d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]  # fmt: skip
-    assert len(mine) == 3
-    kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(mine))
-    account = next(d for d in mine if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    token = kubectl(cluster, "create", "token", account, "-n", namespace, "--duration=2h").strip()
-    ca = cluster.run_dir / "pki" / "ca.crt"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": cluster.api_server,
-                                               "certificate-authority": str(ca)}}],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-    }))  # fmt: skip
-    return {**cluster.env, "KUBECONFIG": str(path)}
-
-
 @pytest.fixture
-def operator(cluster: Cluster, namespace: str) -> Iterator[str]:
-    kubectl(cluster, "apply", "-f", str(ROOT / "manifests" / "crd.yaml"))
-    release = f"cb-{namespace}"
-    done = helm().run(
-        "install", release, str(ROOT / "charts" / "connbalance"), "--namespace", namespace,
-        "--kubeconfig", str(cluster.kubeconfig), "--set", f"watchNamespaces={{{namespace}}}",
-        "--set", "logLevel=DEBUG", "--wait", "--timeout", "120s",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    yield release
-    helm().run("uninstall", release, "--namespace", namespace,
-               "--kubeconfig", str(cluster.kubeconfig))  # fmt: skip
-    name = f"{release}-connbalance-node-agent"
-    kubectl(cluster, "delete", "clusterrole,clusterrolebinding", name, "--ignore-not-found")
-
-
-@pytest.fixture
-def node_agents(cluster, namespace, tmp_path) -> Iterator[list[NodeAgentProcess]]:
+def node_agents(cluster: Cluster, namespace: str) -> Iterator[list[NodeAgentPod]]:
+    """The chart, with its node agent DaemonSet, in a namespace of its own watching the pool's."""
     try:
         check_sock_destroy()
     except ResetUnavailable as exc:
         pytest.skip(f"SOCK_DESTROY unavailable on this machine: {exc}")
-    env = node_agent_kubeconfig(cluster, namespace, tmp_path / "node-agent.kubeconfig")
-    agents = []
-    try:
-        for node in NODES:
-            state = tmp_path / node
-            state.mkdir()
-            agents.append(NodeAgentProcess(
-                env=env, node=node, namespace=namespace, state=state,
-                log=tmp_path / f"{node}.log", netns_from="host",
-            ))  # fmt: skip
+    with chart_with_node_agent(cluster, release=f"cb-{namespace}", namespace=f"{namespace}-cb",
+                               watch=namespace, port=free_port()) as agents:  # fmt: skip
         yield agents
-    finally:
-        for agent in agents:
-            agent.stop()
-        for agent in agents:
-            assert "Traceback" not in agent.log.read_text(), agent.log.read_text()
 
 
-def serving(agents: list[NodeAgentProcess], namespace: str) -> set[str]:
+def serving(agents: list[NodeAgentPod], namespace: str) -> set[str]:
     """The names of the pool's pods the node agents serve now."""
     return {p["name"] for a in agents for p in a.get("/status")["pods"]
             if p["namespace"] == namespace}  # fmt: skip
 
 
-def cycled(agents: list[NodeAgentProcess], namespace: str, *, besides: set[str]) -> int:
+def cycled(agents: list[NodeAgentPod], namespace: str, *, besides: set[str]) -> int:
     """What the node agents cycled on the pool's pods but those named ``besides``: the pods of
     before the rollout, which the operator may have balanced as a fresh pool and which the
     agents still list while they terminate."""
@@ -197,8 +138,28 @@ def cycled(agents: list[NodeAgentProcess], namespace: str, *, besides: set[str])
                if p["namespace"] == namespace and p["name"] not in besides)  # fmt: skip
 
 
+def requested(status: dict[str, Any]) -> int:
+    return int((status.get("controller") or {}).get("requested_total", 0))
+
+
+def last_look_before_the_first_drain(
+    look: Callable[[], dict[str, int]], *, drained: Callable[[], bool], first: dict[str, int],
+    timeout: float = 120.0,
+) -> dict[str, int]:
+    """The pool's loads at the last look before ``drained`` turned true, from ``first`` on."""
+    last, deadline = first, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = look()
+        if drained():
+            return last
+        if len(seen) == len(first):
+            last = seen
+        time.sleep(0.25)
+    raise AssertionError(f"no drain within {timeout:g}s of the pool settling: {last}")
+
+
 def test_a_pool_with_no_sidecar_in_a_baseline_namespace_is_balanced_by_the_node_agent(
-    cluster, namespace, operator, node_agents
+    cluster, namespace, node_agents
 ):
     kubectl(cluster, "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=baseline")
     manifest = auth_manifest(
@@ -252,6 +213,7 @@ def test_a_pool_with_no_sidecar_in_a_baseline_namespace_is_balanced_by_the_node_
                        what="the fresh pool judged balanced", timeout=120)  # fmt: skip
 
             fresh = serving(node_agents, namespace)
+            requested_before = requested(status())
             kubectl(cluster, "rollout", "restart", "deployment/teleport-auth", "-n", namespace)
             kubectl(cluster, "rollout", "status", "deployment/teleport-auth", "-n", namespace,
                     "--timeout=180s")  # fmt: skip
@@ -267,6 +229,14 @@ def test_a_pool_with_no_sidecar_in_a_baseline_namespace_is_balanced_by_the_node_
             )  # fmt: skip
             acted = cycled(node_agents, namespace, besides=fresh)
             assert acted == 0, "acted before the pool settled"
+            # The pool as the operator found it: the last look before its first drain request,
+            # once late reconnects have landed too.
+            skewed = last_look_before_the_first_drain(
+                lambda: loads(core, namespace),
+                drained=lambda: requested(status()) > requested_before
+                or cycled(node_agents, namespace, besides=fresh) > 0,
+                first=skewed,
+            )  # fmt: skip
             assert skew(skewed) > 1.25, f"the rolling restart should skew the pool: {skewed}"
             needed = excess(skewed)
 
@@ -276,6 +246,11 @@ def test_a_pool_with_no_sidecar_in_a_baseline_namespace_is_balanced_by_the_node_
                 what="the pool balanced again", timeout=180,
             )  # fmt: skip
             total = cycled(node_agents, namespace, besides=fresh)
+            # The operator read what was cycled from the node agent on each pod's hostIP.
+            eventually(lambda: [e for e in status().get("pods") or []
+                                if e.get("lastDrainState") == "done"
+                                and e.get("lastDrainConfirmed")],
+                       what="a drain confirmed by a node agent in status", timeout=60)  # fmt: skip
     finally:
         stop.set()
         follower.join(5)
@@ -284,9 +259,10 @@ def test_a_pool_with_no_sidecar_in_a_baseline_namespace_is_balanced_by_the_node_
 
     print(f"cycled {total} for {needed:g} needed: {skewed} -> {final}")
     assert total > 0
-    # Issue 15 asks for 1.1; runs here measured 1.02 and once 1.18 (47 for 40) on a loaded
-    # machine, so the bound CI holds is 1.25 until the over-shed is understood (issue 14).
-    assert total / needed <= 1.25, f"cycled {total} for {needed:g} needed ({skewed} -> {final})"
+    # Runs here measured 41 for 40 twice. A bound of 1.25 was held before ``needed`` was
+    # taken at the last look before the first drain: taken as soon as 95% of the clients were
+    # back, it could miss late reconnects that the operator did see (once 47 for 40).
+    assert total / needed <= 1.1, f"cycled {total} for {needed:g} needed ({skewed} -> {final})"
     served = [p for a in node_agents for p in a.get("/status")["pods"]]
     assert {p["netns"] for p in served} == {"host: the node's namespace"}
     assert {p["port"] for p in served} == {AUTH_PORT}

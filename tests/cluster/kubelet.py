@@ -62,6 +62,23 @@ def pre_stop(c: Any, mounts: MountTable) -> list[str] | None:
     return None  # none, or an httpGet hook (not run)
 
 
+def pinned_node(spec: Any) -> str | None:
+    """The one node a pod names: by ``nodeSelector`` on ``kubernetes.io/hostname``, or by a
+    required node affinity term on ``metadata.name`` (how the DaemonSet controller pins each
+    pod); None if it names none."""
+    named = (spec.node_selector or {}).get("kubernetes.io/hostname")
+    if named:
+        return str(named)
+    affinity = spec.affinity.node_affinity if spec.affinity else None
+    required = affinity.required_during_scheduling_ignored_during_execution if affinity else None
+    for term in required.node_selector_terms if required else []:
+        for rule in [*(term.match_fields or []), *(term.match_expressions or [])]:
+            if (rule.key in ("metadata.name", "kubernetes.io/hostname") and rule.operator == "In"
+                    and len(rule.values or []) == 1):
+                return str(rule.values[0])
+    return None
+
+
 @dataclass(slots=True)
 class Pod:
     uid: str
@@ -87,6 +104,8 @@ class Kubelet:
         self.stop = threading.Event()
         self.network, self.slot_lock = self.claim_slot()
         self.free_ips = (str(ip) for ip in self.network.hosts() if ip.packed[-1] not in (0, 255))
+        # Each node its own address: its InternalIP, its pods' hostIP, its hostNetwork pods' IP.
+        self.node_ips = {name: next(self.free_ips) for name in nodes}
 
     def claim_slot(self) -> tuple[ipaddress.IPv4Network, Any]:
         """Hold a /20 of 127.1.0.0/16 while the kubelet lives: parallel clusters never share IPs."""
@@ -114,7 +133,7 @@ class Kubelet:
         resources = {"cpu": "16", "memory": "64Gi", "pods": "250"}
         status = {
             "conditions": [{**ready, "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "addresses": [{"type": "InternalIP", "address": self.node_ips[name]}],
             "capacity": resources,
             "allocatable": resources,
             "nodeInfo": {"kubeletVersion": "v1.35.4-test", "containerRuntimeVersion": "process://"},
@@ -149,7 +168,7 @@ class Kubelet:
             seen.add(meta.uid)
             if not spec.node_name:
                 if meta.deletion_timestamp is None:
-                    self.bind(meta.namespace, meta.name)
+                    self.bind(obj)
                 continue
             if spec.node_name not in self.nodes:
                 continue
@@ -179,9 +198,16 @@ class Kubelet:
             for container in self.pods.pop(uid).containers:  # removed behind our back
                 container.signal(signal.SIGKILL)
 
-    def bind(self, namespace: str, name: str) -> None:
-        node = self.nodes[self.next_node % len(self.nodes)]
-        self.next_node += 1
+    def bind(self, obj: Any) -> None:
+        """To the node the pod asks for by name (a DaemonSet's pods do, by node affinity), else
+        round-robin: there is no scheduler."""
+        namespace, name = obj.metadata.namespace, obj.metadata.name
+        node = pinned_node(obj.spec)
+        if node is None:
+            node = self.nodes[self.next_node % len(self.nodes)]
+            self.next_node += 1
+        elif node not in self.nodes:
+            return  # no such node: it stays Pending, as it would unscheduled
         body = client.V1Binding(
             metadata=client.V1ObjectMeta(name=name),
             target=client.V1ObjectReference(kind="Node", name=node),
@@ -205,6 +231,7 @@ class Kubelet:
         volumes = PodVolumes(
             root=pod_dir / "volumes", pod=obj, core=self.core,
             token=lambda audience, seconds: self.token(obj, audience=audience, seconds=seconds),
+            node_root=self.run_dir / "nodes" / spec.node_name,
         )  # fmt: skip
         try:
             volumes.sync(obj)
@@ -212,7 +239,7 @@ class Kubelet:
             self.wait_for_volumes(obj, error)
             return None
         self.waiting.pop(meta.uid, None)
-        ip = next(self.free_ips)
+        ip = self.node_ips[spec.node_name] if spec.host_network else next(self.free_ips)
         base = {
             "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1", "POD_NAME": meta.name, "POD_NAMESPACE": meta.namespace,
@@ -320,9 +347,10 @@ class Kubelet:
             return {"type": kind, "status": value, "lastTransitionTime": stamp}
 
         start = obj.status.start_time
+        host = self.node_ips[obj.spec.node_name]
         status = {
-            "phase": phase, "podIP": pod.ip, "podIPs": [{"ip": pod.ip}], "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}], "containerStatuses": statuses,
+            "phase": phase, "podIP": pod.ip, "podIPs": [{"ip": pod.ip}], "hostIP": host,
+            "hostIPs": [{"ip": host}], "containerStatuses": statuses,
             "startTime": start.strftime("%Y-%m-%dT%H:%M:%SZ") if start else now(),
             "conditions": [condition("PodScheduled", "True"), condition("Initialized", "True"),
                            condition("ContainersReady", containers_ready),

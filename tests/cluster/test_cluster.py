@@ -242,3 +242,47 @@ spec:
     (log,) = (cluster.run_dir / "pods").glob(f"{namespace}_whoami_*/main.log")
     assert log.read_text() == f"system:serviceaccount:{namespace}:default"
     assert phase() == "Succeeded"
+
+
+DAEMONSET = """
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: per-node, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: per-node}}}}
+  template:
+    metadata: {{labels: {{app: per-node}}}}
+    spec:
+      hostNetwork: true
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: sleeper
+        image: none
+        command: [sleep, infinity]
+        volumeMounts: [{{name: state, mountPath: /var/lib/per-node}}]
+        env: [{{name: STATE, value: /var/lib/per-node}}]
+      volumes:
+      - name: state
+        hostPath: {{path: /var/lib/per-node, type: DirectoryOrCreate}}
+"""
+
+
+def test_a_daemonset_runs_one_host_network_pod_on_each_node_at_its_address(
+    cluster: Cluster, namespace: str, core: client.CoreV1Api, servers: str
+) -> None:
+    cluster.run_kubectl("apply", "-f", "-", stdin=DAEMONSET.format(ns=namespace))
+    cluster.run_kubectl("rollout", "status", "-n", namespace, "daemonset/per-node",
+                        "--timeout=90s")
+    nodes = {n.metadata.name: next(a.address for a in n.status.addresses
+                                   if a.type == "InternalIP")
+             for n in core.list_node().items}  # fmt: skip
+    assert len(set(nodes.values())) == len(nodes) == 2  # each node its own address
+    daemons = core.list_namespaced_pod(namespace, label_selector="app=per-node").items
+    assert sorted(p.spec.node_name for p in daemons) == sorted(nodes)  # one on each
+    for pod in daemons:
+        assert pod.status.pod_ip == pod.status.host_ip == nodes[pod.spec.node_name]
+        # Its hostPath is the node's own: made under that node's root, not shared.
+        assert (cluster.run_dir / "nodes" / pod.spec.node_name / "var/lib/per-node").is_dir()
+    for pod in live_pods(core, servers):  # other pods: an address of their own, on their node
+        assert pod.status.host_ip == nodes[pod.spec.node_name]
+        assert pod.status.pod_ip not in nodes.values()

@@ -3,8 +3,9 @@
 Kinds: ``downwardAPI`` (labels, annotations, name, namespace, uid, or one label or annotation),
 ``secret`` and ``configMap`` (every key as a file, or ``items``; ``defaultMode`` and per-item
 ``mode``; ``optional``), ``projected`` (those three and ``serviceAccountToken``), ``emptyDir``, and
-``hostPath`` (the host's own path). Any other kind is an empty directory. A volume lives in
-``<pod dir>/volumes/<name>``.
+``hostPath`` (the path under the node's own root, ``<run dir>/nodes/<node>``, since the test
+nodes share one host; ``DirectoryOrCreate`` makes it). Any other kind is an empty directory. A
+volume lives in ``<pod dir>/volumes/<name>``.
 
 Content is published as the kubelet's AtomicWriter publishes it: the files go into a fresh
 ``..<timestamp>`` directory, a ``..data_tmp`` symlink to it is renamed over ``..data`` (one
@@ -149,8 +150,10 @@ class MountTable:
 class PodVolumes:
     """One pod's volumes on the host: ``sync`` writes them, ``mounts`` maps a container's."""
 
-    def __init__(self, *, root: Path, pod: Any, core: client.CoreV1Api, token: TokenSource) -> None:
+    def __init__(self, *, root: Path, pod: Any, core: client.CoreV1Api, token: TokenSource,
+                 node_root: Path) -> None:
         self.root = root
+        self.node_root = node_root
         self.namespace = pod.metadata.namespace
         self.volumes = {volume.name: volume for volume in pod.spec.volumes or []}
         self._core = core
@@ -163,7 +166,7 @@ class PodVolumes:
     def host_dir(self, name: str) -> Path:
         volume = self.volumes.get(name)
         if volume is not None and volume.host_path is not None:
-            return Path(volume.host_path.path)
+            return self.node_root / volume.host_path.path.lstrip("/")
         return self.root / name
 
     def mounts(self, container: Any) -> MountTable:
@@ -186,6 +189,8 @@ class PodVolumes:
             if payload is None:
                 if volume.host_path is None:
                     (self.root / name).mkdir(parents=True, exist_ok=True)
+                elif volume.host_path.type == "DirectoryOrCreate":
+                    self.host_dir(name).mkdir(parents=True, exist_ok=True)
             elif self._published.get(name) != payload:
                 try:
                     publish(self.root / name, payload)
