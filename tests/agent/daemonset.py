@@ -94,16 +94,20 @@ def chart_with_node_agent(
     cluster: Cluster, *, release: str, namespace: str, watch: str, port: int,
     sets: tuple[str, ...] = (),
 ) -> Iterator[list[NodeAgentPod]]:
-    """``helm install`` of the chart into ``namespace`` (made for it: the DaemonSet's namespace
-    stays at Pod Security ``privileged``), watching ``watch``, with the node agent DaemonSet on
+    """``helm install`` of the chart into ``namespace`` (made for it, and labelled Pod Security
+    ``privileged`` for the DaemonSet), watching ``watch``, with the node agent DaemonSet on
     ``port``; its pods once each is Ready. Uninstalled after, and every node agent's log is
     checked for a traceback."""
     cluster.run_kubectl("apply", "-f", str(ROOT / "manifests" / "crd.yaml"))
+    # As docs/node-agent.md says to: that namespace, and only that one, at privileged.
+    cluster.run_kubectl("create", "namespace", namespace)
+    cluster.run_kubectl("label", "namespace", namespace,
+                        "pod-security.kubernetes.io/enforce=privileged")
     settings = ["nodeAgent.enabled=true", "nodeAgent.netnsFrom={host}", f"nodeAgent.port={port}",
                 f"watchNamespaces={{{watch}}}", "logLevel=DEBUG", *sets]  # fmt: skip
     done = helm().run(
         "install", release, str(ROOT / "charts" / "connbalance"), "--namespace", namespace,
-        "--create-namespace", "--kubeconfig", str(cluster.kubeconfig),
+        "--kubeconfig", str(cluster.kubeconfig),
         *[arg for s in settings for arg in ("--set", s)], "--wait", "--timeout", "180s",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

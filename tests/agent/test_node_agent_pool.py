@@ -197,7 +197,11 @@ def test_a_pool_with_no_sidecar_in_a_baseline_namespace_is_balanced_by_the_node_
                 "balance": {"settleSeconds": 25, "stepIntervalSeconds": 3,
                             "maxFractionPerStep": 0.5, "maxPoolFractionPerStep": 0.5,
                             "minConnections": 10},
-                "actuation": {"agent": "node", "serverPort": AUTH_PORT, "windowSeconds": 2,
+                # A 6 s window (the recipe's is 30 s): the kernel refuses a shed client's
+                # reconnects for the window and 1 s more, and a client refused twice may come
+                # back after that, to its old pod. With 2 s, the closes of the window's last
+                # second were half of them, and a run cycled 45 for 40.
+                "actuation": {"agent": "node", "serverPort": AUTH_PORT, "windowSeconds": 6,
                               "quietMillis": 100, "deadlineSeconds": 10},
             }  # fmt: skip
             body = {"apiVersion": "connbalance.io/v1alpha1", "kind": "ConnectionBalancer",
@@ -259,9 +263,9 @@ def test_a_pool_with_no_sidecar_in_a_baseline_namespace_is_balanced_by_the_node_
 
     print(f"cycled {total} for {needed:g} needed: {skewed} -> {final}")
     assert total > 0
-    # Runs here measured 41 for 40 twice. A bound of 1.25 was held before ``needed`` was
-    # taken at the last look before the first drain: taken as soon as 95% of the clients were
-    # back, it could miss late reconnects that the operator did see (once 47 for 40).
+    # Runs here measured 41 for 40, 41 for 40 and 47 for 48. A bound of 1.25 was held before
+    # ``needed`` was taken at the last look before the first drain: taken as soon as 95% of the
+    # clients were back, it could miss late reconnects that the operator did see.
     assert total / needed <= 1.1, f"cycled {total} for {needed:g} needed ({skewed} -> {final})"
     served = [p for a in node_agents for p in a.get("/status")["pods"]]
     assert {p["netns"] for p in served} == {"host: the node's namespace"}
