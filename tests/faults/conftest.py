@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cluster.cluster import Cluster
-from tests.faults.kit import apply_crd, kubectl
+from tests.e2e.scenario_kit import apply_crd
+from tests.faults.kit import kubectl
 
 
 @pytest.fixture(scope="module")

@@ -74,12 +74,6 @@ def kubectl(cluster: Cluster, *args: str, stdin: str | None = None,
     return done
 
 
-def apply_crd(cluster: Cluster) -> None:
-    kubectl(cluster, "apply", "-f", str(ROOT / "manifests" / "crd.yaml"))
-    kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/connectionbalancers.connbalance.io")
-
-
 # -- the pool -------------------------------------------------------------------------------
 
 

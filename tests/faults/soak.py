@@ -42,12 +42,12 @@ from typing import Any
 
 from connbalance.controller.state import step_of
 from tests.cluster.cluster import Cluster, default_run_dir
+from tests.e2e.scenario_kit import apply_crd
 from tests.faults.kit import (
     Clients,
     Operator,
     Pool,
     agents_ledger,
-    apply_crd,
     balancer_manifest,
     drain_annotations,
     kubectl,

@@ -10,11 +10,11 @@ import pytest
 
 from tests.cluster.cluster import Cluster
 from tests.e2e.pool import agent_status
+from tests.e2e.scenario_kit import apply_crd
 from tests.faults.kit import (
     Operator,
     Pool,
     agents_ledger,
-    apply_crd,
     assert_nothing_twice_and_caps_held,
     balancer_manifest,
     condition,

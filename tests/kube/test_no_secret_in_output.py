@@ -19,11 +19,11 @@ import yaml
 
 from tests.cluster.cluster import Cluster
 from tests.e2e.pool import HTTP_PORT
+from tests.e2e.scenario_kit import apply_crd
 from tests.faults.kit import (
     TOKEN,
     Operator,
     Pool,
-    apply_crd,
     balancer_manifest,
     condition,
     kubectl,

@@ -25,7 +25,7 @@ import yaml
 
 from tests.chart.helmrun import Helm
 from tests.cluster.cluster import Cluster
-from tests.faults.kit import apply_crd
+from tests.e2e.scenario_kit import apply_crd
 from tests.kube import rbacdoc
 
 pytestmark = pytest.mark.cluster
