@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -297,13 +298,14 @@ class Bench:
             raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout
 
-    def wait(self, what: str, check: Any, timeout: float) -> None:
+    def wait(self, what: str, check: Any, timeout: float,
+             explain: Callable[[], str] = lambda: "") -> None:
         deadline = time.monotonic() + timeout
         while not check():
             if self.watcher is not None and not self.watcher.alive:
                 raise RuntimeError(f"bench: the pool's watcher stopped while waiting: {what}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"bench: not within {timeout:.0f}s: {what}")
+                raise TimeoutError(f"bench: not within {timeout:.0f}s: {what}{explain()}")
             time.sleep(1.0)
         print(f"bench: {what}", file=sys.stderr, flush=True)
 
@@ -368,8 +370,17 @@ class Bench:
             left.update(n for n in chosen if phases.get(n) != "Balanced")
             return left == set(chosen) and set(phases.values()) == {"Balanced"}
 
+        def stuck() -> str:
+            body = {item["metadata"]["name"]: item.get("status") or {}
+                    for item in self.custom.list_namespaced_custom_object(
+                        "connbalance.io", "v1alpha1", POOL_NS, "connectionbalancers")["items"]}
+            never = sorted(set(chosen) - left)
+            others = {n: (st.get("phase"), st.get("message") or st.get("reason"))
+                      for n, st in sorted(body.items()) if st.get("phase") != "Balanced"}
+            return f"; never left Balanced: {never}; not Balanced now: {others}"
+
         self.wait("every rolled-out balancer left Balanced and came back", balanced_again,
-                  timeout=300)  # fmt: skip
+                  timeout=300, explain=stuck)  # fmt: skip
         figures = window.close(operator, proxy, self.cluster.audit_log, self.core)
         figures["skew_after_rollout_median"] = round(statistics.median(skews), 3)
         figures["rolled_out"] = len(chosen)
