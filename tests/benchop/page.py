@@ -52,25 +52,22 @@ ROWS = (
 
 WHY = {
     "list_calls_balanced": (
-        "each tick lists the pool's pods twice, once to observe the pool and once to find pods "
-        "whose readiness-gate condition is due to reopen, and reads the workload and the "
-        "ConnectionBalancer. The operator already watches every pod (its wake-ups); serving "
-        "both reads from that watch's cache, and the sweep only when a pod of the pool carries "
-        "the condition, would leave no list call in steady state."
+        "a tick lists the pool again only when the watches saw something in its namespace move "
+        "(connbalance.kube.podchanges); a list while balanced means a pod or workload event, or "
+        "the 300 s resync."
     ),
     "cpu_share_balanced_under": (
-        "every balanced tick reads everything again (the two pod lists above, the workload, the "
-        "resource, one PromQL query), about 25 ms of CPU each here; 100 balancers stepping every "
-        "10 s make about 9 ticks a second. The blocking reads also queue on asyncio's default "
-        "thread pool (6 threads on 2 CPUs), a likely cause, not yet measured, of the long p99 "
-        "delay from a finished rollout to its first drain. Reads from the watch cache would "
-        "remove most of the cost; a longer sleep while balanced (any pod or workload change "
-        "wakes the loop anyway) the rest."
+        "no pod list is left per tick, but every balanced tick still GETs the "
+        "ConnectionBalancer and runs one PromQL query; 100 balancers stepping every 10 s make "
+        "about 13 ticks a second. Reading the resource from the watch that already delivers it, "
+        "and a longer sleep while balanced (any pod or workload change wakes the loop anyway), "
+        "would remove most of the rest."
     ),
     "writes_balanced": (
-        "not yet known: the writes while balanced are status patches and Events (see the verbs "
-        "in the JSON), so some balancers left Balanced during the window; the bench does not yet "
-        "say which or why."
+        "see the Events by reason: PodMissing means Prometheus had no fresh sample of a pod for "
+        "a tick (here, one Prometheus scraping every pod of the bench), so the balancer left "
+        "Balanced for that tick and wrote its status; the writes follow the scrapes, not the "
+        "operator's own state."
     ),
 }
 
