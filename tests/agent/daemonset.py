@@ -10,11 +10,8 @@ loopback address, so the node agents serve them as ``hostNetwork`` pods are serv
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +21,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from tests.agent.nodestatus import node_agent_get, node_agent_request
 from tests.chart.helmrun import Helm
 from tests.cluster.cluster import Cluster
 
@@ -55,17 +53,10 @@ class NodeAgentPod:
     log_path: Path
 
     def get(self, path: str) -> Any:
-        url = f"http://{self.address}:{self.port}{path}"
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            body = answer.read().decode()
-        return json.loads(body) if path != "/metrics" else body
+        return node_agent_get(f"http://{self.address}:{self.port}", path)
 
     def request(self, namespace: str, pod: str, request_id: str) -> dict[str, Any] | None:
-        try:
-            status = self.get(f"/v1/pods/{namespace}/{pod}")
-        except urllib.error.HTTPError:
-            return None
-        return next((r for r in status["requests"] if r["id"] == request_id), None)
+        return node_agent_request(f"http://{self.address}:{self.port}", namespace, pod, request_id)
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

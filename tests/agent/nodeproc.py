@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.agent.nodestatus import node_agent_get, node_agent_request
 from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,17 +44,10 @@ class NodeAgentProcess:
         self.port = int(found.group(1))
 
     def get(self, path: str) -> Any:
-        url = f"http://127.0.0.1:{self.port}{path}"
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            body = answer.read().decode()
-        return json.loads(body) if path != "/metrics" else body
+        return node_agent_get(f"http://127.0.0.1:{self.port}", path)
 
     def request(self, namespace: str, pod: str, request_id: str) -> dict[str, Any] | None:
-        try:
-            status = self.get(f"/v1/pods/{namespace}/{pod}")
-        except urllib.error.HTTPError:
-            return None
-        return next((r for r in status["requests"] if r["id"] == request_id), None)
+        return node_agent_request(f"http://127.0.0.1:{self.port}", namespace, pod, request_id)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:
