@@ -138,7 +138,7 @@ def scan_and_select(agent: Any, repeats: int) -> dict[str, Any]:
         marks.append((time.perf_counter(), time.thread_time()))
         eligible = frozenset(c.id for c in connections)
         marks.append((time.perf_counter(), time.thread_time()))
-        if pick(connections, eligible=eligible, claimed=set()) is None and seen:
+        if pick(connections, eligible=eligible, claimed=set(), quiet_seconds=0.2) is None and seen:
             raise RuntimeError("pick chose nothing among established sockets")
         marks.append((time.perf_counter(), time.thread_time()))
         for i, name in enumerate(names):

@@ -104,7 +104,7 @@ def engine(conns: Iterable[Conn], *, seed: int = 3, max_fraction: float = 1.0) -
 
 
 def quiet_conns(n: int) -> list[Conn]:
-    # Idlest first is c0: it fell silent longest ago.
+    # c5 went quiet last, c0 first: freshly quiet first closes c5, then c4, and so on.
     return [Conn(f"c{i}", activity=(-60.0 + i,)) for i in range(n)]
 
 
@@ -138,7 +138,7 @@ async def run_out(agent: ListEngine, request_id: str, *, seconds: float) -> Requ
     return status
 
 
-def test_each_close_happens_at_its_seeded_time_in_the_window_idlest_connection_first():
+def test_each_close_happens_at_its_seeded_time_in_the_window_freshly_quiet_first():
     # Seed 3 draws 0.2380, 0.5442, 0.3700, 0.6039: one close in each half second of the 2 s.
     async def scenario() -> None:
         agent = engine(quiet_conns(6), seed=3)
@@ -147,7 +147,7 @@ def test_each_close_happens_at_its_seeded_time_in_the_window_idlest_connection_f
         assert [c.at for c in agent.closed] == pytest.approx(
             [0.118982, 0.772115, 1.184978, 1.801960], abs=1e-6
         )
-        assert [c.id for c in agent.closed] == ["c0", "c1", "c2", "c3"]
+        assert [c.id for c in agent.closed] == ["c5", "c4", "c3", "c2"]
         assert (final.cycled, final.forced, final.reason) == (4, 0, "")
 
     run(scenario())
@@ -331,9 +331,10 @@ def test_a_repeated_id_returns_the_known_status_and_schedules_nothing():
     run(scenario())
 
 
-def test_a_slot_whose_connection_left_by_itself_closes_the_next_idlest_instead():
+def test_a_slot_whose_connection_left_by_itself_closes_the_next_one_instead():
     async def scenario() -> None:
-        # Neither is quiet for 500 ms yet; "first" is the idler, and leaves while its close waits.
+        # Neither is quiet for 500 ms yet; "first" is the nearer to quiet, so comes first, and
+        # leaves while its close waits.
         conns = [
             Conn("first", activity=(-0.25,), leaves_at=0.125),
             Conn("second", activity=(-0.125,)),

@@ -1,8 +1,9 @@
 import random
+from dataclasses import replace
 
 import pytest
 
-from connbalance.agent.selection import ConnectionInfo, ceiling, idlest_first, pick, spread
+from connbalance.agent.selection import ConnectionInfo, ceiling, freshly_quiet_first, pick, spread
 
 
 def conn(conn_id: str, *, idle: float, queued: int = 0, opened: float = 0.0) -> ConnectionInfo:
@@ -26,20 +27,34 @@ def test_the_ceiling_rounds_down_so_it_is_never_exceeded(active, fraction, expec
     assert ceiling(active=active, max_fraction=fraction) == expected
 
 
-def test_idle_connections_come_first_and_queued_data_counts_as_busy():
-    ranked = idlest_first(
+def test_quiet_connections_come_first_the_one_quiet_for_the_shortest_time_first():
+    # A client that has just had its answer is the furthest from its next call.
+    ranked = freshly_quiet_first(
         [
-            conn("busy", idle=0.01),
-            conn("queued", idle=50, queued=10),
+            conn("queued", idle=0.5, queued=10),
+            conn("talking", idle=0.01),
             conn("idle", idle=9),
             conn("idler", idle=30),
-        ]
+            conn("fresh", idle=0.3),
+            conn("nearly", idle=0.15),
+        ],
+        quiet_seconds=0.2,
     )
-    assert [c.id for c in ranked] == ["idler", "idle", "busy", "queued"]
+    # Quiet, most recently quiet first; then not quiet yet, the nearest to quiet first; then
+    # queued data, which is never idle.
+    assert [c.id for c in ranked] == ["fresh", "idle", "idler", "nearly", "talking", "queued"]
+
+
+def test_a_pending_request_puts_a_connection_last_however_quiet():
+    waiting = replace(conn("waiting", idle=0.5), client_spoke_last=True)
+    ranked = freshly_quiet_first([waiting, conn("answered", idle=5)], quiet_seconds=0.2)
+    assert [c.id for c in ranked] == ["answered", "waiting"]
 
 
 def test_equally_idle_connections_go_oldest_first():
-    ranked = idlest_first([conn("young", idle=5, opened=50), conn("old", idle=5, opened=10)])
+    ranked = freshly_quiet_first(
+        [conn("young", idle=5, opened=50), conn("old", idle=5, opened=10)], quiet_seconds=0.2
+    )
     assert [c.id for c in ranked] == ["old", "young"]
 
 
@@ -61,8 +76,8 @@ def test_a_zero_window_closes_everything_at_once():
 
 
 def test_pick_skips_connections_that_are_claimed_or_were_not_there_when_the_request_came():
-    candidates = [conn("a", idle=10), conn("b", idle=20), conn("new", idle=99)]
-    chosen = pick(candidates, eligible=frozenset({"a", "b"}), claimed={"b"})
+    candidates = [conn("a", idle=20), conn("b", idle=10), conn("new", idle=1)]
+    chosen = pick(candidates, eligible=frozenset({"a", "b"}), claimed={"b"}, quiet_seconds=0.2)
     assert chosen is not None
     assert chosen.id == "a"
-    assert pick(candidates, eligible=frozenset({"b"}), claimed={"b"}) is None
+    assert pick(candidates, eligible=frozenset({"b"}), claimed={"b"}, quiet_seconds=0.2) is None

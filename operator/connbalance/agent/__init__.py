@@ -6,10 +6,10 @@ no ``time.monotonic``, ``time.time``, ``datetime.now`` or timed ``asyncio.sleep`
 schedule can be driven by a fake clock in tests (timeouts on I/O, and the pace at which the
 intakes poll, stay on the event loop's time). Both modes share one engine (``engine.py``):
 deduplicated intake (an id is acted on at most once, even across restarts, via the state file),
-the ``max_fraction`` ceiling, closes spread over the window with jitter, idlest connections
-first, graceful (quiet) closes and forced ones at the deadline, counted apart. The node agent
-(``node.py``, ``connbalance node-agent``) runs one reset-mode agent per pod of its node, each in
-that pod's network namespace (``podns.py`` finds it, ``netns.py`` enters it).
+the ``max_fraction`` ceiling, closes spread over the window with jitter, the most freshly quiet
+connections first, graceful (quiet) closes and forced ones at the deadline, counted apart. The
+node agent (``node.py``, ``connbalance node-agent``) runs one reset-mode agent per pod of its
+node, each in that pod's network namespace (``podns.py`` finds it, ``netns.py`` enters it).
 
 In-process API (stable; the fleet simulator uses it)::
 

@@ -292,11 +292,17 @@ class DrainEngine(abc.ABC):
     async def _slot(
         self, request: DrainRequest, at: float, eligible: frozenset[str], deadline: float
     ) -> None:
-        """One close of a request: at its time, the idlest eligible connection nobody else is
-        closing; another one if that one goes away by itself first."""
+        """One close of a request: at its time, the eligible connection nobody else is closing
+        that went quiet most recently (``freshly_quiet_first``); another one if that one goes
+        away by itself first."""
         await self.clock.sleep(at - self.clock.monotonic())
         for _ in range(_REPICK_LIMIT):
-            conn = pick(self.connections(), eligible=eligible, claimed=self._claimed)
+            conn = pick(
+                self.connections(),
+                eligible=eligible,
+                claimed=self._claimed,
+                quiet_seconds=request.quiet_millis / 1000.0,
+            )
             if conn is None:
                 return
             outcome = await self._claim_and_close(conn.id, request.quiet_millis / 1000.0, deadline)

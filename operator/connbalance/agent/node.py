@@ -4,10 +4,10 @@ One ``NodeAgent`` runs per node (a DaemonSet). It is handed the pods bound to it
 reports them (``nodeapi.py`` watches them) and acts on their drain annotations with the same
 protocol as the sidecar: an id is acted on once, ever (a state file per pod uid, so a restart of
 the node agent never repeats one), never more than the count asked nor more than its
-``max_fraction`` ceiling, closes spread over the window, idlest first, steering by a self-expiring
-nftables element. Each pod it serves gets a ``ResetAgent`` of its own, working in the pod's network
-namespace (``podns.py`` finds it, ``netns.py`` enters it), limited to the pod's address and the
-server port its ConnectionBalancer names.
+``max_fraction`` ceiling, closes spread over the window, the most freshly quiet first, steering
+by a self-expiring nftables element. Each pod it serves gets a ``ResetAgent`` of its own,
+working in the pod's network namespace (``podns.py`` finds it, ``netns.py`` enters it), limited
+to the pod's address and the server port its ConnectionBalancer names.
 
 Who may ask: a request is refused unless its ``policy`` names a ConnectionBalancer in the pod's
 namespace that selects the pod and says ``actuation.agent: node`` (so a sidecar and the node agent
