@@ -8,8 +8,8 @@ mode's plot (``benchdocs``). Progress goes to stderr, so stdout stays one docume
 Field meanings: ``needed`` is the load above the mean when the rollout finished; ``cycled`` the
 connections closed on purpose from the start of the rollout to the end (restarts excluded);
 ``time_to_balance_s`` runs from the finished rollout until max/mean stays at or under 1.10 for
-the rest of the run (null if it never does); ``churn_when_balanced`` counts closes made while
-the pool was already balanced, as the controller judges it (``measures``). Each result also
+the rest of the run (null if it never does); ``churn_when_balanced`` counts closes ordered
+while the pool was already balanced, as the controller judges it (``measures``). Each result also
 carries the run's lower bounds and its figures as ratios to them (``bounds``).
 
 Strategies run one at a time unless ``--parallel`` says otherwise, ``--quick`` included: on two

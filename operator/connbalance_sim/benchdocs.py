@@ -43,8 +43,8 @@ COLUMNS: Final = (
     "under 1.10 to the end (a strategy that only wanders under it near the end gets a "
     "late time by luck); *needed* is the load above the mean when the rollout finished; "
     "*cycled* counts connections closed on purpose from the start of the rollout (the "
-    "restarts' own excluded); *churn when balanced* counts closes made while the pool was "
-    "already balanced. Each table comes from one run, on a machine that may be shared (the "
+    "restarts' own excluded); *churn when balanced* counts closes ordered while the pool "
+    "was already balanced. Each table comes from one run, on a machine that may be shared (the "
     "load average is given beside it): a strategy that only wanders around 1.10 (max-age, "
     "random-reconnect) can land either side of it from one run to the next."
 )

@@ -8,13 +8,15 @@ Times are seconds since the scenario started. Definitions (as the bench document
   the rest of the run, or None;
 - ``cycled``: connections closed on purpose (by an agent or a client, never by a restart) from
   the start of the rollout to the end of the run;
-- ``churn_when_balanced``: those of them closed while the pool was balanced as the controller
-  judges it, outside the rollout itself. The controller has hysteresis: a pool it is not working
-  on is balanced while max/mean is at or under 1 + ``balance.tolerance`` (1.10); once over it,
-  it works until max/mean is at or under 1 + ``balance.targetTolerance`` (1.05), and only then
-  is the pool balanced again. The samples are read the same way, whatever the strategy, with the
-  product's default tolerances; ``churn_within_tolerance`` is the plainer count of closes made
-  while the latest sample was at or under 1.10;
+- ``churn_when_balanced``: those of them closed, outside the rollout itself, on a decision
+  taken while the pool was balanced as the controller judges it (each close belongs to the
+  latest drain or close ordered before it; a step decided on a skewed pool that has become
+  balanced before its window ends is not churn). The controller has hysteresis: a pool it is
+  not working on is balanced while max/mean is at or under 1 + ``balance.tolerance`` (1.10);
+  once over it, it works until max/mean is at or under 1 + ``balance.targetTolerance`` (1.05),
+  and only then is the pool balanced again. The samples are read the same way, whatever the
+  strategy, with the product's default tolerances; ``churn_within_tolerance`` is the plainer
+  count of closes made while the latest sample was at or under 1.10, whatever ordered them;
 - ``cycled_again``: cycled connections that had been opened after the rollout finished, i.e.
   clients moved a second time (or more): what a plan that moves each connection once avoids;
 - ``failed_per_1000``: failed calls per 1,000 calls made from the rollout to the end.
@@ -22,6 +24,7 @@ Times are seconds since the scenario started. Definitions (as the bench document
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,18 +157,32 @@ def _outside_rollout(record: Record) -> list[float]:
             if not record.rollout_started <= t <= record.rollout_finished]
 
 
+DECISIONS = frozenset({"drain", "close"})  # event kinds that order closes: a step, a close
+
+
 def churn_when_balanced(record: Record) -> int:
-    """Closes made while the pool was balanced, hysteresis included (see the module)."""
+    """Closes made on a decision taken while the pool was balanced, hysteresis included (see the
+    module). A close belongs to the latest decision at or before it (a drain the controller
+    delivered, or the closes another strategy ordered), or to itself where no decision was
+    logged (clients that drop their own connections): the closes of a step decided on a skewed
+    pool are that step's work even when the pool is balanced before its window ends."""
     marks = balanced_at(record.samples)
+    decided = sorted(e.t for e in record.events if e.kind in DECISIONS)
     churn = 0
     for t in _outside_rollout(record):
-        latest = None
-        for at, balanced in marks:
-            if at > t:
-                break
-            latest = balanced
-        churn += bool(latest)
+        at = bisect.bisect_right(decided, t)
+        churn += _balanced_then(marks, decided[at - 1] if at else t)
     return churn
+
+
+def _balanced_then(marks: Sequence[tuple[float, bool]], t: float) -> bool:
+    """Whether the latest sample at or before ``t`` found the pool balanced (none: not)."""
+    latest = False
+    for at, balanced in marks:
+        if at > t:
+            break
+        latest = balanced
+    return latest
 
 
 def churn_within_tolerance(record: Record, *, bound: float = BALANCED) -> int:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from connbalance_sim import measures
-from connbalance_sim.measures import Record, Sample
+from connbalance_sim.measures import Event, Record, Sample
 
 
 def _record(loads: list[tuple[float, list[float]]], *, cycled_at: tuple[float, ...] = (),
-            rollout: tuple[float, float] = (0.0, 10.0), clients: int = 300) -> Record:
+            rollout: tuple[float, float] = (0.0, 10.0), clients: int = 300,
+            events: tuple[Event, ...] = ()) -> Record:
     samples = tuple(Sample(t=t, loads={f"p{i}": v for i, v in enumerate(values)})
                     for t, values in loads)
-    return Record(strategy="x", clients=clients, samples=samples, events=(), cycled_at=cycled_at,
-                  rollout_started=rollout[0], rollout_finished=rollout[1],
+    return Record(strategy="x", clients=clients, samples=samples, events=events,
+                  cycled_at=cycled_at, rollout_started=rollout[0], rollout_finished=rollout[1],
                   ended=samples[-1].t, failed_calls=0, calls=0)
 
 
@@ -54,6 +55,22 @@ def test_churn_follows_the_controllers_hysteresis_balanced_again_only_at_1_05():
                       (16.0, [108, 100, 92])], cycled_at=(11.0, 12.5, 14.5, 16.5))
     assert measures.churn_when_balanced(record) == 2  # 14.5 and 16.5
     assert measures.churn_within_tolerance(record) == 3  # 12.5, 14.5 and 16.5
+
+
+def test_a_close_belongs_to_the_decision_before_it_and_counts_as_churn_only_if_that_was_balanced():
+    # Skewed at 12 (1.20): a drain then is work, even for the closes made after the pool read
+    # 1.03 at 14. Balanced at 16 (1.03 still): a drain then is churn, and so is a close that no
+    # decision ordered (a client dropping its own connection is judged at its own time).
+    samples = [(10.0, [200, 100, 0]), (12.0, [120, 100, 80]), (14.0, [103, 100, 97]),
+               (16.0, [103, 100, 97]), (20.0, [103, 100, 97])]
+    events = (Event(t=12.5, kind="drain", pod="p0", text="drain p0: 3", count=3),
+              Event(t=13.0, kind="phase", pod="", text="phase Rebalancing"),
+              Event(t=16.5, kind="drain", pod="p0", text="drain p0: 1", count=1))
+    record = _record(samples, cycled_at=(13.0, 14.5, 15.5, 17.0), events=events)
+    assert measures.churn_when_balanced(record) == 1  # 17.0, ordered at 16.5
+    assert measures.churn_within_tolerance(record) == 3  # 14.5, 15.5 and 17.0, by their time
+    undecided = _record(samples, cycled_at=(13.0, 14.5, 17.0))
+    assert measures.churn_when_balanced(undecided) == 2  # 14.5 and 17.0, by their own time
 
 
 def test_a_connection_cycled_twice_is_one_opened_after_the_rollout():
