@@ -37,7 +37,7 @@ from connbalance_sim import benchdocs, bounds, harm, matrix, measures
 from connbalance_sim.fleet import AGENT_MODES, agent_mode
 from connbalance_sim.measures import Record
 from connbalance_sim.report import PlainView
-from connbalance_sim.scenario import Scenario
+from connbalance_sim.scenario import Scenario, client_processes_for
 from connbalance_sim.scenario import run as run_scenario
 from connbalance_sim.strategies import FACTORIES, NAMES
 
@@ -107,6 +107,7 @@ def scenario_from(args: argparse.Namespace) -> Scenario:
     # Two kinds of client, reported apart: half fail fast unless told otherwise.
     clients = changes.get("clients", base.clients)
     changes["failfast"] = clients // 2 if args.failfast is None else args.failfast
+    changes["client_processes"] = client_processes_for(clients)
     servers = changes.get("servers", base.servers)
     changes["restarts"] = servers if args.restarts is None else args.restarts
     return replace(base, **changes)

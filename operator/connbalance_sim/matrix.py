@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from connbalance_sim import bounds, matrixreport
 from connbalance_sim.report import PlainView
-from connbalance_sim.scenario import Scenario
+from connbalance_sim.scenario import Scenario, client_processes_for
 from connbalance_sim.scenario import run as run_scenario
 from connbalance_sim.strategies import FACTORIES
 
@@ -47,7 +47,6 @@ DURATION: Final = 10.0
 # The quick bench's controller timing; see the module docstring.
 TIMING: Final[dict[str, float]] = {"pause": 0.5, "warmup": 0.5, "ping": 2.0, "settle": 1.0,
                                    "step_interval": 1.0, "window": 1.0}
-CLIENTS_PER_PROCESS: Final = 600
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +128,7 @@ def scenario_for(base: Scenario, cell: Cell, seed: int, *, duration: float,
     return replace(
         timed, servers=cell.servers, restarts=cell.restarted, clients=cell.clients,
         seed=seed, duration=duration, block=0,
-        client_processes=max(1, math.ceil(cell.clients / CLIENTS_PER_PROCESS)),
+        client_processes=client_processes_for(cell.clients),
         # Two kinds of client, reported apart, as the plain bench has them: half fail fast.
         failfast=cell.clients // 2 if failfast is None else min(failfast, cell.clients))
 

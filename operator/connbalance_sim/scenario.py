@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import signal
 import sys
 import time
@@ -29,6 +30,15 @@ from connbalance_sim.measures import Event, Record, Sample
 from connbalance_sim.prom import LocalPrometheus
 from connbalance_sim.retrypolicy import service_config_json
 from connbalance_sim.scrape import ScrapeLoadSource
+
+# One grpcio client process keeps up with about this many clients on this machine; more go to
+# more processes, so that thousands of clients measure the pool and not one starved process.
+CLIENTS_PER_PROCESS = 600
+
+
+def client_processes_for(clients: int) -> int:
+    """How many client processes carry ``clients``: one per CLIENTS_PER_PROCESS, at least one."""
+    return max(1, math.ceil(clients / CLIENTS_PER_PROCESS))
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,3 +121,13 @@ def test_docs_show_each_client_groups_failed_calls_and_keep_the_harm_section(tmp
     text = page.read_text()
     assert text.count("## Harm to calls") == 1
     assert text.endswith("\n## Harm to calls\n\nthe causes\n")
+
+
+def test_thousands_of_clients_are_spread_over_several_client_processes():
+    from connbalance_sim.bench import parser, scenario_from
+
+    small = scenario_from(parser().parse_args(["--clients", "300"]))
+    large = scenario_from(parser().parse_args(["--servers", "5", "--clients", "3000"]))
+    assert small.client_processes == 1
+    assert large.client_processes == 5
+    assert (large.clients, large.failfast) == (3000, 1500)
