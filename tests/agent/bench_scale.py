@@ -1,11 +1,12 @@
 """``make bench-agent-scale``: the agent at 100,000 sockets (issue 14, item 6). One JSON document.
 
 - **reset scan and selection**: 100,000 established connections held on one server port, then
-  the reset-mode agent's own code does what the first close of a request does: list the
-  established sockets on the port with tcp_info (``ResetAgent`` through ``netlink.SockDiag``,
-  port filter in kernel bytecode, the pod's address checked per socket), turn them into
-  ``ConnectionInfo``, take the ids a request may cycle, and ``pick`` the idlest. Median of
-  ``--repeats``. The agent started before the clients connected, so its nftables table was in
+  the reset-mode agent's own code does what the first close of a request does: the scan that
+  lists the sockets a request may cycle (``ResetAgent.connection_ids``: one inet_diag walk of
+  both families with tcp_info, the port and the pod's address in kernel bytecode, unpacked a
+  chunk at a time), and the choice of the first to close over it (``ResetAgent._choose``).
+  Median of ``--repeats``; the count-only dump behind the active-connections gauge is timed
+  apart. The agent started before the clients connected, so its nftables table was in
   place while they did, and its refusal element is set while it scans: ``nf_conntrack_count``
   before and after says whether steering made the kernel track the connections.
 - **idle CPU**: the real agent process (``connbalance agent --mode reset``, as the recipe runs it:
@@ -122,24 +123,25 @@ def wait_established(port: int, sockets: int) -> int:
 
 
 def scan_and_select(agent: Any, repeats: int) -> dict[str, Any]:
-    """What the first close of a request costs, on the agent's own code, ``repeats`` times: wall
-    time, and this thread's CPU time (on a loaded machine, closer to what a quiet one takes)."""
-    from connbalance.agent.selection import pick
-
-    names = ("scan", "connections", "eligible", "pick")
+    """What a request's first close costs, on the agent's own code, ``repeats`` times: the scan
+    that lists what the request may cycle (``connection_ids``, as ``submit`` does), and the
+    choice of the first to close over that scan (``_choose``, as each close does). Wall time, and
+    this thread's CPU time (on a loaded machine, closer to what a quiet one takes). ``count`` is
+    apart, not in the total: the active-connections gauge's count-only dump."""
+    names = ("scan", "choose", "count")
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     seen = 0
     for _ in range(repeats):
         marks = [(time.perf_counter(), time.thread_time())]
-        seen = len(agent._sockets(fresh=True))
+        eligible = agent.connection_ids()
+        seen = len(eligible)
         marks.append((time.perf_counter(), time.thread_time()))
-        connections = agent.connections()
+        if agent._choose(eligible, set(), quiet_seconds=0.2) is None and seen:
+            raise RuntimeError("the agent chose nothing among established sockets")
         marks.append((time.perf_counter(), time.thread_time()))
-        eligible = frozenset(c.id for c in connections)
-        marks.append((time.perf_counter(), time.thread_time()))
-        if pick(connections, eligible=eligible, claimed=set(), quiet_seconds=0.2) is None and seen:
-            raise RuntimeError("pick chose nothing among established sockets")
+        if agent.active_count() < seen // 2:
+            raise RuntimeError("the count-only dump missed half the sockets")
         marks.append((time.perf_counter(), time.thread_time()))
         for i, name in enumerate(names):
             wall[name].append(marks[i + 1][0] - marks[i][0])
@@ -147,7 +149,7 @@ def scan_and_select(agent: Any, repeats: int) -> dict[str, Any]:
         time.sleep(0.2)
 
     def total(parts: dict[str, list[float]]) -> list[float]:
-        return [sum(run) for run in zip(*parts.values(), strict=True)]
+        return [scan + choose for scan, choose in zip(parts["scan"], parts["choose"], strict=True)]
 
     def ms(values: list[float]) -> float:
         return round(statistics.median(values) * 1000, 1)

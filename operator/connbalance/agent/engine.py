@@ -167,6 +167,20 @@ class DrainEngine(abc.ABC):
     def active_count(self) -> int:
         return len(self.connections())
 
+    def connection_ids(self) -> frozenset[str]:
+        """The ids of the connections open now: what a request arriving now may cycle."""
+        return frozenset(c.id for c in self.connections())
+
+    def _choose(
+        self, eligible: frozenset[str], claimed: set[str], *, quiet_seconds: float
+    ) -> str | None:
+        """The connection to close next (``selection.pick``'s order); a mode with many
+        connections may rank them faster, in the same order."""
+        conn = pick(
+            self.connections(), eligible=eligible, claimed=claimed, quiet_seconds=quiet_seconds
+        )
+        return None if conn is None else conn.id
+
     def cannot_cycle(self, reason: str) -> None:
         """From now on reject every request, saying ``reason`` in /status, the metrics and each
         rejection: an agent that stays up unable to act never takes its pod's readiness down."""
@@ -182,7 +196,9 @@ class DrainEngine(abc.ABC):
         if known is not None:
             self.metrics.count_request("duplicate")
             return replace(known, duplicate=True)
-        reason = self._refusal(request)
+        # Listed once: the ceiling counts them, and only they may be cycled.
+        eligible = self.connection_ids() if self._may_start(request) == "" else frozenset()
+        reason = self._refusal(request, active=len(eligible))
         state = RequestState.REJECTED if reason else RequestState.RUNNING
         status = RequestStatus(
             id=request.id, count=request.count, cycled=0, forced=0, state=state, reason=reason
@@ -194,7 +210,6 @@ class DrainEngine(abc.ABC):
             return status
         self.metrics.count_request("accepted")
         self.metrics.last_request.set(self.clock.now().timestamp())
-        eligible = frozenset(c.id for c in self.connections())
         task = asyncio.get_running_loop().create_task(
             self._run(request, eligible), name=f"drain {request.id}"
         )
@@ -213,12 +228,16 @@ class DrainEngine(abc.ABC):
             self._warned_no_steer = True
             log.warning("%s mode cannot refuse new connections: steer is ignored", self.mode)
 
-    def _refusal(self, request: DrainRequest) -> str:
+    def _may_start(self, request: DrainRequest) -> str:
         if self.degraded:
             return f"this agent cannot cycle connections: {self.degraded}"
         if request.deadline <= self.clock.now():
             return "deadline has passed"
-        active = self.active_count()
+        return ""
+
+    def _refusal(self, request: DrainRequest, *, active: int) -> str:
+        if reason := self._may_start(request):
+            return reason
         most = ceiling(active=active, max_fraction=self.max_fraction)
         # Requests still running hold part of the ceiling until they finish.
         pending = sum(
@@ -296,16 +315,12 @@ class DrainEngine(abc.ABC):
         that went quiet most recently (``freshly_quiet_first``); another one if that one goes
         away by itself first."""
         await self.clock.sleep(at - self.clock.monotonic())
+        quiet_seconds = request.quiet_millis / 1000.0
         for _ in range(_REPICK_LIMIT):
-            conn = pick(
-                self.connections(),
-                eligible=eligible,
-                claimed=self._claimed,
-                quiet_seconds=request.quiet_millis / 1000.0,
-            )
-            if conn is None:
+            conn_id = self._choose(eligible, self._claimed, quiet_seconds=quiet_seconds)
+            if conn_id is None:
                 return
-            outcome = await self._claim_and_close(conn.id, request.quiet_millis / 1000.0, deadline)
+            outcome = await self._claim_and_close(conn_id, quiet_seconds, deadline)
             if outcome is not None:
                 status = self._statuses[request.id]
                 self._statuses[request.id] = replace(

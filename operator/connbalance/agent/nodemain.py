@@ -48,29 +48,58 @@ def build_parser(prog: str = "connbalance node-agent") -> argparse.ArgumentParse
         "in each pod's own network namespace, when their ConnectionBalancer asks.",
     )
     add = parser.add_argument
-    add("--node", default=os.environ.get("NODE_NAME"),
-        help="this node's name (default $NODE_NAME): only pods bound to it are served")
-    add("--netns-from", type=_strategies, default=_strategies(DEFAULT_NETNS_FROM),
+    add(
+        "--node",
+        default=os.environ.get("NODE_NAME"),
+        help="this node's name (default $NODE_NAME): only pods bound to it are served",
+    )
+    add(
+        "--netns-from",
+        type=_strategies,
+        default=_strategies(DEFAULT_NETNS_FROM),
         help="how to find a pod's network namespace, tried in order: cgroup (/proc/*/cgroup "
         "naming the pod's uid), cri (crictl inspectp of its sandbox), host (the node's own, "
         "filtered by the pod's address; hostNetwork pods always are). "
-        f"Default {DEFAULT_NETNS_FROM}")
+        f"Default {DEFAULT_NETNS_FROM}",
+    )
     add("--proc", type=Path, default=PROC, help=f"the node's /proc (default {PROC})")
     add("--crictl", default="crictl", help="the crictl command, for --netns-from cri")
-    add("--runtime-endpoint", help="the CRI socket crictl talks to (e.g. "
-        "unix:///run/containerd/containerd.sock)")
-    add("--listen", type=_host_port, default=_host_port(DEFAULT_LISTEN),
-        help=f"HTTP: /healthz, /status, /metrics, /v1/pods/NS/NAME (default {DEFAULT_LISTEN})")
-    add("--state-dir", type=Path,
+    add(
+        "--runtime-endpoint",
+        help="the CRI socket crictl talks to (e.g. unix:///run/containerd/containerd.sock)",
+    )
+    add(
+        "--listen",
+        type=_host_port,
+        default=_host_port(DEFAULT_LISTEN),
+        help=f"HTTP: /healthz, /status, /metrics, /v1/pods/NS/NAME (default {DEFAULT_LISTEN})",
+    )
+    add(
+        "--state-dir",
+        type=Path,
         help="where each pod's seen request ids are kept, one file per pod uid (a hostPath "
-        "directory, so a new node agent pod never acts on an id twice)")
-    add("--max-fraction", type=_fraction, default=DEFAULT_MAX_FRACTION,
+        "directory, so a new node agent pod never acts on an id twice)",
+    )
+    add(
+        "--max-fraction",
+        type=_fraction,
+        default=DEFAULT_MAX_FRACTION,
         help="ceiling: a request may cycle at most this share of a pod's open connections "
-        f"(default {DEFAULT_MAX_FRACTION}); a larger count is rejected whole")
-    add("--namespace", action="append", default=[], dest="namespaces",
-        help="serve only pods in this namespace (repeat for more); default every namespace")
-    add("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
-        help="event loop: uvloop when installed (auto), or the standard one")
+        f"(default {DEFAULT_MAX_FRACTION}); a larger count is rejected whole",
+    )
+    add(
+        "--namespace",
+        action="append",
+        default=[],
+        dest="namespaces",
+        help="serve only pods in this namespace (repeat for more); default every namespace",
+    )
+    add(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: uvloop when installed (auto), or the standard one",
+    )
     add("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser  # fmt: skip
 

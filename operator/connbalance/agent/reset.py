@@ -26,14 +26,28 @@ import logging
 import os
 import random
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from connbalance.agent.engine import DrainEngine
-from connbalance.agent.netlink import NetlinkError, SockDiag, TcpSocket
+from connbalance.agent.netlink import (
+    ROW_BYTES_RECEIVED,
+    ROW_BYTES_SENT,
+    ROW_COOKIE,
+    ROW_INODE,
+    ROW_LAST_RECEIVED_MS,
+    ROW_LAST_SENT_MS,
+    ROW_RECV_QUEUE,
+    ROW_SEND_QUEUE,
+    NetlinkError,
+    SockDiag,
+    SocketRow,
+    TcpSocket,
+)
 from connbalance.agent.netns import NetworkNamespace
-from connbalance.agent.selection import ConnectionInfo
+from connbalance.agent.selection import CloseRank, ConnectionInfo, close_rank
 from connbalance.agent.steering import KernelSteering, SteeringUnavailable
 from connbalance.ports.clock import SYSTEM_CLOCK, Clock
 
@@ -124,7 +138,7 @@ class ResetAgent(DrainEngine):
         self._diag: SockDiag | None = None
         self._scan_at = -1.0
         self._scan_cost = 0.0
-        self._scan: dict[str, TcpSocket] = {}
+        self._scan: dict[str, SocketRow] = {}
         self._first_seen: dict[str, float] = {}
 
     async def start(self) -> None:
@@ -183,61 +197,128 @@ class ResetAgent(DrainEngine):
         except SteeringUnavailable as exc:
             log.warning("%s; this request cycles without steering", exc)
 
-    def _sockets(self, *, fresh: bool = False) -> dict[str, TcpSocket]:
+    def _sockets(self, *, fresh: bool = False) -> dict[str, SocketRow]:
         if self._diag is None:
             if self.degraded:
                 return {}
             raise RuntimeError("the reset agent has not started")
         now = self.clock.monotonic()
         if fresh or now - self._scan_at > max(_SCAN_REUSE_SECONDS, _SCAN_DUTY * self._scan_cost):
-            found = self._diag.established(port=self.port, address=self.address)
-            self._scan = {s.key: s for s in found}
+            rows = self._diag.established_rows(port=self.port, address=self.address)
+            self._scan = {row[ROW_COOKIE].hex(): row for row in rows}
             self._scan_at = now
             self._scan_cost = self.clock.monotonic() - now
-            self._first_seen = {k: self._first_seen.get(k, now) for k in self._scan}
         return self._scan
+
+    def active_count(self) -> int:
+        if self._diag is None:
+            return 0
+        return self._diag.count_established(port=self.port, address=self.address)
+
+    def connection_ids(self) -> frozenset[str]:
+        return frozenset(self._sockets(fresh=True))
 
     def connections(self) -> list[ConnectionInfo]:
         sockets = self._sockets()
         now = self._scan_at
+        # First seen by this agent (the kernel does not say when a socket was opened); kept for
+        # what asks for the list, not updated by the scans a request makes.
+        self._first_seen = {k: self._first_seen.get(k, now) for k in sockets}
         return [
             ConnectionInfo(
                 id=key,
-                peer=s.remote,
-                # First seen by this agent: the kernel does not say when a socket was opened.
-                opened_at=self._first_seen.get(key),
-                last_activity=now - s.idle_ms / 1000.0,
-                idle_seconds=s.idle_ms / 1000.0,
-                bytes_in=s.bytes_received,
-                bytes_out=s.bytes_sent,
-                queued=s.recv_queue + s.send_queue,
-                client_spoke_last=s.peer_spoke_last,
+                peer=TcpSocket.from_row(row).remote,
+                opened_at=self._first_seen[key],
+                last_activity=now - _idle_ms(row) / 1000.0,
+                idle_seconds=_idle_ms(row) / 1000.0,
+                bytes_in=row[ROW_BYTES_RECEIVED],
+                bytes_out=row[ROW_BYTES_SENT],
+                queued=row[ROW_RECV_QUEUE] + row[ROW_SEND_QUEUE],
+                client_spoke_last=_client_spoke_last(row),
             )
-            for key, s in sockets.items()
+            for key, row in sockets.items()
         ]
+
+    def _choose(
+        self, eligible: frozenset[str], claimed: set[str], *, quiet_seconds: float
+    ) -> str | None:
+        return first_to_close(
+            self._sockets(), eligible=eligible, claimed=claimed, quiet_seconds=quiet_seconds
+        )
 
     def _quiet_wait(self, conn_id: str, *, quiet_seconds: float) -> float | None:
         target = self._sockets().get(conn_id)
         if target is None:
             return None
         # Idle as of the scan, plus the time since: a scan may be reused for a few milliseconds.
-        idle = target.idle_ms / 1000.0 + (self.clock.monotonic() - self._scan_at)
-        if (
-            idle >= quiet_seconds
-            and not target.peer_spoke_last
-            and target.recv_queue == 0
-            and target.send_queue == 0
-        ):
+        idle = _idle_ms(target) / 1000.0 + (self.clock.monotonic() - self._scan_at)
+        queued = target[ROW_RECV_QUEUE] or target[ROW_SEND_QUEUE]
+        if idle >= quiet_seconds and not _client_spoke_last(target) and not queued:
             return 0.0
         return max(quiet_seconds - idle, _POLL_FLOOR_SECONDS)
 
     def _shut(self, conn_id: str, *, graceful: bool) -> bool:
         # Graceful or not, a reset is all this mode has: the difference is only when it comes.
         target = self._sockets().get(conn_id)
-        if target is None or self._diag is None or not self._diag.destroy(target):
+        if target is None or self._diag is None:
+            return False
+        if not self._diag.destroy(TcpSocket.from_row(target)):
             return False
         self._scan.pop(conn_id, None)
         return True
 
 
-__all__ = ["ResetAgent", "ResetUnavailable", "check_sock_destroy"]
+def first_to_close(
+    scan: Mapping[str, SocketRow],
+    *,
+    eligible: frozenset[str],
+    claimed: set[str],
+    quiet_seconds: float,
+) -> str | None:
+    """``selection.pick``'s choice over a scan's rows, without a ConnectionInfo each: the same
+    order (``close_rank``), with the socket's inode for its age (the kernel numbers sockets as
+    it makes them, so the lower inode is the older connection)."""
+    quiet_ms = quiet_seconds * 1000.0
+    # Most often some connection is quiet and idle: the head of the order, found in one pass
+    # that looks at the numbers first and at the sets only for the quiet ones.
+    head = min(
+        (
+            (r[ROW_LAST_SENT_MS], r[ROW_INODE], k)
+            for k, r in scan.items()
+            if r[ROW_LAST_RECEIVED_MS] >= r[ROW_LAST_SENT_MS] >= quiet_ms
+            and not r[ROW_RECV_QUEUE]
+            and not r[ROW_SEND_QUEUE]
+            and k in eligible
+            and k not in claimed
+        ),
+        default=None,
+    )
+    if head is not None:
+        return str(head[2])
+    free = [(k, r) for k, r in scan.items() if k in eligible and k not in claimed]
+    if not free:
+        return None
+    key, _row = min(free, key=lambda kr: _rank(kr[0], kr[1], quiet_seconds))
+    return key
+
+
+def _idle_ms(row: SocketRow) -> int:
+    return int(min(row[ROW_LAST_SENT_MS], row[ROW_LAST_RECEIVED_MS]))
+
+
+def _client_spoke_last(row: SocketRow) -> bool:
+    """The last data came from the client: a request not answered yet."""
+    return bool(row[ROW_LAST_RECEIVED_MS] < row[ROW_LAST_SENT_MS])
+
+
+def _rank(key: str, row: SocketRow, quiet_seconds: float) -> CloseRank:
+    return close_rank(
+        idle_seconds=_idle_ms(row) / 1000.0,
+        busy=bool(row[ROW_RECV_QUEUE] or row[ROW_SEND_QUEUE]) or _client_spoke_last(row),
+        opened=row[ROW_INODE],
+        conn_id=key,
+        quiet_seconds=quiet_seconds,
+    )
+
+
+__all__ = ["ResetAgent", "ResetUnavailable", "check_sock_destroy", "first_to_close"]

@@ -61,14 +61,29 @@ def freshly_quiet_first(
     in ``docs/bench.md`` ("Which connection to close"): 15 to 29 such failures a run, then 1 to 4.
     """
 
-    def rank(c: ConnectionInfo) -> tuple[bool, bool, float, float, str]:
-        busy = c.queued > 0 or c.client_spoke_last
-        quiet = c.idle_seconds >= quiet_seconds
-        freshness = c.idle_seconds if quiet else -c.idle_seconds
-        opened = c.opened_at if c.opened_at is not None else math.inf
-        return (busy, not quiet, freshness, opened, c.id)
+    def rank(c: ConnectionInfo) -> CloseRank:
+        return close_rank(
+            idle_seconds=c.idle_seconds,
+            busy=c.queued > 0 or c.client_spoke_last,
+            opened=c.opened_at if c.opened_at is not None else math.inf,
+            conn_id=c.id,
+            quiet_seconds=quiet_seconds,
+        )
 
     return sorted(connections, key=rank)
+
+
+CloseRank = tuple[bool, bool, float, float, str]
+
+
+def close_rank(
+    *, idle_seconds: float, busy: bool, opened: float, conn_id: str, quiet_seconds: float
+) -> CloseRank:
+    """Where a connection falls in ``freshly_quiet_first``'s order: smaller closes sooner.
+    ``opened`` is anything that orders connections oldest first."""
+    quiet = idle_seconds >= quiet_seconds
+    freshness = idle_seconds if quiet else -idle_seconds
+    return (busy, not quiet, freshness, opened, conn_id)
 
 
 def spread(*, count: int, window_seconds: float, rng: random.Random, start: float) -> list[float]:
