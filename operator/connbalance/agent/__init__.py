@@ -27,6 +27,7 @@ In-process API (stable; the fleet simulator uses it)::
                                      #   client_spoke_last (times are agent.clock.monotonic()
                                      #   seconds)
     agent.active_count()             # int
+    agent.connection_ids()           # frozenset[str]: what a request arriving now may cycle
     status = await agent.submit(req) # RequestStatus(id, count, cycled, forced, state, reason,
                                      #   duplicate); returns at once, cycling runs in a task;
                                      #   state is RequestState.RUNNING, or REJECTED (count over
@@ -55,7 +56,9 @@ sidecar's command line) leaves the agent up but degraded, rejecting every reques
 it sees only connections to that address and steers with a self-expiring nftables element
 (``connbalance.agent.steering``) instead of a refusing listener. Connection ids: ``c<N>`` in proxy
 mode, the kernel's socket cookie (hex) in reset mode, where ``opened_at`` is when the agent first
-saw the socket.
+saw the socket (listed by ``connections()``); reset mode ranks ties by the socket's inode, which
+the kernel numbers as it makes sockets, and ranks the rows of its scan without a
+``ConnectionInfo`` each (``reset.first_to_close``), so a scan of 100,000 sockets stays cheap.
 
 A connection is quiet, and may be closed gracefully, when neither direction carried data for
 ``quietMillis``, no buffer holds any, and the server had the last word (silence after a client's
