@@ -59,6 +59,8 @@ GOAL_IDLE_CPU_PERCENT = 1.0
 GOAL_PROXY_RSS_MIB = 100.0
 SCRAPE_INTERVAL_SECONDS = 30.0
 CONNECT_TIMEOUT = 600.0
+STALL_SECONDS = 20.0
+ENOUGH = 0.999
 
 
 def free_port(host: str) -> int:
@@ -110,13 +112,22 @@ def established(sockets: int, port: int) -> Iterator[dict[str, Any]]:
 
 
 def wait_established(port: int, sockets: int) -> int:
-    """Until the kernel lists ``sockets`` established on the port; how many it listed."""
+    """Until the kernel lists ``sockets`` established on the port; how many it listed. On a busy
+    machine a server process may fall behind on accepts, its queue overflows and the kernel drops
+    a handshake's last ACK: the client holds a connection the server never gets. So once the
+    count has stood still for STALL_SECONDS at no fewer than ENOUGH of them, that many it is."""
     from connbalance.agent.netlink import SockDiag
 
     deadline = time.monotonic() + CONNECT_TIMEOUT
+    most, still_since = -1, time.monotonic()
     with SockDiag() as diag:
-        while (found := len(diag.established(port=port, address=SERVER))) < sockets:
-            if time.monotonic() > deadline:
+        while (found := diag.count_established(port=port, address=SERVER)) < sockets:
+            now = time.monotonic()
+            if found > most:  # a dump is not atomic: a count may dip, so the highest counts
+                most, still_since = found, now
+            elif most >= ENOUGH * sockets and now - still_since >= STALL_SECONDS:
+                return most
+            if now > deadline:
                 raise RuntimeError(f"{found} of {sockets} connections established on {port}")
             time.sleep(0.5)
     return found
