@@ -36,6 +36,7 @@ import platform
 import resource
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -137,9 +138,10 @@ def scan_and_select(agent: Any, repeats: int) -> dict[str, Any]:
     """What a request's first close costs, on the agent's own code, ``repeats`` times: the scan
     that lists what the request may cycle (``connection_ids``, as ``submit`` does), and the
     choice of the first to close over that scan (``_choose``, as each close does). Wall time, and
-    this thread's CPU time (on a loaded machine, closer to what a quiet one takes). ``count`` is
-    apart, not in the total: the active-connections gauge's count-only dump."""
-    names = ("scan", "choose", "count")
+    this thread's CPU time (on a loaded machine, closer to what a quiet one takes). Apart, not in
+    the total: ``count``, the active-connections gauge's count-only dump; ``kernel_dump``, the
+    scan's dump received and not read, the floor any reader of it pays."""
+    names = ("scan", "choose", "count", "kernel_dump")
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     seen = 0
@@ -153,6 +155,8 @@ def scan_and_select(agent: Any, repeats: int) -> dict[str, Any]:
         marks.append((time.perf_counter(), time.thread_time()))
         if agent.active_count() < seen // 2:
             raise RuntimeError("the count-only dump missed half the sockets")
+        marks.append((time.perf_counter(), time.thread_time()))
+        kernel_dump_only(agent._diag, agent.port, agent.address)
         marks.append((time.perf_counter(), time.thread_time()))
         for i, name in enumerate(names):
             wall[name].append(marks[i + 1][0] - marks[i][0])
@@ -179,6 +183,40 @@ def scan_and_select(agent: Any, repeats: int) -> dict[str, Any]:
         "meets_goal": median_ms < GOAL_SCAN_MS,
         "meets_goal_in_cpu_time": median_cpu_ms < GOAL_SCAN_MS,
     }
+
+
+def kernel_dump_only(diag: Any, port: int, address: str) -> int:
+    """The dump ``established_rows`` asks for, received and not parsed; bytes received."""
+    from connbalance.agent import netlink
+
+    payload = (
+        netlink._COMPAT_REQ.pack(socket.AF_UNSPEC, 0, 0, 1 << (netlink.INET_DIAG_INFO - 1))
+        + netlink._SOCKID.pack(0, 0, b"\0" * 16, b"\0" * 16)
+        + netlink._SOCKID_TAIL.pack(0, b"\0" * 8)
+        + netlink._COMPAT_TAIL.pack(1 << netlink.TCP_ESTABLISHED, 0)
+        + netlink._local_condition(port, address)
+    )
+    diag._send(netlink.TCPDIAG_GETSOCK, netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP,
+               1 << 30, payload)  # fmt: skip
+    received = 0
+    while True:
+        data = diag._sock.recv(1 << 20)
+        received += len(data)
+        if struct.unpack_from("=H", data, len(data) - 16)[0] == netlink.NLMSG_DONE:
+            return received
+
+
+def ss_listing(port: int) -> dict[str, Any]:
+    """``ss`` listing the same sockets with tcp_info, for reference: wall time, median of 3."""
+    times = []
+    lines = 0
+    for _ in range(3):
+        start = time.perf_counter()
+        done = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        times.append(time.perf_counter() - start)
+        lines = sum(1 for line in done.stdout.splitlines() if line[:1] not in (" ", "\t"))
+    return {"median_ms": round(statistics.median(times) * 1000, 1), "sockets_listed": lines}
 
 
 def idle_agent(port: int, idle_seconds: float, run_dir: Path) -> dict[str, Any]:
@@ -286,6 +324,7 @@ def reset_side(sockets: int, repeats: int, idle_seconds: float) -> dict[str, Any
                 agent.steer(120.0)  # the refusal element in place while it scans
                 result["conntrack_with_steering_and_sockets"] = conntrack()
                 result["reset_scan_and_select"] = scan_and_select(agent, repeats)
+                result["ss_for_reference"] = ss_listing(port)
                 runner.run(agent.stop())  # the idle agent below sets its own element
                 result["idle_agent"] = idle_agent(port, idle_seconds, Path(run_dir))
         finally:

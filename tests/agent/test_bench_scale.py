@@ -40,7 +40,8 @@ def test_the_scale_benchmark_prints_one_well_formed_json_document():
     scan = report["reset_scan_and_select"]
     assert scan["sockets_seen"] == 2000
     assert all(number(scan[k]) for k in ("median_ms", "min_ms", "max_ms"))
-    assert set(scan["median_ms_by_part"]) == {"scan", "choose", "count"}
+    assert set(scan["median_ms_by_part"]) == {"scan", "choose", "count", "kernel_dump"}
+    assert report["ss_for_reference"]["sockets_listed"] == 2000
     assert set(scan["median_cpu_ms_by_part"]) == set(scan["median_ms_by_part"])
     assert number(scan["median_cpu_ms"])
     idle = report["idle_agent"]
