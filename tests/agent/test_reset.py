@@ -39,7 +39,7 @@ def test_the_scan_sees_each_established_socket_with_its_peer_bytes_and_idleness(
                 assert client.recv(7) == b"answer!"
                 time.sleep(0.25)
                 with SockDiag() as diag:
-                    [found] = diag.established(port=port)
+                    [found] = diag.established(port=port, address=HOST)
                 assert found.remote == client.getsockname()
                 assert (found.bytes_received, found.bytes_sent) == (5, 7)
                 assert found.idle_ms >= 200
@@ -47,7 +47,7 @@ def test_the_scan_sees_each_established_socket_with_its_peer_bytes_and_idleness(
                 client.sendall(b"another request")
                 time.sleep(0.05)
                 with SockDiag() as diag:
-                    [found] = diag.established(port=port)
+                    [found] = diag.established(port=port, address=HOST)
                 assert found.peer_spoke_last
                 assert found.recv_queue == len(b"another request")
 
@@ -58,7 +58,7 @@ def test_destroying_a_socket_resets_the_client_and_a_second_destroy_finds_nothin
         with socket.create_connection((HOST, port)) as client:
             served, _ = listener.accept()
             with served, SockDiag() as diag:
-                [found] = diag.established(port=port)
+                [found] = diag.established(port=port, address=HOST)
                 assert diag.destroy(found)
                 assert not diag.destroy(found)
                 client.settimeout(5)
@@ -174,7 +174,7 @@ def test_a_dual_stack_server_sees_ipv4_clients_as_plain_addresses_and_can_destro
         with socket.create_connection((HOST, port)) as client:
             served, _ = listener.accept()
             with served, SockDiag() as diag:
-                [found] = diag.established(port=port)
+                [found] = diag.established(port=port, address=HOST)
                 assert found.family == socket.AF_INET6
                 assert found.remote == client.getsockname()
                 assert diag.destroy(found)
