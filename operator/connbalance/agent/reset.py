@@ -21,12 +21,14 @@ runs ``nft`` in that namespace, and works in it as a sidecar works in its own.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import logging
 import os
 import random
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -204,8 +206,9 @@ class ResetAgent(DrainEngine):
             raise RuntimeError("the reset agent has not started")
         now = self.clock.monotonic()
         if fresh or now - self._scan_at > max(_SCAN_REUSE_SECONDS, _SCAN_DUTY * self._scan_cost):
-            rows = self._diag.established_rows(port=self.port, address=self.address)
-            self._scan = {row[ROW_COOKIE].hex(): row for row in rows}
+            with _collector_paused():
+                rows = self._diag.established_rows(port=self.port, address=self.address)
+                self._scan = {row[ROW_COOKIE].hex(): row for row in rows}
             self._scan_at = now
             self._scan_cost = self.clock.monotonic() - now
         return self._scan
@@ -300,6 +303,21 @@ def first_to_close(
         return None
     key, _row = min(free, key=lambda kr: _rank(kr[0], kr[1], quiet_seconds))
     return key
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a scan allocates. A scan makes a tuple of numbers and
+    bytes per socket, none of which can be part of a cycle, and the collections their allocation
+    would set off walk the growing list of them again and again: about 45 ms of a 100,000-socket
+    scan here. The first collection after it looks at each tuple once and stops tracking it."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _idle_ms(row: SocketRow) -> int:
