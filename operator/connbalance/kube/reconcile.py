@@ -126,6 +126,8 @@ async def _next_status(
         return _invalid_status(str(exc), previous, generation), None
     result = await wired.controller.tick(state)
     record(policy_name, result)
+    if result.waiting:
+        log.debug("waiting: %s", result.waiting, extra=dict(context))
     _post_on_pods(apis, namespace, result, dry_run=policy.dry_run)
     status = status_patch(result, policy=policy_name, generation=generation, previous=previous)
     status["conditions"] = _with_paused(status["conditions"], None, generation)
