@@ -303,8 +303,14 @@ class Controller:
         done = state.with_(
             episode=None, step=0, skews=(), judged_revision=view.revision, held_until=None
         )
+        # Looked at again less often than a pool being stepped: a change to it wakes the loop.
         return tick_result(
-            done, Phase.BALANCED, reason, self._interval, balanced=plan.skew, seen=seen
+            done,
+            Phase.BALANCED,
+            reason,
+            self._policy.balance.recheck_seconds,
+            balanced=plan.skew,
+            seen=seen,
         )
 
     def _give_up(
