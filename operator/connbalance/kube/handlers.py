@@ -90,6 +90,9 @@ def _post_event(ref: Mapping[str, Any], kind: Kind, reason: str, message: str) -
 def _start_leading() -> None:
     runtime = _runtime()
     runtime.leading = True
+    if runtime.apis.balancers is not None:
+        # A term starts from the API server's status: the last leader may have written since.
+        runtime.apis.balancers.forget_status()
     runtime.announce_leading = OPTIONS.lease_namespace is not None
     metrics.LEADER.set(1)
     _announce_leading(runtime)
