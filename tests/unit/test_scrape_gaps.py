@@ -1,4 +1,5 @@
-"""A pod read a moment ago and missing now is a scrape gap: the tick waits and says nothing."""
+"""A pod in the last good answer and missing now is in a scrape gap: the tick waits and says
+nothing, for maxStalenessSeconds from the first look that missed it."""
 
 from __future__ import annotations
 
@@ -58,11 +59,13 @@ def test_nothing_is_drained_on_a_partial_reading():
     assert result.state.phase is Phase.BALANCED
 
 
-def test_a_pod_missing_past_max_staleness_since_its_last_reading_is_the_metrics_fault():
+def test_a_pod_missing_for_max_staleness_is_the_metrics_fault():
     world, _ = balanced_world()
     c_goes_missing(world, after=5)
     assert world.tick().waiting
-    world.clock.advance(STALENESS - 5)  # STALENESS since c's last good reading
+    world.clock.advance(STALENESS - 1)
+    assert world.tick().waiting
+    world.clock.advance(1)  # STALENESS since the first look that missed c
     result = world.tick()
     assert result.state.phase is Phase.DEGRADED
     assert ("MetricsAvailable", "False", "PodMissing") in {
@@ -71,14 +74,25 @@ def test_a_pod_missing_past_max_staleness_since_its_last_reading_is_the_metrics_
     assert world.events.reasons() == ["PodMissing"]
 
 
+def test_a_gap_is_timed_from_the_first_miss_not_from_a_reading_a_balanced_interval_old():
+    """A balanced pool is read every balancedIntervalSeconds (60 s by default): its last reading
+    is often older than maxStalenessSeconds when a scrape fails."""
+    world, status = balanced_world()
+    c_goes_missing(world, after=60)
+    result = world.tick()
+    assert result.waiting
+    assert not _differs(status, status_patch(result, policy=NAME, generation=1, previous=status))
+    assert world.events.reasons() == []
+
+
 def test_the_gap_closes_when_the_pod_is_read_again():
     world, _ = balanced_world()
-    c_goes_missing(world, after=20)
+    c_goes_missing(world, after=5)
     assert world.tick().waiting
-    world.clock.advance(5)
+    world.clock.advance(20)
     world.loads.error = None
     assert world.tick().state.phase is Phase.BALANCED
-    c_goes_missing(world, after=20)  # 40 s after the first reading, 20 s after the last
+    c_goes_missing(world, after=20)  # 40 s after the first miss, the first of a new gap
     assert world.tick().waiting
 
 

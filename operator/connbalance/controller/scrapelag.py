@@ -6,13 +6,15 @@ from an answer is waited for (no Warning, no MetricsAvailable False) while it ha
 less than settleSeconds or maxStalenessSeconds, whichever is longer; so is an answer with no
 series at all when every pod asked for is that new (a whole pool replaced between two scrapes).
 
-A pod that was read a moment ago and is missing now is in a scrape gap: one scrape failed or
-timed out (a busy Prometheus marks the target's series stale), and the next will very likely
-bring it back. Within maxStalenessSeconds of its last good reading the tick waits and says
-nothing: no plan, no drain, no Warning, no condition flipped, no status written. The readings
-are remembered per pod UID, so a pod replaced by one of the same name (a StatefulSet's) never
-inherits its predecessor's. (A pod Ready again since its last reading is covered too: the gap
-is shorter than maxStalenessSeconds, so such a pod is still new, and waited for as new.)
+A pod that was in the last good answer and is missing now is in a scrape gap: one scrape failed
+or timed out (a busy Prometheus marks the target's series stale), and the next will very likely
+bring it back. For maxStalenessSeconds from the first look that missed it the tick waits and
+says nothing: no plan, no drain, no Warning, no condition flipped, no status written. The gap is
+timed from that first miss, not from the last reading: a balanced pool is read only every
+balancedIntervalSeconds, so its last reading is often older than maxStalenessSeconds when one
+scrape fails (at 100 balancers x 10 pods, timed from the reading, 6 balancers flipped to
+Degraded and back in two minutes). What was read is remembered per pod UID, so a pod replaced
+by one of the same name (a StatefulSet's) never inherits its predecessor's reading.
 
 Missing for longer, either is the metrics' fault, and told as such.
 """
@@ -26,17 +28,19 @@ from connbalance.ports import MetricsEmpty, MetricsError, MetricsPodMissing
 
 
 class LastReadings:
-    """When each pod, by UID, last had a good reading (its sample's time).
+    """When each pod, by UID, last had a good reading (its sample's time), and when a look first
+    missed it since.
 
     The one thing a controller carries in memory between ticks: its caller keeps one per
     balancer across reconciles (the controller itself is rebuilt each time). It can only make a
     tick wait, never act; losing it (an operator restart) makes a gap the error it always was.
     """
 
-    __slots__ = ("_at",)
+    __slots__ = ("_at", "_missed")
 
     def __init__(self) -> None:
         self._at: dict[str, float] = {}
+        self._missed: dict[str, float] = {}
 
     def note(self, pods: Sequence[PodState], measured: Mapping[PodName, PodLoad]) -> None:
         """Remember the readings of a good answer. Pods no longer in the pool are forgotten."""
@@ -47,10 +51,15 @@ class LastReadings:
             if uid is not None:
                 kept[uid] = max(load.timestamp, kept.get(uid, load.timestamp))
         self._at = kept
+        self._missed = {}
 
     def last(self, pod: PodState) -> float | None:
         """The time of ``pod``'s last good reading, if it had one."""
         return self._at.get(pod.uid) if pod.uid else None
+
+    def missed(self, pod: PodState, *, now: float) -> float:
+        """When a look first missed ``pod`` since its last good reading: ``now`` the first time."""
+        return self._missed.setdefault(pod.uid, now)
 
 
 def not_scraped_yet(
@@ -76,26 +85,29 @@ def scrape_gap(
     now: float,
 ) -> tuple[str, float]:
     """Why the tick should wait, and for at most how long, if every pod ``exc`` says is missing
-    was read within maxStalenessSeconds (or is too new to have been scraped) and at least one
-    was read; ("", 0) when the error is anything else, or a pod has been missing too long."""
+    was read before and first missed under maxStalenessSeconds ago (or is too new to have been
+    scraped), and at least one was read; ("", 0) when the error is anything else, or a pod has
+    been missing too long."""
     missing = _missing(exc, pods)
     staleness = policy.metrics.max_staleness_seconds
     gaps: list[tuple[PodState, float]] = []
     for pod in missing:
-        last = readings.last(pod)
-        if last is not None and now - last < staleness:
-            gaps.append((pod, last))
-        elif not _new(pod, policy=policy, now=now):
+        if readings.last(pod) is not None:
+            since = readings.missed(pod, now=now)
+            if now - since < staleness:
+                gaps.append((pod, since))
+                continue
+        if not _new(pod, policy=policy, now=now):
             return "", 0.0
     if not gaps:
         return "", 0.0
     names = ", ".join(p.name for p, _ in gaps)
-    oldest = min(last for _, last in gaps)
+    first = min(since for _, since in gaps)
     why = (
-        f"{names} missing from the metrics, last read {now - oldest:.0f}s ago: a scrape gap, "
-        f"waited for up to maxStalenessSeconds ({staleness:g}s)"
+        f"{names} missing from the metrics for {now - first:.0f}s after a good reading: a "
+        f"scrape gap, waited for up to maxStalenessSeconds ({staleness:g}s)"
     )
-    return why, oldest + staleness - now
+    return why, first + staleness - now
 
 
 def _missing(exc: MetricsError, pods: Sequence[PodState]) -> tuple[PodState, ...]:
