@@ -74,11 +74,15 @@ def _writes_why(run: dict[str, Any]) -> str:
     writes = {k: n for k, n in balanced["api_requests_per_minute_by_verb"].items()
               if k.split()[0] in ("create", "update", "patch", "delete")
               and not k.endswith(" leases")}  # fmt: skip
+    changes = balanced.get("status_changes") or {}
+    said = "; ".join(changes.get("reasons") or []) or "none seen"
     return (
         f"the writes, a minute: {_reasons(writes)}; the Events in the pool's namespace, by "
-        f"reason: {_reasons(balanced['events_by_reason'])}. A pod missing from Prometheus "
-        "within maxStalenessSeconds of its last good reading is a scrape gap and writes "
-        "nothing (connbalance.controller.scrapelag); PodMissing now means a pod missing longer."
+        f"reason: {_reasons(balanced['events_by_reason'])}; the phases balancers changed to, "
+        f"as the bench listed them each second: {_reasons(changes.get('by_phase') or {})}, "
+        f"saying: {said}. A pod missing from Prometheus for less than maxStalenessSeconds "
+        "after a good reading is a scrape gap and writes nothing "
+        "(connbalance.controller.scrapelag)."
     )
 
 
