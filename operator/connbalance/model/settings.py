@@ -79,8 +79,8 @@ FIELDS: Final[tuple[Setting, ...]] = (
     Setting("metrics.query", str, None, "PromQL returning one series per pod (preset custom)."),
     Setting("metrics.podLabel", str, "pod", "The label that names the pod in each series."),
     _number("metrics.maxStalenessSeconds", float, 60.0, 1, 3600,
-            "Older samples are not acted on; a pod read this recently and missing from an "
-            "answer is a scrape gap, waited for without a word."),
+            "Older samples are not acted on; a pod missing from an answer after a good "
+            "reading is a scrape gap, waited for this long without a word."),
     Setting("metrics.prometheus.url", str, None,
             "Prometheus base URL; unset, the operator's --default-prometheus-url."),
     Setting("metrics.prometheus.bearerTokenFile", str, None, "File holding a bearer token."),
