@@ -120,6 +120,11 @@ class Watcher:
     core: client.CoreV1Api
     apps: client.AppsV1Api
     model: LoadModel
+    custom: client.CustomObjectsApi | None = None
+    # Each balancer's (phase, reason) as last listed, and every change of it: (time, name, phase,
+    # reason), so that a status write while balanced names what it said.
+    statuses: dict[str, tuple[str, str]] = field(default_factory=dict)
+    changes: list[tuple[float, str, str, str]] = field(default_factory=list)
     rolled_at: dict[str, float] = field(default_factory=dict)  # kubectl rollout restart
     finished_at: dict[str, float] = field(default_factory=dict)
     first_drain_at: dict[str, float] = field(default_factory=dict)
@@ -163,6 +168,31 @@ class Watcher:
                         and rollout_complete("Deployment", body)):  # fmt: skip
                     self.finished_at[name] = now
             self._note_drains(pods)
+            self._note_statuses()
+
+    def _note_statuses(self) -> None:
+        if self.custom is None:
+            return
+        try:
+            listed = self.custom.list_namespaced_custom_object(
+                "connbalance.io", "v1alpha1", POOL_NS, "connectionbalancers")["items"]
+        except Exception as exc:  # a bench keeps going through an API hiccup
+            print(f"bench: list failed: {exc}", file=sys.stderr)
+            return
+        now = time.time()
+        for item in listed:
+            status = item.get("status") or {}
+            name = item["metadata"]["name"]
+            seen = (str(status.get("phase")), str(status.get("reason") or ""))
+            if name in self.statuses and self.statuses[name] != seen:
+                self.changes.append((now, name, *seen))
+            self.statuses[name] = seen
+
+    def status_changes(self, start: float, end: float) -> dict[str, Any]:
+        """The balancers' phase changes seen in [start, end): by phase, and a few reasons."""
+        chosen = [c for c in self.changes if start <= c[0] < end]
+        return {"by_phase": dict(sorted(Counter(phase for _, _, phase, _ in chosen).items())),
+                "reasons": sorted({reason[:160] for _, _, _, reason in chosen})[:5]}  # fmt: skip
 
     def _note_drains(self, pods: list[SeenPod]) -> None:
         for pod in pods:
@@ -314,7 +344,7 @@ class Bench:
         model = LoadModel(per_pod=PER_POD)
         port = free_port()
         exporter = Exporter(model, port).start()
-        watcher = self.watcher = Watcher(self.core, self.apps, model).start()
+        watcher = self.watcher = Watcher(self.core, self.apps, model, self.custom).start()
         try:
             docs = [deployment(i, size.pods, port) for i in range(size.balancers)]
             self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
@@ -333,6 +363,7 @@ class Bench:
             window = Window.open(operator, proxy)
             time.sleep(self.steady)
             balanced = window.close(operator, proxy, self.cluster.audit_log, self.core)
+            balanced["status_changes"] = watcher.status_changes(window.start, time.time())
             rebalancing = self.roll_out(operator, proxy, watcher, model)
         finally:
             watcher.stop()

@@ -32,10 +32,13 @@ def test_the_operator_bench_prints_one_document_with_every_figure(tmp_path):
     assert (run["balancers"], run["pods_per_balancer"]) == (1, 3)
     for phase in ("balanced", "rebalancing"):
         figures = run[phase]
-        assert figures["reconciles"] > 0
-        assert figures["promql_queries"] > 0
         assert figures["api_requests_per_minute"] > 0, "the audit log recorded the operator"
         assert figures["rss_mib"] > 10
+    # A balanced pool is looked at every balancedIntervalSeconds (60 s), maybe never in the
+    # 15 s balanced here: only the rebalancing window surely ticks.
+    assert run["balanced"]["reconciles"] >= 0
+    assert run["rebalancing"]["reconciles"] > 0
+    assert run["rebalancing"]["promql_queries"] > 0
     assert run["rebalancing"]["connections_moved_by_drains"] > 0
     # What was written while rebalancing is told apart: the one balancer, and its drain Events.
     assert run["rebalancing"]["balancers_whose_status_was_patched"] == 1

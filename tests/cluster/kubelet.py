@@ -7,8 +7,10 @@ pod IP), and on deletion runs each container's preStop hook then SIGTERMs it, wa
 grace period, SIGKILLs what is left and removes the pod.
 
 A pod's process gets its ``env`` values, POD_NAME, POD_NAMESPACE, POD_IP, NODE_NAME, the kubelet's
-PATH (so ``python`` and ``connbalance`` are the venv's) and KUBECONFIG pointing at a kubeconfig
-holding a token for the pod's ServiceAccount, so it talks to the API server as that account.
+PATH (so ``python`` and ``connbalance`` are the venv's) and PYTHONPATH if it has one (so they run
+the code of the checkout the tests run, not that of the venv's editable install, which may be
+another worktree's) and KUBECONFIG pointing at a kubeconfig holding a token for the pod's
+ServiceAccount, so it talks to the API server as that account.
 Volumes are written under the pod's directory and reach a process through its mount paths,
 rewritten in its command, args and env (``volumes.py`` says how).
 """
@@ -245,6 +247,10 @@ class Kubelet:
             "PYTHONUNBUFFERED": "1", "POD_NAME": meta.name, "POD_NAMESPACE": meta.namespace,
             "POD_IP": ip, "NODE_NAME": spec.node_name,
         }  # fmt: skip
+        if os.environ.get("PYTHONPATH"):  # absolute: a container may set its own workingDir
+            base["PYTHONPATH"] = os.pathsep.join(
+                os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p
+            )
         if spec.automount_service_account_token is not False:
             base["KUBECONFIG"] = str(self.pod_kubeconfig(obj, pod_dir))
         fields = {

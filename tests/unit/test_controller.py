@@ -16,6 +16,7 @@ from connbalance.controller import (
     CooldownActive,
     DrainIssuer,
     IssueRefused,
+    LastReadings,
 )
 from connbalance.model import Drain, Phase, Plan, PodName, Policy, PolicyName
 from connbalance.planner import Landing, expected_loads
@@ -51,6 +52,8 @@ class World:
         self.events = ListEvents()
         self.policy = make_policy(**policy)
         self.state = ControllerState()
+        # Kept across ticks as the kube layer keeps it across reconciles.
+        self.readings = LastReadings()
 
     def controller(self) -> Controller:
         return Controller(
@@ -61,6 +64,7 @@ class World:
             actuator=self.actuator,
             events=self.events,
             clock=self.clock,
+            readings=self.readings,
         )
 
     def tick(self, controller: Controller | None = None):

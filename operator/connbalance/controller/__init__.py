@@ -2,11 +2,13 @@
 ``Fleet``, ``Actuator``, ``EventSink``), and the one issuer every drain request goes through.
 
 Rule: the world comes in only through the ports and the injected clock; nothing here does I/O or
-reads the time itself. Nothing a decision depends on is kept in memory between ticks: it comes
-back in the ``ControllerState`` the caller persisted (the ConnectionBalancer's status) and from
-the durable facts on the pods (their last drain request), so a tick can be killed at any line and
-restarted without cycling a connection twice. Only ``DrainIssuer`` makes requests: it owns their
-ids, the caps, the cooldown and the Events that announce them.
+reads the time itself. Nothing a decision to act depends on is kept in memory between ticks: it
+comes back in the ``ControllerState`` the caller persisted (the ConnectionBalancer's status) and
+from the durable facts on the pods (their last drain request), so a tick can be killed at any
+line and restarted without cycling a connection twice. The one memory, ``LastReadings`` (when
+each pod was last read), can only make a tick wait, and its loss only makes it wait less. Only
+``DrainIssuer`` makes requests: it owns their ids, the caps, the cooldown and the Events that
+announce them.
 """
 
 from connbalance.controller.issuer import (
@@ -18,6 +20,7 @@ from connbalance.controller.issuer import (
 )
 from connbalance.controller.machine import Controller
 from connbalance.controller.results import Seen, TickResult
+from connbalance.controller.scrapelag import LastReadings
 from connbalance.controller.state import Condition, ControllerState, request_id
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "CooldownActive",
     "DrainIssuer",
     "IssueRefused",
+    "LastReadings",
     "RecordingActuator",
     "Seen",
     "TickResult",

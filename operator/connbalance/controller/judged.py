@@ -25,7 +25,7 @@ def already_judged(
 ) -> TickResult | None:
     """In postRollout mode a pool found balanced, or given up on, waits for the next rollout;
     in continuous mode a pool given up on waits for a change, or for its hold."""
-    interval = policy.balance.step_interval_seconds
+    interval = policy.balance.recheck_seconds  # nothing to do here until the pool changes
     same_pool = state.episode is None and state.judged_revision == revision
     if policy.balance.mode != "postRollout":
         return held(state, plan=plan, seen=seen, now=now, interval=interval) if same_pool else None

@@ -1,8 +1,9 @@
 """The state machine: one ``tick`` observes, decides, issues at most one step, and says when to
 come back. Its gates, in order, each a method: the pool is readable and not busy (``_busy``),
-its load readable (pods too new to be scraped wait: ``scrapelag``) and measured after the last
-window (``waits.measured_too_early``) and the cycled clients' return (``_reconnects_pending``), the
-pool not judged already (``judged``); then the verdict is a phase (``_decided``) or a step.
+its load readable (pods too new to be scraped, and scrape gaps, wait: ``scrapelag``) and
+measured after the last window (``waits.measured_too_early``) and the cycled clients' return
+(``_reconnects_pending``), the pool not judged already (``judged``); then the verdict is a phase
+(``_decided``) or a step.
 """
 
 from __future__ import annotations
@@ -20,10 +21,16 @@ from connbalance.controller.issuer import (
 )
 from connbalance.controller.judged import already_judged, stalled
 from connbalance.controller.recovery import recover
-from connbalance.controller.results import Seen, TickResult, conditions_for, tick_result
-from connbalance.controller.scrapelag import not_scraped_yet
+from connbalance.controller.results import (
+    Seen,
+    TickResult,
+    conditions_for,
+    tick_result,
+    unchanged,
+)
+from connbalance.controller.scrapelag import LastReadings, not_scraped_yet, scrape_gap
 from connbalance.controller.state import ControllerState, newest_step
-from connbalance.controller.waits import measured_too_early, until_settled
+from connbalance.controller.waits import MARGIN_SECONDS, measured_too_early, until_settled
 from connbalance.model import DrainRequest, Phase, Plan, PodLoad, PodName, Policy, PolicyName
 from connbalance.planner import Verdict
 from connbalance.planner.plan import decide
@@ -57,8 +64,12 @@ class Controller:
         actuator: Actuator,
         events: EventSink,
         clock: Callable[[], float],
+        readings: LastReadings | None = None,
     ) -> None:
+        """``readings``: each pod's last good reading, kept by the caller across ticks (see
+        ``scrapelag``); without it a pod missing for one scrape is an error at once."""
         self._name = name
+        self._readings = readings if readings is not None else LastReadings()
         self._policy = policy
         self._loads = loads
         self._fleet = fleet
@@ -108,6 +119,12 @@ class Controller:
                 return tick_result(
                     state, Phase.SETTLING, why, self._soon, seen=Seen(pods=view.pods)
                 )
+            gap, left = scrape_gap(
+                exc, view.pods, readings=self._readings, policy=self._policy, now=now
+            )
+            if gap:
+                # Nothing is planned on a partial reading, and nothing is said about it either.
+                return unchanged(state, gap, min(self._soon, max(MARGIN_SECONDS, left)))
             self._events.emit(kind="Warning", reason=exc.reason, message=str(exc))
             return tick_result(
                 state,
@@ -117,6 +134,7 @@ class Controller:
                 metrics=("False", exc.reason),
                 seen=Seen(pods=view.pods),
             )
+        self._readings.note(view.pods, measured)
         seen = Seen(pods=view.pods, loads={p: m.load for p, m in measured.items()})
         window = self._policy.actuation.window_seconds
         early = measured_too_early(
@@ -285,8 +303,14 @@ class Controller:
         done = state.with_(
             episode=None, step=0, skews=(), judged_revision=view.revision, held_until=None
         )
+        # Looked at again less often than a pool being stepped: a change to it wakes the loop.
         return tick_result(
-            done, Phase.BALANCED, reason, self._interval, balanced=plan.skew, seen=seen
+            done,
+            Phase.BALANCED,
+            reason,
+            self._policy.balance.recheck_seconds,
+            balanced=plan.skew,
+            seen=seen,
         )
 
     def _give_up(

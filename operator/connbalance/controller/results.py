@@ -31,10 +31,18 @@ class TickResult:
     issued: tuple[DrainRequest, ...] = ()
     # In dry run, what would have been issued: told in Events on the pods, delivered nowhere.
     would_issue: tuple[DrainRequest, ...] = ()
+    # Why a tick that waits without a word (``unchanged``) waited: for the logs, not for status.
+    waiting: str = ""
 
     @property
     def plan(self) -> Plan | None:
         return self.seen.plan
+
+
+def unchanged(state: ControllerState, why: str, requeue_after: float) -> TickResult:
+    """A tick that saw nothing worth telling: the same state, no condition spoken about, no pod
+    seen, so the status written from it is the status already there."""
+    return TickResult(state=state, conditions=(), requeue_after=requeue_after, waiting=why)
 
 
 def tick_result(

@@ -4,7 +4,8 @@ No timers and no daemons, so no finalizer: deleting a ConnectionBalancer (or the
 the operator) never waits for this operator to be running. Watch events only keep an index of
 what each balancer selects and wake its loop (``connbalance.kube.loops``):
 - a balancer appears, or its generation or pause annotation changes (not its status: that is
-  our own write);
+  our own write); every event of a balancer is also kept (``connbalance.kube.balancers``), so
+  a loop reads its balancer from there rather than with a GET per tick;
 - a selected pod comes, goes, or changes readiness or restart count;
 - its workload's rollout has just finished.
 Any event of a selected pod or a named workload also bumps its namespace's version in
@@ -29,6 +30,7 @@ from aiohttp import web
 from kubernetes import client
 
 from connbalance.kube import metrics
+from connbalance.kube.balancers import Balancers
 from connbalance.kube.crd import GROUP, PLURAL, VERSION
 from connbalance.kube.events import Kind
 from connbalance.kube.index import BalancerIndex, PodSummary, Watched, rollout_complete
@@ -88,6 +90,9 @@ def _post_event(ref: Mapping[str, Any], kind: Kind, reason: str, message: str) -
 def _start_leading() -> None:
     runtime = _runtime()
     runtime.leading = True
+    if runtime.apis.balancers is not None:
+        # A term starts from the API server's status: the last leader may have written since.
+        runtime.apis.balancers.forget_status()
     runtime.announce_leading = OPTIONS.lease_namespace is not None
     metrics.LEADER.set(1)
     _announce_leading(runtime)
@@ -125,6 +130,8 @@ def _stop_leading() -> None:
     runtime = _runtime()
     runtime.leading = False
     metrics.LEADER.set(0)
+    if runtime.apis.balancers is not None:
+        runtime.apis.balancers.forget_status()  # another leader writes it now
     # At once, before another instance may take the Lease: cancelling a loop cancels any
     # request it was about to write.
     for key in runtime.loops.active():
@@ -152,6 +159,7 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         default_prometheus_url=OPTIONS.default_prometheus_url,
         node_agent_port=OPTIONS.node_agent_port,
         changes=PodChanges(),
+        balancers=Balancers(),
     )
 
     async def run_one(key: Key) -> float | None:
@@ -207,12 +215,17 @@ async def balancer_event(
 ) -> None:
     runtime, key = _runtime(), (namespace or "", name)
     _remember_handler_context(runtime)
+    balancers = runtime.apis.balancers
     if event.get("type") == "DELETED":
+        if balancers is not None:
+            balancers.drop(key)
         runtime.index.drop(key)
         runtime.seen.pop(key, None)
         await runtime.loops.stop(key)
         metrics.forget("/".join(key))
         return
+    if balancers is not None and isinstance(event.get("object"), Mapping):
+        balancers.seen(key, event["object"])
     runtime.index.put(key, Watched.from_spec(key[0], dict(spec)))
     if LEGACY_FINALIZER in (meta.get("finalizers") or []):
         await asyncio.to_thread(_drop_legacy_finalizer, runtime.apis.custom, key, meta)

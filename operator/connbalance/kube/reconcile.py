@@ -1,6 +1,7 @@
 """One reconcile of one ConnectionBalancer: re-read it, tick its controller, write what changed.
 
-Level-triggered: everything is read again each time (the resource, its pods through the fleet,
+Level-triggered: everything is read again each time (the resource as the watch last delivered
+it, with the status last written, ``connbalance.kube.balancers``; its pods through the fleet;
 the load), so a reconcile can run at any moment, twice, or after a restart, and do the right
 thing. Status is written only when it differs from what the API server holds; Events only on
 transitions (``connbalance.kube.events``). The loop that calls this sleeps for the seconds it
@@ -10,12 +11,15 @@ returns.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from connbalance.controller import Condition, ControllerState, TickResult
+from connbalance.kube.balancers import Balancers
 from connbalance.kube.confirm import UNREACHABLE, UNSEEN, Outcome, outcomes
 from connbalance.kube.crd import GROUP, PLURAL, VERSION
 from connbalance.kube.events import Kind, TransitionEvents
@@ -52,6 +56,18 @@ class Apis:
     default_prometheus_url: str = DEFAULT_PROMETHEUS_URL
     node_agent_port: int = 0  # where node agents answer on each node; 0: none deployed
     changes: PodChanges | None = None  # what the watches saw move; None: list on every tick
+    balancers: Balancers | None = None  # the balancers as last watched; None: a GET every tick
+
+
+def policy_of(spec: Mapping[str, Any]) -> Policy:
+    """The validated policy of ``spec``; raises PolicyError. The same spec is validated once:
+    every tick of every balancer would otherwise parse it twice."""
+    return _parsed(json.dumps(spec, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(spec: str) -> Policy:
+    return Policy.from_spec(json.loads(spec))
 
 
 def pause_source(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> str | None:
@@ -66,9 +82,13 @@ def pause_source(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> str | None
 
 async def reconcile(key: Key, apis: Apis) -> float | None:
     """Returns the seconds until the balancer wants to be looked at again (None: when woken)."""
-    body = await asyncio.to_thread(_read, apis.custom, key)
+    body: Mapping[str, Any] | None = apis.balancers.body(key) if apis.balancers else None
     if body is None:
-        return None  # deleted: its loop is stopped by the watch
+        body = await asyncio.to_thread(_read, apis.custom, key)
+        if body is None:
+            return None  # deleted: its loop is stopped by the watch
+        if apis.balancers is not None:
+            apis.balancers.fetched(key, body)
     namespace, name = key
     meta = body.get("metadata") or {}
     previous: Mapping[str, Any] = body.get("status") or {}
@@ -84,7 +104,16 @@ async def reconcile(key: Key, apis: Apis) -> float | None:
     new, requeue = await _next_status(key, apis, body, state, events, context)
     new["postedEvents"] = events.posted
     if _differs(previous, new):
-        await asyncio.to_thread(_write_status, apis.custom, key, _merge_patch(previous, new))
+        try:
+            written = await asyncio.to_thread(
+                _write_status, apis.custom, key, _merge_patch(previous, new)
+            )
+        except BaseException:
+            if apis.balancers is not None:
+                apis.balancers.forget_status(key)  # it may have been written: read it back
+            raise
+        if apis.balancers is not None:
+            apis.balancers.wrote(key, written)
         _log_change(previous, new, context)
     return requeue
 
@@ -107,7 +136,7 @@ async def _next_status(
         return _paused_status(paused, previous, generation), reopen_in
     policy_name = PolicyName(f"{namespace}/{name}")
     try:
-        policy = Policy.from_spec(dict(spec))
+        policy = policy_of(spec)
         wired = await asyncio.to_thread(
             build_controller,
             name=policy_name,
@@ -126,6 +155,8 @@ async def _next_status(
         return _invalid_status(str(exc), previous, generation), None
     result = await wired.controller.tick(state)
     record(policy_name, result)
+    if result.waiting:
+        log.debug("waiting: %s", result.waiting, extra=dict(context))
     _post_on_pods(apis, namespace, result, dry_run=policy.dry_run)
     status = status_patch(result, policy=policy_name, generation=generation, previous=previous)
     status["conditions"] = _with_paused(status["conditions"], None, generation)
@@ -142,7 +173,7 @@ async def _reopen_gates(
     the spec says now (paused, dry run, another steering) and after an operator restart. The
     seconds until the next window ends, if one is open."""
     try:
-        policy = Policy.from_spec(dict(spec))
+        policy = policy_of(spec)
     except PolicyError:
         return None  # reported as InvalidSpec
     gate = readiness_gate(core=apis.core, namespace=namespace, policy=policy,
@@ -275,10 +306,12 @@ def _read(custom: Any, key: Key) -> Mapping[str, Any] | None:
     return body
 
 
-def _write_status(custom: Any, key: Key, patch: Mapping[str, Any]) -> None:
-    custom.patch_namespaced_custom_object_status(
+def _write_status(custom: Any, key: Key, patch: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The object as the API server stored it."""
+    written: Mapping[str, Any] = custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, key[0], PLURAL, key[1], {"status": patch}
     )
+    return written
 
 
 def _stored(value: Any) -> Any:

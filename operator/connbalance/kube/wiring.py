@@ -2,7 +2,8 @@
 
 Secrets are read by name here (and only here), a CA bundle from a Secret goes to a private file
 (Prometheus's) or into a TLS context (the agents'), and one Prometheus load source and one TLS
-context are kept per distinct setting across reconciles.
+context are kept per distinct setting across reconciles, and each balancer's pods' last good
+readings (``LastReadings``: how a scrape gap is told from a pod gone missing) per balancer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from connbalance.controller import Controller
+from connbalance.controller import Controller, LastReadings
 from connbalance.kube.actuator import AnnotationActuator, HttpActuator
 from connbalance.kube.agenttls import AgentTls
 from connbalance.kube.confirm import AgentStatusReader, Confirmations, NodeAgentStatusReader
@@ -70,6 +71,13 @@ def _load_source(
     return PrometheusLoadSource.from_spec(
         metrics, namespace=namespace, selector=selector, bearer_token=token, ca_file=ca
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _last_readings(name: PolicyName) -> LastReadings:
+    """One per balancer, kept across reconciles (the controller is rebuilt each time). Bounded:
+    a balancer pushed out, or deleted, only forgets when its pods were last read."""
+    return LastReadings()
 
 
 @functools.lru_cache(maxsize=64)
@@ -187,6 +195,7 @@ def build_controller(
         actuator=actuator,
         events=events,
         clock=time.time,
+        readings=_last_readings(name),
     )
     return Wired(controller=controller, confirmations=reader)
 

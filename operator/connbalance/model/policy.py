@@ -73,9 +73,17 @@ class BalanceSpec:
     min_connections: int
     settle_seconds: float
     step_interval_seconds: float
+    balanced_interval_seconds: float
     max_steps: int
     max_steps_without_improvement: int
     mode: str
+
+    @property
+    def recheck_seconds(self) -> float:
+        """How long a pool found balanced, or judged and left alone, sleeps before it is
+        measured again: a balanced pool costs a PromQL query per look, and any change to it
+        wakes its loop anyway."""
+        return max(self.step_interval_seconds, self.balanced_interval_seconds)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

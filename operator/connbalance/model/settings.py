@@ -79,7 +79,8 @@ FIELDS: Final[tuple[Setting, ...]] = (
     Setting("metrics.query", str, None, "PromQL returning one series per pod (preset custom)."),
     Setting("metrics.podLabel", str, "pod", "The label that names the pod in each series."),
     _number("metrics.maxStalenessSeconds", float, 60.0, 1, 3600,
-            "Older samples are not acted on."),
+            "Older samples are not acted on; a pod missing from an answer after a good "
+            "reading is a scrape gap, waited for this long without a word."),
     Setting("metrics.prometheus.url", str, None,
             "Prometheus base URL; unset, the operator's --default-prometheus-url."),
     Setting("metrics.prometheus.bearerTokenFile", str, None, "File holding a bearer token."),
@@ -103,6 +104,9 @@ FIELDS: Final[tuple[Setting, ...]] = (
             "Every pod must have been Ready this long, and the rollout complete."),
     _number("balance.stepIntervalSeconds", float, 30.0, 1, 86400,
             "Least time between steps, after the drain window, so a fresh scrape is measured."),
+    _number("balance.balancedIntervalSeconds", float, 60.0, 1, 86400,
+            "How often a balanced (or judged) pool is measured again, never more often than "
+            "stepIntervalSeconds; a pod or workload change wakes it at once."),
     _number("balance.maxSteps", int, 20, 1, 1000,
             "Steps per rebalancing episode before giving up."),
     _number("balance.maxStepsWithoutImprovement", int, 2, 1, 100,
