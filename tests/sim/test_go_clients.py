@@ -24,6 +24,7 @@ from connbalance.agent.proxy import ProxyAgent, Refusal
 from connbalance.agent.reset import ResetAgent, ResetUnavailable, check_sock_destroy
 from connbalance.model import DrainRequest, RequestId
 from connbalance_sim.balancer import FlowHashBalancer
+from connbalance_sim.clients import BACKOFF, CAUSES, REFUSED_CONNECT
 from connbalance_sim.fleet import LocalFleet
 from connbalance_sim.retrypolicy import service_config_json
 from tests.goclients import build
@@ -301,3 +302,15 @@ def test_go_clients_refused_with_a_reset_wait_out_their_backoff(binary):
     assert agent.refused_by_goaway_total == 0
     assert after["transient_failures"] > before["transient_failures"]
     assert after["groups"]["failfast"]["calls_failed"] > 0, after["groups"]
+
+
+def test_go_clients_name_the_cause_of_each_failed_call_as_the_grpcio_fleet_does(binary):
+    # The bench's accounting (connbalance_sim.harm) reads each group's failed_by_cause: every
+    # failed call must have one, from the grpcio fleet's list. A reset refusal leaves the
+    # channel waiting out its backoff, so fail-fast calls fail in it or on the failed connect.
+    _, after, _ = asyncio.run(_cycle_go_clients_into_proxy_refusals(binary, refusal="reset"))
+    for group in after["groups"].values():
+        assert set(group["failed_by_cause"]) <= set(CAUSES), group
+        assert sum(group["failed_by_cause"].values()) == group["calls_failed"], group
+    failfast = after["groups"]["failfast"]["failed_by_cause"]
+    assert failfast.get(BACKOFF, 0) + failfast.get(REFUSED_CONNECT, 0) > 0, failfast
