@@ -349,9 +349,7 @@ async def _roll_out(parts: _Parts, strategy: Strategy) -> _Outcome:
 async def _stop(parts: _Parts) -> None:
     for task in (parts.acting, parts.sampler):
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_until_done(task)
     ctx = parts.ctx
     await ctx.clients.stop()
     await ctx.fleet.stop()
@@ -360,6 +358,19 @@ async def _stop(parts: _Parts) -> None:
     await parts.scraper.close()
     if parts.prometheus is not None:
         await parts.prometheus.stop()
+
+
+async def cancel_until_done(task: asyncio.Task[None], *, every: float = 1.0) -> None:
+    """Cancel ``task`` until it ends. Once is not always enough: a cancellation that arrives
+    just as a timeout fires inside the task can be lost (turned into the timeout's error, as
+    ``asyncio.wait_for`` before Python 3.12 and timer contexts can, which the controller's loop
+    then retries as a failed reconcile). With 3,000 clients, after this process had stalled for
+    seconds, a strategy's task outlived its one cancellation and the run never ended."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=every)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
 
 
 async def _sample(ctx: Context, source: ScrapeLoadSource, samples: list[Sample]) -> None:

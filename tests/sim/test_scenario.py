@@ -4,6 +4,7 @@ take to start."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from connbalance.model import PodName
 from connbalance_sim.balancer import FlowHashBalancer
 from connbalance_sim.fleet import LocalFleet
-from connbalance_sim.scenario import Scenario
+from connbalance_sim.scenario import Scenario, cancel_until_done
 
 
 @pytest.mark.parametrize("clients", [60, 300, 1200])
@@ -44,3 +45,18 @@ def test_a_fleet_gives_up_on_a_pod_after_its_own_start_timeout():
                        clock=lambda: next(ticks))
     with pytest.raises(TimeoutError, match="in 3s"):
         asyncio.run(fleet.wait_ready(PodName("sim-0")))
+
+
+def test_a_task_that_loses_its_first_cancellation_is_cancelled_again_until_it_ends():
+    async def loses_one_cancellation() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(60)
+        await asyncio.sleep(60)
+
+    async def scenario() -> asyncio.Task[None]:
+        task = asyncio.create_task(loses_one_cancellation())
+        await asyncio.sleep(0)
+        await asyncio.wait_for(cancel_until_done(task, every=0.01), timeout=5)
+        return task
+
+    assert asyncio.run(scenario()).cancelled()
