@@ -27,6 +27,12 @@ from dataclasses import dataclass, field
 
 from connbalance.agent.h2 import H2_SETTINGS_THEN_GOAWAY
 
+# A kubelet probe's default timeoutSeconds. A backend here either answers a check at once or
+# refuses it at once, so only this process's own lateness makes one time out: with thousands of
+# clients the loop's turns take a few tenths of a second, and a timeout as short as the check
+# interval (0.25 s) took every pod out of service at once.
+HEALTH_TIMEOUT = 1.0
+
 
 @dataclass(slots=True, eq=False)
 class Backend:
@@ -149,13 +155,15 @@ class _BackendSide(asyncio.Protocol):
 
 class FlowHashBalancer:
     def __init__(self, *, host: str, port: int = 0, seed: int = 0, health_interval: float = 0.25,
-                 unhealthy_after: int = 2, clock: Callable[[], float] = time.time,
+                 health_timeout: float = HEALTH_TIMEOUT, unhealthy_after: int = 2,
+                 clock: Callable[[], float] = time.time,
                  on_end: Callable[[ConnectionEnd], None] | None = None, redials: int = 0) -> None:
         self._host = host
         self._redials = redials
         self._port = port
         self._salt = str(seed).encode()
         self._interval = health_interval
+        self._health_timeout = health_timeout
         self._unhealthy_after = unhealthy_after
         self._clock = clock
         self._on_end = on_end
@@ -333,11 +341,11 @@ class FlowHashBalancer:
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(backend.host, backend.health_port),
-                timeout=self._interval)
+                timeout=self._health_timeout)
         except OSError:
             return False
         except TimeoutError:
-            return check_verdict(elapsed=self._clock() - started, timeout=self._interval)
+            return check_verdict(elapsed=self._clock() - started, timeout=self._health_timeout)
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
