@@ -2,7 +2,8 @@
 
 Each new connection goes to ``ready[hash(client address, client port) % len(ready)]`` and stays
 there for its life. A backend enters the ready set once its health check answers and leaves it
-after ``unhealthy_after`` failed checks in a row, or at once when it is deregistered (a pod being
+after ``unhealthy_after`` failed checks in a row (a check this process was too late to read
+counts neither way: ``check_verdict``), or at once when it is deregistered (a pod being
 deleted leaves the endpoints first). ``steer_off(name, until=)`` keeps new connections off a
 backend until then, unless that would leave none: how the ``steer`` actuation is simulated.
 
@@ -25,6 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from connbalance.agent.h2 import H2_SETTINGS_THEN_GOAWAY
+
+# A kubelet probe's default timeoutSeconds. A backend here either answers a check at once or
+# refuses it at once, so only this process's own lateness makes one time out: with thousands of
+# clients the loop's turns take a few tenths of a second, and a timeout as short as the check
+# interval (0.25 s) took every pod out of service at once.
+HEALTH_TIMEOUT = 1.0
 
 
 @dataclass(slots=True, eq=False)
@@ -148,13 +155,15 @@ class _BackendSide(asyncio.Protocol):
 
 class FlowHashBalancer:
     def __init__(self, *, host: str, port: int = 0, seed: int = 0, health_interval: float = 0.25,
-                 unhealthy_after: int = 2, clock: Callable[[], float] = time.time,
+                 health_timeout: float = HEALTH_TIMEOUT, unhealthy_after: int = 2,
+                 clock: Callable[[], float] = time.time,
                  on_end: Callable[[ConnectionEnd], None] | None = None, redials: int = 0) -> None:
         self._host = host
         self._redials = redials
         self._port = port
         self._salt = str(seed).encode()
         self._interval = health_interval
+        self._health_timeout = health_timeout
         self._unhealthy_after = unhealthy_after
         self._clock = clock
         self._on_end = on_end
@@ -313,6 +322,8 @@ class FlowHashBalancer:
             flipped = False
             for backend, ok in zip(backends, results, strict=True):
                 was = backend.healthy
+                if ok is None:
+                    continue  # no verdict: the check timed out because this process was late
                 if ok:
                     backend.healthy, backend.failures = True, 0
                 else:
@@ -325,14 +336,27 @@ class FlowHashBalancer:
                     listener()
             await asyncio.sleep(self._interval)
 
-    async def _check(self, backend: Backend) -> bool:
+    async def _check(self, backend: Backend) -> bool | None:
+        started = self._clock()
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(backend.host, backend.health_port),
-                timeout=self._interval)
-        except (OSError, TimeoutError):
+                timeout=self._health_timeout)
+        except OSError:
             return False
+        except TimeoutError:
+            return check_verdict(elapsed=self._clock() - started, timeout=self._health_timeout)
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
         return True
+
+
+def check_verdict(*, elapsed: float, timeout: float) -> bool | None:
+    """What a health check that timed out says: the backend failed it (False), or nothing (None)
+    when it took half as long again as its timeout, because then this process was late to read the
+    answer, not the backend late to give it. The balancer shares its event loop with the
+    simulated agents and the controller: with thousands of clients a drain can hold that loop
+    for seconds, and a probe that counted its own process's stall would take every pod out of
+    service at once (a kubelet's probe runs apart from the pods it probes)."""
+    return None if elapsed > 1.5 * timeout else False

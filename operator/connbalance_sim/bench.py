@@ -12,6 +12,10 @@ the rest of the run (null if it never does); ``churn_when_balanced`` counts clos
 while the pool was already balanced, as the controller judges it (``measures``). Each result also
 carries the run's lower bounds and its figures as ratios to them (``bounds``).
 
+A fleet of more than 1,200 clients pings less often, so that the whole fleet makes 600 calls a
+second (``Scenario.ping_interval``), and its pods may take longer to start
+(``Scenario.start_timeout``); ``docs/bench.md`` has the figures at 5 servers and 3,000 clients.
+
 Strategies run one at a time unless ``--parallel`` says otherwise, ``--quick`` included: on two
 shared cores, runs side by side starve each other's clients and reconnects, so their figures
 measure the machine as much as the strategy. ``--matrix`` runs the scenario matrix instead

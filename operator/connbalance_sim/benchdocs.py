@@ -169,9 +169,9 @@ def update(docs: Path, doc: Mapping[str, Any]) -> str:
     return doc_key
 
 
-# Sections another command writes into the page (the scenario matrix, from bench --matrix):
-# carried over as they are, at the end.
-KEPT: Final = ("## Scenario matrix", "## Harm to calls")
+# Sections written by another command (the scenario matrix, from bench --matrix) or by hand
+# from runs of their own: carried over as they are, at the end.
+KEPT: Final = ("## Scenario matrix", "## At 5 servers and 3,000 clients", "## Harm to calls")
 
 
 def _kept(old_page: str) -> str:
@@ -181,7 +181,9 @@ def _kept(old_page: str) -> str:
         if start < 0:
             continue
         end = old_page.find("\n## ", start + 1)
-        kept.append(old_page[start:] if end < 0 else old_page[start:end + 1])
+        # Up to the newline before the next heading: the next section brings its own, so
+        # one blank line stays one however often the page is written again.
+        kept.append(old_page[start:] if end < 0 else old_page[start:end])
     return "".join(kept)
 
 

@@ -38,7 +38,7 @@ from connbalance.model import DrainRequest, PodName, PodState
 from connbalance.ports import ActuationError, FleetView
 from connbalance_sim.balancer import FlowHashBalancer
 
-START_TIMEOUT = 20.0
+START_TIMEOUT = 20.0  # seconds, unless the fleet is given its own (Scenario.start_timeout)
 AGENT_MODES = ("proxy", "reset", "auto")
 
 
@@ -77,7 +77,7 @@ class LocalFleet:
     def __init__(self, *, hosts: Sequence[str], balancer: FlowHashBalancer, prefix: str = "sim",
                  grace: float = 0.5, agent_mode: str = "proxy",
                  clock: Callable[[], float] = time.time, refusal: Refusal = DEFAULT_REFUSAL,
-                 h2_drain: bool = False) -> None:
+                 h2_drain: bool = False, start_timeout: float = START_TIMEOUT) -> None:
         if agent_mode not in ("proxy", "reset"):
             raise ValueError(f"agent mode must be proxy or reset, not {agent_mode!r}")
         if refusal not in REFUSALS:
@@ -89,6 +89,7 @@ class LocalFleet:
         self._hosts = dict(zip(self._names, hosts, strict=True))
         self._balancer = balancer
         self._grace = grace
+        self._start_timeout = start_timeout
         self._clock = clock
         self._pods: dict[PodName, Pod] = {}
         self._uids = itertools.count(1)
@@ -157,7 +158,8 @@ class LocalFleet:
             self._rolling = False
             self._changed()
 
-    async def wait_ready(self, name: PodName, *, timeout: float = START_TIMEOUT) -> None:
+    async def wait_ready(self, name: PodName, *, timeout: float | None = None) -> None:
+        timeout = self._start_timeout if timeout is None else timeout
         deadline = self._clock() + timeout
         while not self._balancer.is_ready(name):
             if self._clock() > deadline:
@@ -189,7 +191,7 @@ class LocalFleet:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
         assert process.stdout is not None
         try:
-            line = await asyncio.wait_for(process.stdout.readline(), timeout=START_TIMEOUT)
+            line = await asyncio.wait_for(process.stdout.readline(), timeout=self._start_timeout)
             ports = json.loads(line)
         except (TimeoutError, ValueError):
             process.kill()

@@ -25,7 +25,7 @@ from connbalance.model import PodName
 from connbalance.ports import LoadSource, MetricsError
 from connbalance_sim import harm
 from connbalance_sim.balancer import ConnectionEnd, FlowHashBalancer
-from connbalance_sim.fleet import LocalFleet
+from connbalance_sim.fleet import START_TIMEOUT, LocalFleet
 from connbalance_sim.measures import Event, Record, Sample
 from connbalance_sim.prom import LocalPrometheus
 from connbalance_sim.retrypolicy import service_config_json
@@ -41,6 +41,17 @@ def client_processes_for(clients: int) -> int:
     return max(1, math.ceil(clients / CLIENTS_PER_PROCESS))
 
 
+# What two cores carry beside the fleet they call: the whole fleet's unary calls per second.
+# 1,200 clients pinging every 2 s make 600 a second, and the pods, the clients and the bench then
+# took 1.2 cores (5 servers, reset mode, grpcio clients); a fleet that large or smaller pings as
+# it always did, and a larger one pings less often, as a real Teleport agent heartbeats rarely.
+FLEET_CALLS_PER_SECOND = 600.0
+# How long a new pod may take to start and turn ready: the fleet's START_TIMEOUT, and a second
+# for every START_CLIENTS_PER_SECOND clients it will be asked to take (the pool's clients over
+# its pods), since those clients' reconnects load the machine the pod starts on.
+START_CLIENTS_PER_SECOND = 20.0
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     servers: int = 3
@@ -50,7 +61,9 @@ class Scenario:
     duration: float = 45.0  # seconds after the rollout finished
     pause: float = 2.0  # between two pod restarts
     warmup: float = 1.0
-    ping: float = 2.0  # seconds between a client's unary calls
+    ping: float = 2.0  # seconds between a client's unary calls, unless the fleet is large
+    # The whole fleet's unary calls per second, at most: see ping_interval.
+    max_fleet_calls: float = FLEET_CALLS_PER_SECOND
     backoff_ms: int = 100
     sample_interval: float = 0.5
     net: str = "127.0.6"  # a /24 of loopback, by its first three octets
@@ -82,8 +95,18 @@ class Scenario:
     def prometheus_host(self) -> str:
         return f"{self.net}.{10 + 30 * self.block + 29}"
 
+    def ping_interval(self) -> float:
+        """Seconds between one client's unary calls: ``ping``, or longer when the whole fleet
+        would otherwise call more than ``max_fleet_calls`` times a second."""
+        return max(self.ping, self.clients / self.max_fleet_calls)
+
+    def start_timeout(self) -> float:
+        """Seconds a new pod may take to start and turn ready before the run gives up on it."""
+        return START_TIMEOUT + self.clients / self.servers / START_CLIENTS_PER_SECOND
+
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {**{k: getattr(self, k) for k in self.__dataclass_fields__},
+                "ping_interval": self.ping_interval(), "start_timeout": self.start_timeout()}
 
 
 class View(Protocol):
@@ -153,7 +176,8 @@ class ClientProcesses:
             else:
                 args = [sys.executable, "-m", "connbalance_sim.clients"]
             args += ["--failfast", str(failfast), "--target", target, "--count", str(count),
-                     "--ping", str(scenario.ping), "--backoff-ms", str(scenario.backoff_ms),
+                     "--ping", str(scenario.ping_interval()),
+                     "--backoff-ms", str(scenario.backoff_ms),
                      "--seed", str(scenario.seed * 1000 + index), "--report", "0.25",
                      "--lifetime", "3600"]
             if reconnect_mean is not None:
@@ -255,7 +279,8 @@ def _assemble(scenario: Scenario, *, view: View | None, clock: Callable[[], floa
     balancer = FlowHashBalancer(host=balancer_host, seed=scenario.seed, on_end=on_end,
                                 clock=clock)
     fleet = LocalFleet(hosts=hosts, balancer=balancer, agent_mode=scenario.agent_mode,
-                       clock=clock, refusal=scenario.refusal, h2_drain=scenario.h2_drain)
+                       clock=clock, refusal=scenario.refusal, h2_drain=scenario.h2_drain,
+                       start_timeout=scenario.start_timeout())
     # The timeline is always scraped directly (fast, every half second); the controller reads
     # through the source chosen, a real Prometheus included.
     timeline = ScrapeLoadSource(targets=fleet.metrics_targets, clock=clock)
@@ -324,9 +349,7 @@ async def _roll_out(parts: _Parts, strategy: Strategy) -> _Outcome:
 async def _stop(parts: _Parts) -> None:
     for task in (parts.acting, parts.sampler):
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_until_done(task)
     ctx = parts.ctx
     await ctx.clients.stop()
     await ctx.fleet.stop()
@@ -335,6 +358,19 @@ async def _stop(parts: _Parts) -> None:
     await parts.scraper.close()
     if parts.prometheus is not None:
         await parts.prometheus.stop()
+
+
+async def cancel_until_done(task: asyncio.Task[None], *, every: float = 1.0) -> None:
+    """Cancel ``task`` until it ends. Once is not always enough: a cancellation that arrives
+    just as a timeout fires inside the task can be lost (turned into the timeout's error, as
+    ``asyncio.wait_for`` before Python 3.12 and timer contexts can, which the controller's loop
+    then retries as a failed reconcile). With 3,000 clients, after this process had stalled for
+    seconds, a strategy's task outlived its one cancellation and the run never ended."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=every)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
 
 
 async def _sample(ctx: Context, source: ScrapeLoadSource, samples: list[Sample]) -> None:

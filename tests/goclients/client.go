@@ -37,6 +37,7 @@ type counters struct {
 	streamErrors      [codes.Unauthenticated + 1]atomic.Int64 // opens and breaks, by status
 	callsOK           atomic.Int64
 	callsFailed       [codes.Unauthenticated + 1]atomic.Int64 // unary calls, by status
+	failedByCause     [len(causes)]atomic.Int64               // unary calls, by causeOf
 	reconnects        atomic.Int64                            // READY again on the same channel
 	transientFailures atomic.Int64
 	dials             atomic.Int64
@@ -195,6 +196,36 @@ func (c *client) holdOnce(ctx context.Context, conn *grpc.ClientConn, desc *grpc
 	}
 }
 
+// The causes of a failed call, as the grpcio fleet names them (connbalance_sim/clients.py,
+// cause_of), so that the bench accounts for either fleet's failures the same way.
+var causes = [...]string{"close_during_call", "refused_connect", "backoff", "deadline", "other"}
+
+const (
+	closeDuringCall = iota
+	refusedConnect
+	inBackoff
+	deadline
+	other
+)
+
+// causeOf says why a unary call failed, from its channel's state when the call began and ended
+// and the times the channel entered TRANSIENT_FAILURE while it ran: made while the channel
+// waited out its backoff; the connect it waited for failed; no answer within its deadline; made
+// on a ready connection that closed under it; anything else. The grpcio fleet's rule.
+func causeOf(atStart, atEnd connectivity.State, failedConnects int64, code codes.Code) int {
+	switch {
+	case atStart == connectivity.TransientFailure:
+		return inBackoff
+	case failedConnects > 0 || atEnd == connectivity.TransientFailure:
+		return refusedConnect
+	case code == codes.DeadlineExceeded:
+		return deadline
+	case atStart == connectivity.Ready:
+		return closeDuringCall
+	}
+	return other
+}
+
 // pings makes a unary call every ping (+-20%), as an agent heartbeats; no wait-for-ready, so a
 // call made while the channel is in TRANSIENT_FAILURE fails at once unless the policy retries it.
 func (c *client) pings(ctx context.Context, conn *grpc.ClientConn) {
@@ -203,6 +234,7 @@ func (c *client) pings(ctx context.Context, conn *grpc.ClientConn) {
 	for ctx.Err() == nil {
 		callCtx, cancel := context.WithTimeout(ctx, timeout)
 		request, reply := []byte("ping"), []byte(nil)
+		atStart, failedBefore := conn.GetState(), c.counters.transientFailures.Load()
 		err := conn.Invoke(callCtx, pingMethod, &request, &reply)
 		cancel()
 		if ctx.Err() != nil {
@@ -212,6 +244,8 @@ func (c *client) pings(ctx context.Context, conn *grpc.ClientConn) {
 			c.counters.callsOK.Add(1)
 		} else {
 			c.counters.callsFailed[status.Code(err)].Add(1)
+			c.counters.failedByCause[causeOf(atStart, conn.GetState(),
+				c.counters.transientFailures.Load()-failedBefore, status.Code(err))].Add(1)
 			if c.settings.logFailures {
 				logFailure(c, err)
 			}

@@ -13,9 +13,9 @@
 //
 // Every --report seconds it prints one JSON line: the grpcio fleet's counters (clients, streams,
 // calls_ok, calls_failed, stream_breaks, voluntary), what grpc-go adds (calls failed and stream
-// errors by status code, reconnects, transient failures, dials), how many streams each server
-// holds (its connbalance-server metadata), the same per group, and with --per-client one entry
-// per client. The last line, at SIGTERM, SIGINT or --lifetime, has "done": true. With
+// errors by status code, failed calls by cause as the grpcio fleet names them, reconnects,
+// transient failures, dials), how many streams each server holds (its connbalance-server
+// metadata), the same per group, and with --per-client one entry per client. The last line, at SIGTERM, SIGINT or --lifetime, has "done": true. With
 // --log-failures each failed call is also one JSON line on stderr: when, which client, the status.
 package main
 
@@ -39,6 +39,7 @@ type totals struct {
 	CallsOK           int64            `json:"calls_ok"`
 	CallsFailed       int64            `json:"calls_failed"`
 	FailedByCode      map[string]int64 `json:"failed_by_code"`
+	FailedByCause     map[string]int64 `json:"failed_by_cause"`
 	StreamBreaks      int64            `json:"stream_breaks"`
 	StreamErrors      map[string]int64 `json:"stream_errors_by_code"`
 	Reconnects        int64            `json:"reconnects"`
@@ -65,8 +66,8 @@ type report struct {
 }
 
 func newTotals() *totals {
-	return &totals{FailedByCode: map[string]int64{}, StreamErrors: map[string]int64{},
-		Servers: map[string]int{}}
+	return &totals{FailedByCode: map[string]int64{}, FailedByCause: map[string]int64{},
+		StreamErrors: map[string]int64{}, Servers: map[string]int{}}
 }
 
 func (t *totals) add(c *counters) {
@@ -80,6 +81,11 @@ func (t *totals) add(c *counters) {
 		}
 		if n := c.streamErrors[code].Load(); n > 0 {
 			t.StreamErrors[codes.Code(code).String()] += n
+		}
+	}
+	for cause, name := range causes {
+		if n := c.failedByCause[cause].Load(); n > 0 {
+			t.FailedByCause[name] += n
 		}
 	}
 	t.CallsOK += c.callsOK.Load()

@@ -7,7 +7,7 @@ import collections
 import math
 import socket
 
-from connbalance_sim.balancer import FlowHashBalancer
+from connbalance_sim.balancer import FlowHashBalancer, check_verdict
 
 NET = "127.0.8"
 
@@ -182,3 +182,10 @@ def test_reports_each_ended_connection_as_cycled_unless_its_backend_was_deregist
 
     ends = asyncio.run(scenario())
     assert ends == [True] * 50 + [False]
+
+
+def test_a_health_check_that_timed_out_on_time_fails_and_one_read_late_says_nothing():
+    # On time: the backend did not answer within the timeout.
+    assert check_verdict(elapsed=0.26, timeout=0.25) is False
+    # Seconds late: the balancer's own event loop was held (a large drain), not the backend.
+    assert check_verdict(elapsed=3.0, timeout=0.25) is None

@@ -21,6 +21,8 @@ def test_quick_bench_prints_one_well_formed_document_where_only_connbalance_bala
     assert set(doc) == {"scenario", "results"}
     assert doc["scenario"]["servers"] == 3
     assert doc["scenario"]["restarts"] == 3
+    # 60 clients ping every 2 s, as before the call rate scaled with the fleet.
+    assert doc["scenario"]["ping_interval"] == 2.0
     results = {r["strategy"]: r for r in doc["results"]}
     assert list(results) == ["none", "max-age", "random-reconnect", "piko", "wazuh",
                              "connbalance", "connbalance-steer"]
@@ -121,6 +123,22 @@ def test_docs_show_each_client_groups_failed_calls_and_keep_the_harm_section(tmp
     text = page.read_text()
     assert text.count("## Harm to calls") == 1
     assert text.endswith("\n## Harm to calls\n\nthe causes\n")
+
+
+def test_docs_keep_the_section_on_3000_clients_between_the_matrix_and_the_harm(tmp_path):
+    from connbalance_sim import benchdocs
+
+    benchdocs.update(tmp_path, _doc("proxy", cycled=11))
+    page = tmp_path / "bench.md"
+    page.write_text(page.read_text() + "\n## Scenario matrix\n\nthe matrix\n"
+                    "\n## At 5 servers and 3,000 clients\n\nat scale\n"
+                    "\n## Harm to calls\n\nthe causes\n")
+    benchdocs.update(tmp_path, _doc("reset", cycled=12))
+    text = page.read_text()
+    assert text.count("## At 5 servers and 3,000 clients") == 1
+    assert text.endswith("\n## Scenario matrix\n\nthe matrix\n"
+                         "\n## At 5 servers and 3,000 clients\n\nat scale\n"
+                         "\n## Harm to calls\n\nthe causes\n")
 
 
 def test_thousands_of_clients_are_spread_over_several_client_processes():

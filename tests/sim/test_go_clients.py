@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,9 @@ from connbalance.agent.engine import DrainEngine
 from connbalance.agent.proxy import ProxyAgent, Refusal
 from connbalance.agent.reset import ResetAgent, ResetUnavailable, check_sock_destroy
 from connbalance.model import DrainRequest, RequestId
+from connbalance_sim import harm
 from connbalance_sim.balancer import FlowHashBalancer
+from connbalance_sim.clients import BACKOFF, CAUSES, REFUSED_CONNECT
 from connbalance_sim.fleet import LocalFleet
 from connbalance_sim.retrypolicy import service_config_json
 from tests.goclients import build
@@ -301,3 +304,34 @@ def test_go_clients_refused_with_a_reset_wait_out_their_backoff(binary):
     assert agent.refused_by_goaway_total == 0
     assert after["transient_failures"] > before["transient_failures"]
     assert after["groups"]["failfast"]["calls_failed"] > 0, after["groups"]
+
+
+def test_go_clients_name_the_cause_of_each_failed_call_as_the_grpcio_fleet_does(binary):
+    # The bench's accounting (connbalance_sim.harm) reads each group's failed_by_cause: every
+    # failed call must have one, from the grpcio fleet's list. A reset refusal leaves the
+    # channel waiting out its backoff, so fail-fast calls fail in it or on the failed connect.
+    _, after, _ = asyncio.run(_cycle_go_clients_into_proxy_refusals(binary, refusal="reset"))
+    for group in after["groups"].values():
+        assert set(group["failed_by_cause"]) <= set(CAUSES), group
+        assert sum(group["failed_by_cause"].values()) == group["calls_failed"], group
+    failfast = after["groups"]["failfast"]["failed_by_cause"]
+    assert failfast.get(BACKOFF, 0) + failfast.get(REFUSED_CONNECT, 0) > 0, failfast
+
+
+def test_the_bench_runs_with_go_clients_and_accounts_for_their_failed_calls_by_group_and_cause(
+        binary, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "connbalance_sim.bench", "--quick", "--json", "--out",
+         str(tmp_path), "--net", NET, "--parallel", "2", "--go-clients", str(binary),
+         "--strategies", "none,connbalance"],
+        capture_output=True, text=True, timeout=300, check=True)
+    doc = json.loads(done.stdout)
+    assert doc["scenario"]["go_clients"] == binary.name
+    assert [r["strategy"] for r in doc["results"]] == ["none", "connbalance"]
+    for r in doc["results"]:
+        assert set(r["groups"]) == {"retry", "failfast"}
+        assert {g["clients"] for g in r["groups"].values()} == {30}
+        assert set(r["failed_by_cause"]) == set(harm.CAUSES)
+        assert sum(r["failed_by_cause"].values()) == r["failed_calls"] == sum(
+            g["failed_calls"] for g in r["groups"].values())
+        assert r["calls"] > 0
