@@ -11,13 +11,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import enum
 import logging
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -25,6 +23,7 @@ from connbalance.agent.lastrequest import LastRequestCollector
 from connbalance.agent.metrics import AgentMetrics
 from connbalance.agent.selection import ConnectionInfo, ceiling, pick, spread
 from connbalance.agent.state import SeenRequests
+from connbalance.agent.status import AgentStatus, CloseOutcome, RequestState, RequestStatus
 from connbalance.model import DrainRequest
 from connbalance.model.drain import DEFAULT_QUIET_MILLIS
 from connbalance.ports.clock import SYSTEM_CLOCK, Clock
@@ -35,72 +34,6 @@ log = logging.getLogger(__name__)
 _REPICK_LIMIT = 64
 # Direct closes (outside any request) are asked for by strategies that sit in no policy.
 DEFAULT_DIRECT_DEADLINE_SECONDS = 30.0
-
-
-class RequestState(enum.StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
-    REJECTED = "rejected"
-
-
-class CloseOutcome(enum.StrEnum):
-    GRACEFUL = "graceful"
-    FORCED = "forced"
-
-
-@dataclass(frozen=True, slots=True)
-class RequestStatus:
-    """Where one drain request stands. ``duplicate`` is set on the answer to a repeated id."""
-
-    id: str
-    count: int
-    cycled: int
-    forced: int
-    state: RequestState
-    reason: str = ""
-    duplicate: bool = False
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "count": self.count,
-            "cycled": self.cycled,
-            "forced": self.forced,
-            "state": self.state.value,
-            "reason": self.reason,
-        }
-
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> RequestStatus:
-        return cls(
-            id=str(data["id"]),
-            count=int(data["count"]),
-            cycled=int(data.get("cycled", 0)),
-            forced=int(data.get("forced", 0)),
-            state=RequestState(data.get("state", "done")),
-            reason=str(data.get("reason", "")),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class AgentStatus:
-    """``degraded`` says why the agent cannot cycle at all (empty when it can)."""
-
-    mode: str
-    active: int
-    cycled_total: int
-    requests: tuple[RequestStatus, ...]
-    degraded: str = ""
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "active": self.active,
-            "cycled_total": self.cycled_total,
-            "requests": [r.to_wire() for r in self.requests],
-            "degraded": self.degraded,
-        }
 
 
 class DrainEngine(abc.ABC):
