@@ -1,4 +1,4 @@
-"""Fuzzing the agent's HTTP intake through a real aiohttp server on loopback.
+"""Fuzzing the agent's HTTP intake through its real HTTP server (agent/httpserve.py) on loopback.
 
 Bodies, headers (Authorization variants, content types, lengths, chunked) and sizes around and
 above ``MAX_BODY_BYTES`` are written byte for byte (``rawhttp``). Whatever is sent: never a 5xx;

@@ -1,4 +1,5 @@
-"""Fuzzing the node agent's HTTP face (read-only) through a real aiohttp server on loopback.
+"""Fuzzing the node agent's HTTP face (read-only) through its real HTTP server on loopback
+(agent/httpserve.py).
 
 Whatever the method, path, pod name or headers: never a 5xx; a pod nothing was asked for is a
 404 whose JSON error names it; and nothing is served, read or recorded.
@@ -54,7 +55,7 @@ def node() -> Iterator[tuple[LoopThread, NodeAgent, int]]:
 
 segments = st.text(max_size=40).map(lambda t: urllib.parse.quote(t, safe=""))
 # Names as Kubernetes allows them (DNS labels): the route's own; any other text may be refused
-# by aiohttp's router first (a plain-text 404), which is still no 5xx.
+# by the router first (a plain-text 404), which is still no 5xx.
 kube_names = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?\Z")
 methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
 header_values = st.binary(max_size=60).map(

@@ -13,7 +13,7 @@ node, each in that pod's network namespace (``podns.py`` finds it, ``netns.py`` 
 
 In-process API (stable; the fleet simulator uses it)::
 
-    from connbalance.agent import ProxyAgent, AgentServer, build_http_app
+    from connbalance.agent import ProxyAgent, AgentServer, agent_routes
     from connbalance.model import DrainRequest
     from connbalance.ports.clock import SYSTEM_CLOCK
 
@@ -47,7 +47,7 @@ In-process API (stable; the fleet simulator uses it)::
     server = AgentServer(agent, host="127.0.6.1", port=0, token="secret")
     await server.start(); server.port   # /healthz, /status, /metrics, POST /v1/drain
     await server.stop()
-    app = build_http_app(agent, token="secret")   # the bare aiohttp.web.Application
+    routes = agent_routes(agent, token="secret")   # list[Route], for an HttpServer of your own
 
 ``ResetAgent(port=3025, address="10.0.3.7", max_fraction=0.25, ...)`` (in
 ``connbalance.agent.reset``) offers the same engine API for reset mode; its ``start()`` raises
@@ -64,7 +64,9 @@ A connection is quiet, and may be closed gracefully, when neither direction carr
 ``quietMillis``, no buffer holds any, and the server had the last word (silence after a client's
 request is a server still answering it). Otherwise it is closed at the deadline, counted forced.
 HTTP answers on POST /v1/drain: 202 accepted, 200 duplicate id, 422 rejected (nothing closed),
-400 malformed (``{"error", "field"}``), 401 missing or wrong token. The command line is
+400 malformed (``{"error", "field"}``), 401 missing or wrong token, 413 a body over 64 KiB. The
+server is ``httpserve.HttpServer``: h11 and asyncio's streams, not aiohttp, whose server alone
+cost an agent about 12 MiB of resident memory. The command line is
 ``connbalance agent`` (``connbalance.agent.main:run``).
 """
 
@@ -75,7 +77,7 @@ from connbalance.agent.engine import (
     RequestState,
     RequestStatus,
 )
-from connbalance.agent.http import AgentServer, build_http_app
+from connbalance.agent.http import AgentServer, agent_routes
 from connbalance.agent.proxy import ProxyAgent
 from connbalance.agent.selection import ConnectionInfo
 
@@ -88,5 +90,5 @@ __all__ = [
     "ProxyAgent",
     "RequestState",
     "RequestStatus",
-    "build_http_app",
+    "agent_routes",
 ]

@@ -6,65 +6,60 @@ import hmac
 import ssl
 from typing import Any
 
-from aiohttp import web
-
 from connbalance.agent.engine import DrainEngine, RequestState
+from connbalance.agent.httpserve import (
+    HttpServer,
+    Request,
+    Response,
+    Route,
+    json_response,
+    text_response,
+)
 from connbalance.agent.metrics import CONTENT_TYPE
 from connbalance.model import DrainRequest, InvalidDrainRequest
 
 # A drain request is a few hundred bytes; anything far larger is not one.
 MAX_BODY_BYTES = 64 * 1024
-_AGENT_KEY = web.AppKey("agent", DrainEngine)
-_TOKEN_KEY = web.AppKey("token", str)
 
 
-def build_http_app(agent: DrainEngine, *, token: str | None) -> web.Application:
-    """The aiohttp application. With ``token`` None, POST /v1/drain refuses every request."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app[_AGENT_KEY] = agent
-    app[_TOKEN_KEY] = token or ""
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/status", _status)
-    app.router.add_get("/metrics", _metrics)
-    app.router.add_post("/v1/drain", _drain)
-    return app
+def agent_routes(agent: DrainEngine, *, token: str | None) -> list[Route]:
+    """The agent's routes. With ``token`` None, POST /v1/drain refuses every request."""
+
+    async def healthz(request: Request) -> Response:
+        # 200 even when degraded: a probe on the agent must never take its pod out of service.
+        degraded = agent.degraded
+        return text_response(f"ok, degraded: {degraded}\n" if degraded else "ok\n")
+
+    async def status(request: Request) -> Response:
+        return json_response(agent.status().to_wire())
+
+    async def metrics(request: Request) -> Response:
+        return Response(200, agent.metrics.render(), CONTENT_TYPE)
+
+    async def drain(request: Request) -> Response:
+        return await _drain(agent, token or "", request)
+
+    return [Route("GET", "/healthz", healthz), Route("GET", "/status", status),
+            Route("GET", "/metrics", metrics), Route("POST", "/v1/drain", drain)]
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    # 200 even when degraded: a probe on the agent must never take its pod out of service.
-    degraded = request.app[_AGENT_KEY].degraded
-    return web.Response(text=f"ok, degraded: {degraded}\n" if degraded else "ok\n")
-
-
-async def _status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[_AGENT_KEY].status().to_wire())
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    body = request.app[_AGENT_KEY].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
-
-
-def _authorized(request: web.Request) -> bool:
-    token = request.app[_TOKEN_KEY]
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if not token or scheme.lower() != "bearer":
+def _authorized(token: str, request: Request) -> bool:
+    scheme, _, given = request.header("authorization").partition(b" ")
+    if not token or scheme.lower() != b"bearer":
         return False
-    # A header may carry any byte (aiohttp keeps the undecodable ones as surrogates): compare
-    # bytes, in constant time, so a stray byte is a wrong token and never a server error.
-    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
+    # A header may carry any byte: compare bytes, in constant time, so a stray byte is a wrong
+    # token and never a server error.
+    return hmac.compare_digest(given.strip(), token.encode())
 
 
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status)
+def _error(status: int, message: str, **extra: Any) -> Response:
+    return json_response({"error": message, **extra}, status=status)
 
 
-async def _drain(request: web.Request) -> web.Response:
-    agent = request.app[_AGENT_KEY]
-    if not _authorized(request):
+async def _drain(agent: DrainEngine, token: str, request: Request) -> Response:
+    if not _authorized(token, request):
         agent.metrics.count_request("unauthorized")
-        if not request.app[_TOKEN_KEY]:
+        if not token:
             return _error(
                 401,
                 "HTTP intake is off: the agent was started without --token-file",
@@ -76,23 +71,21 @@ async def _drain(request: web.Request) -> web.Response:
             field="Authorization",
             headers_hint="Authorization: Bearer <token>",
         )
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
+    if request.body is None:
         agent.metrics.count_request("invalid")
         return _error(413, f"body larger than {MAX_BODY_BYTES} bytes", field="body")
     try:
-        drain = DrainRequest.from_json(body, now=agent.clock.now())
+        drain = DrainRequest.from_json(request.body, now=agent.clock.now())
     except InvalidDrainRequest as exc:
         agent.metrics.count_request("invalid")
         return _error(400, exc.message, field=exc.field)
     status = await agent.submit(drain)
     payload = {**status.to_wire(), "duplicate": status.duplicate}
     if status.duplicate:
-        return web.json_response(payload, status=200)
+        return json_response(payload, status=200)
     if status.state is RequestState.REJECTED:
-        return web.json_response(payload, status=422)
-    return web.json_response(payload, status=202)
+        return json_response(payload, status=422)
+    return json_response(payload, status=202)
 
 
 def server_tls(*, cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -104,9 +97,9 @@ def server_tls(*, cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
-class AgentServer:
-    """The HTTP app served on a host and port (port 0 picks a free one; see ``port``); HTTPS
-    with ``ssl_context`` (see ``server_tls``), since the token crosses the pod network."""
+class AgentServer(HttpServer):
+    """The agent's routes served on a host and port (port 0 picks a free one; see ``port``);
+    HTTPS with ``ssl_context`` (see ``server_tls``), since the token crosses the pod network."""
 
     def __init__(
         self,
@@ -117,28 +110,5 @@ class AgentServer:
         token: str | None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._app = build_http_app(agent, token=token)
-        self._host = host
-        self._port = port
-        self._ssl = ssl_context
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
-
-    @property
-    def port(self) -> int:
-        if self._runner is None:
-            raise RuntimeError("the HTTP server has not started")
-        for address in self._runner.addresses:
-            return int(address[1])
-        raise RuntimeError("the HTTP server has no address")
-
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self._app, access_log=None)
-        await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl)
-        await self._site.start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        super().__init__(agent_routes(agent, token=token), host=host, port=port,
+                         max_body=MAX_BODY_BYTES, ssl_context=ssl_context)
