@@ -8,7 +8,6 @@ measured after the last window (``waits.measured_too_early``) and the cycled cli
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
@@ -26,11 +25,10 @@ from connbalance.controller.results import (
     TickResult,
     conditions_for,
     tick_result,
-    unchanged,
 )
-from connbalance.controller.scrapelag import LastReadings, not_scraped_yet, scrape_gap
-from connbalance.controller.state import ControllerState, newest_step
-from connbalance.controller.waits import MARGIN_SECONDS, measured_too_early, until_settled
+from connbalance.controller.scrapelag import LastReadings, Pace, metrics_failed
+from connbalance.controller.state import ControllerState, new_episode_id, newest_step
+from connbalance.controller.waits import measured_too_early, until_settled
 from connbalance.model import DrainRequest, Phase, Plan, PodLoad, PodName, Policy, PolicyName
 from connbalance.planner import Verdict
 from connbalance.planner.plan import decide
@@ -115,25 +113,9 @@ class Controller:
         try:
             measured = await self._loads.read(pods=ready) if ready else {}
         except MetricsError as exc:
-            if why := not_scraped_yet(exc, view.pods, policy=self._policy, now=now):
-                return tick_result(
-                    state, Phase.SETTLING, why, self._soon, seen=Seen(pods=view.pods)
-                )
-            gap, left = scrape_gap(
-                exc, view.pods, readings=self._readings, policy=self._policy, now=now
-            )
-            if gap:
-                # Nothing is planned on a partial reading, and nothing is said about it either.
-                return unchanged(state, gap, min(self._soon, max(MARGIN_SECONDS, left)))
-            self._events.emit(kind="Warning", reason=exc.reason, message=str(exc))
-            return tick_result(
-                state,
-                Phase.DEGRADED,
-                str(exc),
-                self._interval,
-                metrics=("False", exc.reason),
-                seen=Seen(pods=view.pods),
-            )
+            return metrics_failed(exc, state, view.pods, readings=self._readings,
+                                  policy=self._policy, now=now, events=self._events,
+                                  pace=Pace(soon=self._soon, interval=self._interval))
         self._readings.note(view.pods, measured)
         seen = Seen(pods=view.pods, loads={p: m.load for p, m in measured.items()})
         window = self._policy.actuation.window_seconds
@@ -343,7 +325,7 @@ class Controller:
         self, state: ControllerState, view: FleetView, plan: Plan, now: float, seen: Seen
     ) -> TickResult:
         """Issue the plan as the next step of the current episode (or of a new one)."""
-        episode = state.episode or _new_episode(self._name, view.revision, now)
+        episode = state.episode or new_episode_id(self._name, view.revision, now)
         step = state.step + 1
         try:
             issued = await self._issuer.issue(
@@ -412,7 +394,3 @@ class Controller:
             issued=issued,
             seen=seen,
         )
-
-
-def _new_episode(name: PolicyName, revision: str, now: float) -> str:
-    return hashlib.sha256(f"{name}|{revision}|{now:.6f}".encode()).hexdigest()[:10]

@@ -22,9 +22,13 @@ Missing for longer, either is the metrics' fault, and told as such.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from connbalance.model import PodLoad, PodName, PodState, Policy
-from connbalance.ports import MetricsEmpty, MetricsError, MetricsPodMissing
+from connbalance.controller.results import Seen, TickResult, tick_result, unchanged
+from connbalance.controller.state import ControllerState
+from connbalance.controller.waits import MARGIN_SECONDS
+from connbalance.model import Phase, PodLoad, PodName, PodState, Policy
+from connbalance.ports import EventSink, MetricsEmpty, MetricsError, MetricsPodMissing
 
 
 class LastReadings:
@@ -60,6 +64,46 @@ class LastReadings:
     def missed(self, pod: PodState, *, now: float) -> float:
         """When a look first missed ``pod`` since its last good reading: ``now`` the first time."""
         return self._missed.setdefault(pod.uid, now)
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How soon a tick comes back: ``soon`` while something is about to change, else
+    ``interval``."""
+
+    soon: float
+    interval: float
+
+
+def metrics_failed(
+    exc: MetricsError,
+    state: ControllerState,
+    pods: tuple[PodState, ...],
+    *,
+    readings: LastReadings,
+    policy: Policy,
+    now: float,
+    pace: Pace,
+    events: EventSink,
+) -> TickResult:
+    """What a tick whose load could not be read returns: Settling while the missing pods are too
+    new to have been scraped; its state unchanged, and nothing said, through a scrape gap; else
+    a Warning Event and Degraded, with MetricsAvailable False."""
+    if why := not_scraped_yet(exc, pods, policy=policy, now=now):
+        return tick_result(state, Phase.SETTLING, why, pace.soon, seen=Seen(pods=pods))
+    gap, left = scrape_gap(exc, pods, readings=readings, policy=policy, now=now)
+    if gap:
+        # Nothing is planned on a partial reading, and nothing is said about it either.
+        return unchanged(state, gap, min(pace.soon, max(MARGIN_SECONDS, left)))
+    events.emit(kind="Warning", reason=exc.reason, message=str(exc))
+    return tick_result(
+        state,
+        Phase.DEGRADED,
+        str(exc),
+        pace.interval,
+        metrics=("False", exc.reason),
+        seen=Seen(pods=pods),
+    )
 
 
 def not_scraped_yet(

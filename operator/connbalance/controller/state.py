@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
@@ -134,3 +135,8 @@ def newest_step(pods: tuple[PodState, ...], *, policy: PolicyName) -> IssuedStep
                 and p.drain.policy == policy and p.drain.id.startswith(prefix))
     return IssuedStep(episode=best.episode, step=best.step, issued_at=best.issued_at,
                       requested=asked)
+
+
+def new_episode_id(name: PolicyName, revision: str, now: float) -> str:
+    """A new episode's id: the policy, the pool's revision and the time, hashed to 10 hex digits."""
+    return hashlib.sha256(f"{name}|{revision}|{now:.6f}".encode()).hexdigest()[:10]
