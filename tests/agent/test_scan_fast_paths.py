@@ -1,6 +1,7 @@
 """The reset agent's cheap paths give what the plain ones give: rows unpacked a chunk at a time
-read the same as message by message, one walk over both families lists what two walks list, and
-the choice over rows is the head of ``freshly_quiet_first`` over ConnectionInfo."""
+read the same as message by message, columns read out of whole chunks are the rows' fields, one
+walk over both families lists what two walks list, and the choice over a scan's columns is the
+head of ``freshly_quiet_first`` over ConnectionInfo."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import struct
 import pytest
 
 from connbalance.agent import netlink
+from connbalance.agent.diagscan import Scan
 from connbalance.agent.netlink import (
     ROW_BYTES_RECEIVED,
     ROW_BYTES_SENT,
@@ -19,8 +21,10 @@ from connbalance.agent.netlink import (
     ROW_LAST_SENT_MS,
     ROW_RECV_QUEUE,
     ROW_SEND_QUEUE,
+    DumpChunk,
     SockDiag,
     SocketRow,
+    TcpSocket,
 )
 from connbalance.agent.reset import first_to_close
 from connbalance.agent.selection import ConnectionInfo, freshly_quiet_first
@@ -136,11 +140,11 @@ def test_counting_lists_as_many_as_the_scan(held_connections):
         assert diag.count_established(port=held_connections, address="127.0.4.22") == 0
 
 
-def _row(rng: random.Random, inode: int) -> SocketRow:
+def _row(rng: random.Random, inode: int, key: str) -> SocketRow:
     sent, received = rng.choice([0, 50, 150, 400, 2_000]), rng.choice([0, 50, 150, 400, 2_000])
     queued = rng.random() < 0.1
-    return (socket.AF_INET, 1, 2, b"", b"", 0, b"", int(queued) * 10, 0, inode, sent, received,
-            0, 0)  # fmt: skip
+    return (socket.AF_INET, 1, 2, b"", b"", 0, bytes.fromhex(key), int(queued) * 10, 0, inode,
+            sent, received, 0, 0)  # fmt: skip
 
 
 def _info(key: str, row: SocketRow) -> ConnectionInfo:
@@ -161,13 +165,46 @@ def _info(key: str, row: SocketRow) -> ConnectionInfo:
 @pytest.mark.parametrize("seed", range(30))
 def test_the_choice_over_rows_is_the_head_of_the_order_over_connections(seed):
     rng = random.Random(seed)
-    scan = {f"{i:04x}": _row(rng, rng.randrange(10_000)) for i in range(rng.randrange(1, 40))}
-    eligible = frozenset(k for k in scan if rng.random() < 0.8)
-    claimed = {k for k in scan if rng.random() < 0.2}
+    rows = {(k := f"{i:04x}"): _row(rng, rng.randrange(10_000), k)
+            for i in range(rng.randrange(1, 40))}  # fmt: skip
+    eligible = frozenset(k for k in rows if rng.random() < 0.8)
+    claimed = {k for k in rows if rng.random() < 0.2}
+    gone = {k for k in rows if rng.random() < 0.1}  # destroyed since the scan
     quiet = rng.choice([0.1, 0.2, 1.0])
     ordered = freshly_quiet_first(
-        [_info(k, r) for k, r in scan.items() if k in eligible and k not in claimed],
+        [_info(k, r) for k, r in rows.items()
+         if k in eligible and k not in claimed and k not in gone],
         quiet_seconds=quiet,
-    )
+    )  # fmt: skip
     expected = ordered[0].id if ordered else None
-    assert first_to_close(scan, eligible=eligible, claimed=claimed, quiet_seconds=quiet) == expected
+    scan = Scan([list(rows.values())])
+    for key in gone:
+        scan.discard(key)
+    chosen = first_to_close(scan, eligible=eligible, claimed=claimed, quiet_seconds=quiet)
+    assert chosen == expected
+    if chosen is not None:
+        assert scan.row(chosen) == rows[chosen]  # found again without an index
+
+
+def test_a_scans_columns_read_from_whole_chunks_are_the_rows_fields(held_connections):
+    with SockDiag() as diag:
+        parts = diag.established_parts(port=held_connections, address=HOST)
+    assert any(isinstance(part, DumpChunk) for part in parts)
+    rows = netlink.rows_of(parts)  # the same dump, each socket a whole row
+    walked = Scan([rows])
+    columns = Scan(parts)
+    assert len(columns) == len(walked) == 20
+    assert sorted(columns.keys) == sorted(walked.keys)
+    by_key = {TcpSocket.from_row(row).key: row for row in rows}
+    for i, key in enumerate(columns.keys):
+        row = by_key[key]
+        assert (columns.recv_queue[i], columns.send_queue[i], columns.inode[i],
+                columns.last_sent_ms[i], columns.last_received_ms[i]) == (
+            row[ROW_RECV_QUEUE], row[ROW_SEND_QUEUE], row[ROW_INODE], row[ROW_LAST_SENT_MS],
+            row[ROW_LAST_RECEIVED_MS])  # fmt: skip
+        assert columns.row(key) == row
+    gone = columns.keys[3]
+    columns.discard(gone)
+    assert columns.row(gone) is None
+    assert gone not in columns.key_set()
+    assert len(columns) == 19

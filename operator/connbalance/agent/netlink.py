@@ -13,8 +13,37 @@ import itertools
 import os
 import socket
 import struct
-from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import NamedTuple
+
+from connbalance.agent.diagreply import (
+    _NLMSGHDR,
+    _RTATTR,
+    INET_DIAG_INFO,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    ROW_BYTES_RECEIVED,
+    ROW_BYTES_SENT,
+    ROW_COOKIE,
+    ROW_DPORT,
+    ROW_DST,
+    ROW_FAMILY,
+    ROW_INODE,
+    ROW_INTERFACE,
+    ROW_LAST_RECEIVED_MS,
+    ROW_LAST_SENT_MS,
+    ROW_RECV_QUEUE,
+    ROW_SEND_QUEUE,
+    ROW_SPORT,
+    ROW_SRC,
+    DumpChunk,
+    DumpPart,
+    NetlinkError,
+    SocketRow,
+    _uniform_chunk,
+    _uniform_rows,
+    _walk,
+    rows_of,
+)
 
 NETLINK_SOCK_DIAG = 4
 TCPDIAG_GETSOCK = 18  # the older inet_diag request: one walk lists both families
@@ -23,16 +52,11 @@ SOCK_DESTROY = 21
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-INET_DIAG_INFO = 2
 INET_DIAG_REQ_BYTECODE = 1
 INET_DIAG_BC_S_COND = 7
 INET_DIAG_BC_S_EQ = 11
 TCP_ESTABLISHED = 1
 
-_NLMSGHDR = struct.Struct("=IHHII")
-_RTATTR = struct.Struct("=HH")
 # family, protocol, ext, pad, states; then the socket id: ports (big endian), addresses,
 # interface, cookie.
 _REQ = struct.Struct("=BBBxI")
@@ -42,18 +66,7 @@ _COMPAT_REQ = struct.Struct("=BBBB")
 _COMPAT_TAIL = struct.Struct("=II")
 _SOCKID = struct.Struct(">HH16s16s")
 _SOCKID_TAIL = struct.Struct("=I8s")
-# inet_diag_msg in one go (a scan parses ten thousand): family, 3 skipped, the socket id (ports in
-# network order), expires skipped, queues, uid skipped, inode.
-_MSG = struct.Struct("=B3xHH16s16sI8s4xII4xI")
-# tcp_info from byte 44: last_data_sent, (last_ack_sent skipped), last_data_recv (milliseconds
-# ago), then bytes_acked and bytes_received at 120 and 128.
-_TCPI = struct.Struct("=I4xI64xQQ")
-_TCPI_OFFSET = 44
 _RECV_BUFFER = 1 << 20
-
-
-class NetlinkError(OSError):
-    """The kernel refused a sock_diag request."""
 
 
 class TcpSocket(NamedTuple):
@@ -120,19 +133,6 @@ class TcpSocket(NamedTuple):
         )
 
 
-# A socket as a dump delivers it, unpacked by struct alone: a scan of 100,000 sockets makes one
-# plain tuple each and a TcpSocket only for the few it acts on. Its fields, by index: family,
-# the two ports in network order (ntohs them), local and remote address, interface, cookie, the
-# two queues, inode; then tcp_info's last data sent and received (ms ago), bytes sent (acked)
-# and received, all zero in a dump without tcp_info.
-SocketRow = tuple[Any, ...]
-(
-    ROW_FAMILY, ROW_SPORT, ROW_DPORT, ROW_SRC, ROW_DST, ROW_INTERFACE, ROW_COOKIE,
-    ROW_RECV_QUEUE, ROW_SEND_QUEUE, ROW_INODE, ROW_LAST_SENT_MS, ROW_LAST_RECEIVED_MS,
-    ROW_BYTES_SENT, ROW_BYTES_RECEIVED,
-) = range(14)  # fmt: skip
-
-
 def _unpack_address(family: int, raw: bytes) -> str:
     if family == socket.AF_INET:
         return socket.inet_ntoa(raw[:4])
@@ -189,13 +189,17 @@ class SockDiag:
 
     def established_rows(self, *, port: int, address: str | None = None) -> list[SocketRow]:
         """The same sockets as ``established``, as rows (``SocketRow``): the cheap form."""
+        return rows_of(self.established_parts(port=port, address=address))
+
+    def established_parts(self, *, port: int, address: str | None = None) -> list[DumpPart]:
+        """The same sockets again, as the dump delivered them (``DumpPart``): the cheapest."""
         return self._dump(_local_condition(port, address), with_info=True)
 
     def count_established(self, *, port: int, address: str | None = None) -> int:
         """How many ``established`` would list, without tcp_info."""
-        return len(self._dump(_local_condition(port, address), with_info=False))
+        return sum(map(len, self._dump(_local_condition(port, address), with_info=False)))
 
-    def _dump(self, condition: bytes, *, with_info: bool) -> list[SocketRow]:
+    def _dump(self, condition: bytes, *, with_info: bool) -> list[DumpPart]:
         """Both families' sockets that pass ``condition``: in one walk of the kernel's table
         through the older request, or, where a kernel refuses that, one walk per family."""
         ext = 1 << (INET_DIAG_INFO - 1) if with_info else 0
@@ -212,23 +216,27 @@ class SockDiag:
                 return self._receive_dump(TCPDIAG_GETSOCK, payload, with_info=with_info)
             except NetlinkError:
                 self._one_walk = False
-        found: list[SocketRow] = []
+        found: list[DumpPart] = []
         for family in (socket.AF_INET, socket.AF_INET6):
             payload = _REQ.pack(family, socket.IPPROTO_TCP, ext, states) + sockid + condition
             found += self._receive_dump(SOCK_DIAG_BY_FAMILY, payload, with_info=with_info)
         return found
 
-    def _receive_dump(self, kind: int, payload: bytes, *, with_info: bool) -> list[SocketRow]:
+    def _receive_dump(self, kind: int, payload: bytes, *, with_info: bool) -> list[DumpPart]:
         seq = next(self._seq)
         self._send(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, payload)
-        found: list[SocketRow] = []
+        found: list[DumpPart] = []
         while True:
             data = self._sock.recv(_RECV_BUFFER)
-            rows = _uniform_rows(data, kind, seq, with_info=with_info)
-            if rows is not None:
-                found.extend(rows)
+            chunk = _uniform_chunk(data, kind, seq, with_info=with_info)
+            if chunk is not None:
+                found.append(chunk)
                 continue
-            if _walk(data, kind, seq, found, with_info=with_info):
+            walked: list[SocketRow] = []
+            done = _walk(data, kind, seq, walked, with_info=with_info)
+            if walked:
+                found.append(walked)
+            if done:
                 return found
 
     def destroy(self, target: TcpSocket) -> bool:
@@ -257,87 +265,10 @@ class SockDiag:
         self._sock.sendto(header + payload, (0, 0))
 
 
-def _uniform_rows(data: bytes, kind: int, seq: int, *, with_info: bool) -> list[SocketRow] | None:
-    """Every message of ``data`` as a row in one ``struct.iter_unpack``, when they are all
-    socket messages of one length and layout, as a dump's messages are (the kernel writes the
-    same attributes for every socket); None otherwise, for ``_walk`` to read one by one.
-    Checked, not assumed: every message's length, type and sequence number, and where tcp_info
-    is read, its attribute type, compared byte for byte with the first message's."""
-    if len(data) < _NLMSGHDR.size + _MSG.size:
-        return None
-    length, msg_kind, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(data, 0)
-    if msg_kind != kind or msg_seq != seq or length % 4 or len(data) % length:
-        return None
-    info_at = _info_offset(data, length) if with_info else 0
-    if info_at is None:
-        return None
-    checked = [*range(6), *range(8, 12)]  # length and type; sequence number
-    if with_info:
-        checked += [info_at + 2, info_at + 3]  # the attribute's type
-    count = len(data) // length
-    if any(data[i::length] != data[i : i + 1] * count for i in checked):
-        return None
-    return list(_row_layout(length, info_at).iter_unpack(data))
-
-
-def _info_offset(data: bytes, length: int) -> int | None:
-    """Where tcp_info's attribute starts in the first message of ``data``, if it is whole."""
-    attr = _NLMSGHDR.size + _MSG.size
-    while attr + _RTATTR.size <= length:
-        attr_len, attr_type = _RTATTR.unpack_from(data, attr)
-        if attr_len < _RTATTR.size:
-            return None
-        if attr_type == INET_DIAG_INFO:
-            whole = attr_len >= _RTATTR.size + _TCPI_OFFSET + _TCPI.size
-            return attr if whole and attr + attr_len <= length else None
-        attr += (attr_len + 3) & ~3
-    return None
-
-
-_HEAD = "=16x" + _MSG.format.lstrip("=")
-
-
-@lru_cache(maxsize=8)
-def _row_layout(length: int, info_at: int) -> struct.Struct:
-    """A struct that reads one message of ``length`` bytes into a ``SocketRow``; without
-    tcp_info (``info_at`` 0) the row stops before tcp_info's fields, for counting."""
-    if not info_at:
-        return struct.Struct(_HEAD + f"{length - _NLMSGHDR.size - _MSG.size}x")
-    gap = info_at - _NLMSGHDR.size - _MSG.size + _RTATTR.size + _TCPI_OFFSET
-    rest = length - info_at - _RTATTR.size - _TCPI_OFFSET - _TCPI.size
-    return struct.Struct(_HEAD + f"{gap}x" + _TCPI.format.lstrip("=") + f"{rest}x")
-
-
-def _walk(data: bytes, kind: int, seq: int, found: list[SocketRow], *, with_info: bool) -> bool:
-    """Read ``data`` message by message into ``found``; True at the dump's end."""
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, msg_kind, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size:
-            raise NetlinkError(errno.EPROTO, "truncated netlink message")
-        body = offset + _NLMSGHDR.size
-        if msg_seq == seq:
-            if msg_kind == NLMSG_DONE:
-                return True
-            if msg_kind == NLMSG_ERROR:
-                (code,) = struct.unpack_from("=i", data, body)
-                raise NetlinkError(-code, f"inet_diag dump: {os.strerror(-code)}")
-            if msg_kind == kind:
-                found.append(_parse(data, offset, offset + length, with_info=with_info))
-        offset += (length + 3) & ~3
-    return False
-
-
-def _parse(data: bytes, start: int, end: int, *, with_info: bool) -> SocketRow:
-    msg = _MSG.unpack_from(data, start + _NLMSGHDR.size)
-    info: tuple[int, ...] = (0, 0, 0, 0)
-    attr = start + _NLMSGHDR.size + _MSG.size
-    while with_info and attr + _RTATTR.size <= end:
-        attr_len, attr_type = _RTATTR.unpack_from(data, attr)
-        if attr_len < _RTATTR.size:
-            break
-        if attr_type == INET_DIAG_INFO and attr_len >= _RTATTR.size + _TCPI_OFFSET + _TCPI.size:
-            info = _TCPI.unpack_from(data, attr + _RTATTR.size + _TCPI_OFFSET)
-            break
-        attr += (attr_len + 3) & ~3
-    return (*msg, *info)
+__all__ = [
+    "INET_DIAG_INFO", "NLMSG_DONE", "NLMSG_ERROR", "ROW_BYTES_RECEIVED", "ROW_BYTES_SENT",
+    "ROW_COOKIE", "ROW_DPORT", "ROW_DST", "ROW_FAMILY", "ROW_INODE", "ROW_INTERFACE",
+    "ROW_LAST_RECEIVED_MS", "ROW_LAST_SENT_MS", "ROW_RECV_QUEUE", "ROW_SEND_QUEUE", "ROW_SPORT",
+    "ROW_SRC", "DumpChunk", "DumpPart", "NetlinkError", "SockDiag", "SocketRow", "TcpSocket",
+    "_uniform_rows", "rows_of",
+]  # fmt: skip

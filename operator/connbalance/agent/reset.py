@@ -28,16 +28,16 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from connbalance.agent.diagscan import Scan
 from connbalance.agent.engine import DrainEngine
 from connbalance.agent.netlink import (
     ROW_BYTES_RECEIVED,
     ROW_BYTES_SENT,
-    ROW_COOKIE,
     ROW_INODE,
     ROW_LAST_RECEIVED_MS,
     ROW_LAST_SENT_MS,
@@ -140,7 +140,7 @@ class ResetAgent(DrainEngine):
         self._diag: SockDiag | None = None
         self._scan_at = -1.0
         self._scan_cost = 0.0
-        self._scan: dict[str, SocketRow] = {}
+        self._scan = Scan.empty()
         self._first_seen: dict[str, float] = {}
 
     async def start(self) -> None:
@@ -199,16 +199,16 @@ class ResetAgent(DrainEngine):
         except SteeringUnavailable as exc:
             log.warning("%s; this request cycles without steering", exc)
 
-    def _sockets(self, *, fresh: bool = False) -> dict[str, SocketRow]:
+    def _sockets(self, *, fresh: bool = False) -> Scan:
         if self._diag is None:
             if self.degraded:
-                return {}
+                return Scan.empty()
             raise RuntimeError("the reset agent has not started")
         now = self.clock.monotonic()
         if fresh or now - self._scan_at > max(_SCAN_REUSE_SECONDS, _SCAN_DUTY * self._scan_cost):
             with _collector_paused():
-                rows = self._diag.established_rows(port=self.port, address=self.address)
-                self._scan = {row[ROW_COOKIE].hex(): row for row in rows}
+                parts = self._diag.established_parts(port=self.port, address=self.address)
+                self._scan = Scan(parts)
             self._scan_at = now
             self._scan_cost = self.clock.monotonic() - now
         return self._scan
@@ -219,14 +219,15 @@ class ResetAgent(DrainEngine):
         return self._diag.count_established(port=self.port, address=self.address)
 
     def connection_ids(self) -> frozenset[str]:
-        return frozenset(self._sockets(fresh=True))
+        return self._sockets(fresh=True).key_set()
 
     def connections(self) -> list[ConnectionInfo]:
         sockets = self._sockets()
         now = self._scan_at
         # First seen by this agent (the kernel does not say when a socket was opened); kept for
         # what asks for the list, not updated by the scans a request makes.
-        self._first_seen = {k: self._first_seen.get(k, now) for k in sockets}
+        rows = dict(sockets.items())
+        self._first_seen = {k: self._first_seen.get(k, now) for k in rows}
         return [
             ConnectionInfo(
                 id=key,
@@ -239,7 +240,7 @@ class ResetAgent(DrainEngine):
                 queued=row[ROW_RECV_QUEUE] + row[ROW_SEND_QUEUE],
                 client_spoke_last=_client_spoke_last(row),
             )
-            for key, row in sockets.items()
+            for key, row in rows.items()
         ]
 
     def _choose(
@@ -250,7 +251,7 @@ class ResetAgent(DrainEngine):
         )
 
     def _quiet_wait(self, conn_id: str, *, quiet_seconds: float) -> float | None:
-        target = self._sockets().get(conn_id)
+        target = self._sockets().row(conn_id)
         if target is None:
             return None
         # Idle as of the scan, plus the time since: a scan may be reused for a few milliseconds.
@@ -262,46 +263,35 @@ class ResetAgent(DrainEngine):
 
     def _shut(self, conn_id: str, *, graceful: bool) -> bool:
         # Graceful or not, a reset is all this mode has: the difference is only when it comes.
-        target = self._sockets().get(conn_id)
+        target = self._sockets().row(conn_id)
         if target is None or self._diag is None:
             return False
         if not self._diag.destroy(TcpSocket.from_row(target)):
             return False
-        self._scan.pop(conn_id, None)
+        self._scan.discard(conn_id)
         return True
 
 
 def first_to_close(
-    scan: Mapping[str, SocketRow],
+    scan: Scan,
     *,
     eligible: frozenset[str],
     claimed: set[str],
     quiet_seconds: float,
 ) -> str | None:
-    """``selection.pick``'s choice over a scan's rows, without a ConnectionInfo each: the same
-    order (``close_rank``), with the socket's inode for its age (the kernel numbers sockets as
-    it makes them, so the lower inode is the older connection)."""
-    quiet_ms = quiet_seconds * 1000.0
-    # Most often some connection is quiet and idle: the head of the order, found in one pass
-    # that looks at the numbers first and at the sets only for the quiet ones.
-    head = min(
-        (
-            (r[ROW_LAST_SENT_MS], r[ROW_INODE], k)
-            for k, r in scan.items()
-            if r[ROW_LAST_RECEIVED_MS] >= r[ROW_LAST_SENT_MS] >= quiet_ms
-            and not r[ROW_RECV_QUEUE]
-            and not r[ROW_SEND_QUEUE]
-            and k in eligible
-            and k not in claimed
-        ),
-        default=None,
-    )
-    if head is not None:
-        return str(head[2])
-    free = [(k, r) for k, r in scan.items() if k in eligible and k not in claimed]
-    if not free:
-        return None
-    key, _row = min(free, key=lambda kr: _rank(kr[0], kr[1], quiet_seconds))
+    """``selection.pick``'s choice over a scan's columns, without a ConnectionInfo each: the
+    same order (``close_rank``), with the socket's inode for its age (the kernel numbers sockets
+    as it makes them, so the lower inode is the older connection). The scan remembers where the
+    chosen socket is, so its quiet wait and its destruction find it without an index."""
+    index = scan.quiet_head(eligible=eligible, claimed=claimed, quiet_ms=quiet_seconds * 1000.0)
+    if index is None:
+        free = [(key, i) for i, key in enumerate(scan.keys)
+                if key in eligible and key not in claimed and scan.find(key) is not None]
+        if not free:
+            return None
+        _key, index = min(free, key=lambda ki: _rank(ki[0], scan.row_at(ki[1]), quiet_seconds))
+    key = scan.keys[index]
+    scan.remember(key, index)
     return key
 
 
