@@ -57,8 +57,9 @@ it sees only connections to that address and steers with a self-expiring nftable
 (``connbalance.agent.steering``) instead of a refusing listener. Connection ids: ``c<N>`` in proxy
 mode, the kernel's socket cookie (hex) in reset mode, where ``opened_at`` is when the agent first
 saw the socket (listed by ``connections()``); reset mode ranks ties by the socket's inode, which
-the kernel numbers as it makes sockets, and ranks the rows of its scan without a
-``ConnectionInfo`` each (``reset.first_to_close``), so a scan of 100,000 sockets stays cheap.
+the kernel numbers as it makes sockets, and ranks its scan's columns without a row or a
+``ConnectionInfo`` each (``diagscan.Scan``, ``reset.first_to_close``), so a scan of 100,000
+sockets stays cheap.
 
 A connection is quiet, and may be closed gracefully, when neither direction carried data for
 ``quietMillis``, no buffer holds any, and the server had the last word (silence after a client's
