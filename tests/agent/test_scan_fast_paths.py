@@ -8,11 +8,12 @@ from __future__ import annotations
 import random
 import socket
 import struct
+from collections.abc import Set
 
 import pytest
 
 from connbalance.agent import netlink
-from connbalance.agent.diagscan import Scan
+from connbalance.agent.diagscan import CookieSet, Scan, cookie_of
 from connbalance.agent.netlink import (
     ROW_BYTES_RECEIVED,
     ROW_BYTES_SENT,
@@ -165,9 +166,11 @@ def _info(key: str, row: SocketRow) -> ConnectionInfo:
 @pytest.mark.parametrize("seed", range(30))
 def test_the_choice_over_rows_is_the_head_of_the_order_over_connections(seed):
     rng = random.Random(seed)
-    rows = {(k := f"{i:04x}"): _row(rng, rng.randrange(10_000), k)
-            for i in range(rng.randrange(1, 40))}  # fmt: skip
-    eligible = frozenset(k for k in rows if rng.random() < 0.8)
+    rows = {(k := f"{rng.getrandbits(64):016x}"): _row(rng, rng.randrange(10_000), k)
+            for _ in range(rng.randrange(1, 40))}  # fmt: skip
+    # The eligible keys as the engine holds them: a frozenset (the proxy's), or the scan's own
+    # set of cookie numbers (reset mode's).
+    eligible: Set[str] = frozenset(k for k in rows if rng.random() < 0.8)
     claimed = {k for k in rows if rng.random() < 0.2}
     gone = {k for k in rows if rng.random() < 0.1}  # destroyed since the scan
     quiet = rng.choice([0.1, 0.2, 1.0])
@@ -178,6 +181,8 @@ def test_the_choice_over_rows_is_the_head_of_the_order_over_connections(seed):
     )  # fmt: skip
     expected = ordered[0].id if ordered else None
     scan = Scan([list(rows.values())])
+    if seed % 2:
+        eligible = CookieSet(frozenset(c for c in map(cookie_of, eligible) if c is not None))
     for key in gone:
         scan.discard(key)
     chosen = first_to_close(scan, eligible=eligible, claimed=claimed, quiet_seconds=quiet)
@@ -194,16 +199,17 @@ def test_a_scans_columns_read_from_whole_chunks_are_the_rows_fields(held_connect
     walked = Scan([rows])
     columns = Scan(parts)
     assert len(columns) == len(walked) == 20
-    assert sorted(columns.keys) == sorted(walked.keys)
+    assert sorted(columns.cookies) == sorted(walked.cookies)
     by_key = {TcpSocket.from_row(row).key: row for row in rows}
-    for i, key in enumerate(columns.keys):
+    for i in range(len(columns.cookies)):
+        key = columns.key_at(i)
         row = by_key[key]
         assert (columns.recv_queue[i], columns.send_queue[i], columns.inode[i],
                 columns.last_sent_ms[i], columns.last_received_ms[i]) == (
             row[ROW_RECV_QUEUE], row[ROW_SEND_QUEUE], row[ROW_INODE], row[ROW_LAST_SENT_MS],
             row[ROW_LAST_RECEIVED_MS])  # fmt: skip
         assert columns.row(key) == row
-    gone = columns.keys[3]
+    gone = columns.key_at(3)
     columns.discard(gone)
     assert columns.row(gone) is None
     assert gone not in columns.key_set()

@@ -69,10 +69,6 @@ class DumpChunk:
         """The 32-bit number at byte ``offset`` of every message (4-aligned, as all are)."""
         return memoryview(self.data).cast("I")[offset // 4 :: self.length // 4].tolist()
 
-    def cookie_keys(self) -> list[str]:
-        """Every message's socket cookie as ``TcpSocket.key`` spells it."""
-        return [cookie.hex() for (cookie,) in _cookie_layout(self.length).iter_unpack(self.data)]
-
 
 # A dump as received: chunks of uniform messages, and the rows of any read one by one.
 DumpPart = DumpChunk | list[SocketRow]
@@ -147,12 +143,6 @@ def _row_layout(length: int, info_at: int) -> struct.Struct:
     gap = info_at - _NLMSGHDR.size - _MSG.size + _RTATTR.size + _TCPI_OFFSET
     rest = length - info_at - _RTATTR.size - _TCPI_OFFSET - _TCPI.size
     return struct.Struct(_HEAD + f"{gap}x" + _TCPI.format.lstrip("=") + f"{rest}x")
-
-
-@lru_cache(maxsize=8)
-def _cookie_layout(length: int) -> struct.Struct:
-    """A struct that reads only the cookie of a ``length``-byte message."""
-    return struct.Struct(f"={COOKIE_AT}x8s{length - COOKIE_AT - 8}x")
 
 
 def _walk(data: bytes, kind: int, seq: int, found: list[SocketRow], *, with_info: bool) -> bool:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,12 +100,12 @@ class DrainEngine(abc.ABC):
     def active_count(self) -> int:
         return len(self.connections())
 
-    def connection_ids(self) -> frozenset[str]:
+    def connection_ids(self) -> Set[str]:
         """The ids of the connections open now: what a request arriving now may cycle."""
         return frozenset(c.id for c in self.connections())
 
     def _choose(
-        self, eligible: frozenset[str], claimed: set[str], *, quiet_seconds: float
+        self, eligible: Set[str], claimed: set[str], *, quiet_seconds: float
     ) -> str | None:
         """The connection to close next (``selection.pick``'s order); a mode with many
         connections may rank them faster, in the same order."""
@@ -214,7 +214,7 @@ class DrainEngine(abc.ABC):
 
     # --- cycling ----------------------------------------------------------------------------------
 
-    async def _run(self, request: DrainRequest, eligible: frozenset[str]) -> RequestStatus:
+    async def _run(self, request: DrainRequest, eligible: Set[str]) -> RequestStatus:
         start = self.clock.monotonic()
         # The deadline is wall time on the wire; from here on it is read on the monotonic clock.
         deadline = start + (request.deadline - self.clock.now()).total_seconds()
@@ -242,7 +242,7 @@ class DrainEngine(abc.ABC):
         return final
 
     async def _slot(
-        self, request: DrainRequest, at: float, eligible: frozenset[str], deadline: float
+        self, request: DrainRequest, at: float, eligible: Set[str], deadline: float
     ) -> None:
         """One close of a request: at its time, the eligible connection nobody else is closing
         that went quiet most recently (``freshly_quiet_first``); another one if that one goes

@@ -28,7 +28,7 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -218,7 +218,7 @@ class ResetAgent(DrainEngine):
             return 0
         return self._diag.count_established(port=self.port, address=self.address)
 
-    def connection_ids(self) -> frozenset[str]:
+    def connection_ids(self) -> Set[str]:
         return self._sockets(fresh=True).key_set()
 
     def connections(self) -> list[ConnectionInfo]:
@@ -244,7 +244,7 @@ class ResetAgent(DrainEngine):
         ]
 
     def _choose(
-        self, eligible: frozenset[str], claimed: set[str], *, quiet_seconds: float
+        self, eligible: Set[str], claimed: set[str], *, quiet_seconds: float
     ) -> str | None:
         return first_to_close(
             self._sockets(), eligible=eligible, claimed=claimed, quiet_seconds=quiet_seconds
@@ -275,7 +275,7 @@ class ResetAgent(DrainEngine):
 def first_to_close(
     scan: Scan,
     *,
-    eligible: frozenset[str],
+    eligible: Set[str],
     claimed: set[str],
     quiet_seconds: float,
 ) -> str | None:
@@ -285,14 +285,12 @@ def first_to_close(
     chosen socket is, so its quiet wait and its destruction find it without an index."""
     index = scan.quiet_head(eligible=eligible, claimed=claimed, quiet_ms=quiet_seconds * 1000.0)
     if index is None:
-        free = [(key, i) for i, key in enumerate(scan.keys)
-                if key in eligible and key not in claimed and scan.find(key) is not None]
+        free = scan.free(eligible=eligible, claimed=claimed)
         if not free:
             return None
-        _key, index = min(free, key=lambda ki: _rank(ki[0], scan.row_at(ki[1]), quiet_seconds))
-    key = scan.keys[index]
-    scan.remember(key, index)
-    return key
+        index = min(free, key=lambda i: _rank(scan.key_at(i), scan.row_at(i), quiet_seconds))
+    scan.remember(index)
+    return scan.key_at(index)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 
 
@@ -105,7 +105,7 @@ def spread(*, count: int, window_seconds: float, rng: random.Random, start: floa
 def pick(
     candidates: Sequence[ConnectionInfo],
     *,
-    eligible: frozenset[str],
+    eligible: Set[str],
     claimed: set[str],
     quiet_seconds: float,
 ) -> ConnectionInfo | None:
