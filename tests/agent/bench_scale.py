@@ -20,8 +20,14 @@
 
 A process may hold at most 20,000 descriptors here, so both sides are spread: the server's
 sockets over several processes sharing the port with SO_REUSEPORT, the clients over several
-processes, each from its own loopback source address (one has about 28,000 ephemeral ports).
-Everything is on 127.0.80.0/24 and 127.0.81.0/24. ``--sockets 2000`` makes a tiny run for tests.
+processes, each from its own source address (one has about 28,000 ephemeral ports).
+
+The server and its agent are in a network namespace of the bench's own, the clients in another,
+joined by a veth pair (10.80.0.1 the server, 10.80.1.N the clients; the agent's HTTP on the
+server namespace's loopback): as on a node, the pod's namespace holds the server's sockets and
+not its clients', so the kernel's walk behind a scan visits 100,000 sockets, not 200,000. Both
+namespaces go when the bench ends. The proxy-mode figure stays on the machine's loopback.
+``--sockets 2000`` makes a tiny run for tests.
 """
 
 from __future__ import annotations
@@ -48,10 +54,11 @@ from typing import Any
 
 from tests.agent.bench import HOST as PROXY_UPSTREAM_HOST
 from tests.agent.bench import process, raise_fd_limit, rss_kib, upstream
+from tests.agent.netns import inside
 
-SERVER = "127.0.80.1"
-AGENT_HTTP = "127.0.80.2"
-SOURCES = "127.0.81.{}"
+SERVER = "10.80.0.1"  # in the server's namespace
+AGENT_HTTP = "127.0.80.2"  # on the server namespace's loopback
+SOURCES = "10.80.1.{}"  # in the clients' namespace
 PER_PROCESS = 14_000  # descriptors a peer process holds, well under the 20,000 cap
 MIN_CLIENT_PROCESSES = 4
 PROXY_MAX = 9_900  # 2 descriptors per proxied connection, under the 20,000 cap
@@ -70,46 +77,84 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def scale_network(sources: int) -> Iterator[tuple[str, str]]:
+    """The server's namespace and the clients', joined by a veth pair: SERVER on one end,
+    ``sources`` addresses of SOURCES on the other."""
+    server, clients = f"cbscale-srv-{os.getpid()}", f"cbscale-cli-{os.getpid()}"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    try:
+        for name in (server, clients):
+            ip("netns", "add", name)
+            ip("-n", name, "link", "set", "lo", "up")
+        ip("-n", server, "link", "add", "cbs0", "type", "veth", "peer", "name", "cbc0",
+           "netns", clients)  # fmt: skip
+        ip("-n", server, "addr", "add", f"{SERVER}/16", "dev", "cbs0")
+        for i in range(1, sources + 1):
+            ip("-n", clients, "addr", "add", f"{SOURCES.format(i)}/16", "dev", "cbc0")
+        for name, dev in ((server, "cbs0"), (clients, "cbc0")):
+            ip("-n", name, "link", "set", dev, "up")
+        yield server, clients
+    finally:
+        for name in (server, clients):
+            subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def conntrack() -> dict[str, int | None]:
+def conntrack(netns: str) -> dict[str, int | None]:
+    """``nf_conntrack_max`` and the namespace's ``nf_conntrack_count``."""
+
     def read(name: str) -> int | None:
         path = Path("/proc/sys/net/netfilter") / name
         return int(path.read_text()) if path.exists() else None
 
-    return {"max": read("nf_conntrack_max"), "count": read("nf_conntrack_count")}
+    def both() -> dict[str, int | None]:
+        return {"max": read("nf_conntrack_max"), "count": read("nf_conntrack_count")}
+
+    return inside(netns, both)
 
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def peer(*args: str) -> contextlib.AbstractContextManager[tuple[subprocess.Popen[str], Any]]:
-    return process([sys.executable, "-m", "tests.agent.scalepeers", *args],
-                   ready=lambda line: line.strip() or None)  # fmt: skip
+def peer(netns: str, *args: str) -> contextlib.AbstractContextManager[
+        tuple[subprocess.Popen[str], Any]]:
+    return process(["ip", "netns", "exec", netns, sys.executable, "-m", "tests.agent.scalepeers",
+                    *args], ready=lambda line: line.strip() or None)  # fmt: skip
 
 
 @contextlib.contextmanager
-def established(sockets: int, port: int) -> Iterator[dict[str, Any]]:
-    """``sockets`` connections held to SERVER:port, both ends spread over processes."""
+def established(sockets: int, port: int, network: tuple[str, str]) -> Iterator[dict[str, Any]]:
+    """``sockets`` connections held to SERVER:port, both ends spread over processes, the
+    servers in the first namespace of ``network`` and the clients in the second."""
+    server_ns, client_ns = network
     servers = max(2, math.ceil(sockets / PER_PROCESS))
-    clients = max(MIN_CLIENT_PROCESSES, math.ceil(sockets / PER_PROCESS))
+    clients = client_processes(sockets)
     shares = [sockets // clients + (i < sockets % clients) for i in range(clients)]
     with contextlib.ExitStack() as stack:
         for _ in range(servers):
-            stack.enter_context(peer("serve", SERVER, str(port)))
+            stack.enter_context(peer(server_ns, "serve", SERVER, str(port)))
         for i, share in enumerate(shares):
-            stack.enter_context(peer("connect", SOURCES.format(i + 1), SERVER, str(port),
-                                     str(share)))  # fmt: skip
+            stack.enter_context(peer(client_ns, "connect", SOURCES.format(i + 1), SERVER,
+                                     str(port), str(share)))  # fmt: skip
         yield {
             "sockets": sockets,
             "server_processes": servers,
             "client_processes": clients,
             "source_addresses": [SOURCES.format(i + 1) for i in range(clients)],
         }
+
+
+def client_processes(sockets: int) -> int:
+    return max(MIN_CLIENT_PROCESSES, math.ceil(sockets / PER_PROCESS))
 
 
 def wait_established(port: int, sockets: int) -> int:
@@ -206,25 +251,27 @@ def kernel_dump_only(diag: Any, port: int, address: str) -> int:
             return received
 
 
-def ss_listing(port: int) -> dict[str, Any]:
+def ss_listing(port: int, netns: str) -> dict[str, Any]:
     """``ss`` listing the same sockets (address and port) with tcp_info, for reference: wall
     time, median of 3."""
     times = []
     lines = 0
     for _ in range(3):
         start = time.perf_counter()
-        done = subprocess.run(["ss", "-tinH", "state", "established", "src", f"{SERVER}:{port}"],
+        done = subprocess.run(["ip", "netns", "exec", netns, "ss", "-tinH", "state",
+                               "established", "src", f"{SERVER}:{port}"],
                               capture_output=True, text=True, check=True)  # fmt: skip
         times.append(time.perf_counter() - start)
         lines = sum(1 for line in done.stdout.splitlines() if line[:1] not in (" ", "\t"))
     return {"median_ms": round(statistics.median(times) * 1000, 1), "sockets_listed": lines}
 
 
-def idle_agent(port: int, idle_seconds: float, run_dir: Path) -> dict[str, Any]:
+def idle_agent(port: int, idle_seconds: float, run_dir: Path, netns: str) -> dict[str, Any]:
     """The agent process, as the recipe runs it, with the sockets present and nothing to do."""
     annotations = run_dir / "annotations"
     annotations.write_text("")
-    argv = [sys.executable, "-m", "connbalance.agent", "--mode", "reset", "--port", str(port),
+    argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "connbalance.agent",
+            "--mode", "reset", "--port", str(port),
             "--pod-ip", SERVER, "--listen", f"{AGENT_HTTP}:0", "--annotations-file",
             str(annotations), "--no-api-watch", "--state-file", str(run_dir / "state.json"),
             "--max-fraction", "0.5"]  # fmt: skip
@@ -240,8 +287,7 @@ def idle_agent(port: int, idle_seconds: float, run_dir: Path) -> dict[str, Any]:
         idle = (cpu_seconds(proc.pid) - before) / (time.monotonic() - start)
         before, start = cpu_seconds(proc.pid), time.perf_counter()
         url = f"http://{AGENT_HTTP}:{http_port}/metrics"
-        with urllib.request.urlopen(url, timeout=60) as answer:
-            body = answer.read().decode()
+        body = inside(netns, read_metrics, url)
         wall = time.perf_counter() - start
         time.sleep(0.2)
         scrape = cpu_seconds(proc.pid) - before
@@ -260,6 +306,11 @@ def idle_agent(port: int, idle_seconds: float, run_dir: Path) -> dict[str, Any]:
         "goal_percent": GOAL_IDLE_CPU_PERCENT,
         "meets_goal": with_scrapes * 100 < GOAL_IDLE_CPU_PERCENT,
     }
+
+
+def read_metrics(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=60) as answer:
+        return str(answer.read().decode())
 
 
 def settled_rss(pid: int) -> int:
@@ -309,27 +360,37 @@ def proxy_rss(connections: int, target: int) -> dict[str, Any]:
 
 
 def reset_side(sockets: int, repeats: int, idle_seconds: float) -> dict[str, Any]:
+    from connbalance.agent.netns import NetworkNamespace
     from connbalance.agent.reset import ResetAgent
 
-    port = free_port(SERVER)
-    result: dict[str, Any] = {"conntrack_before": conntrack()}
-    agent = ResetAgent(port=port, address=SERVER, max_fraction=0.5)
-    with asyncio.Runner() as runner, tempfile.TemporaryDirectory() as run_dir:
-        runner.run(agent.start())  # its nftables table is in place from here on
-        try:
-            start = time.monotonic()
-            with established(sockets, port) as setup:
-                setup["listed_when_established"] = wait_established(port, sockets)
-                setup["established_in_seconds"] = round(time.monotonic() - start, 1)
-                result["setup"] = setup
-                agent.steer(120.0)  # the refusal element in place while it scans
-                result["conntrack_with_steering_and_sockets"] = conntrack()
-                result["reset_scan_and_select"] = scan_and_select(agent, repeats)
-                result["ss_for_reference"] = ss_listing(port)
-                runner.run(agent.stop())  # the idle agent below sets its own element
-                result["idle_agent"] = idle_agent(port, idle_seconds, Path(run_dir))
-        finally:
-            runner.run(agent.stop())
+    result: dict[str, Any] = {}
+    with scale_network(client_processes(sockets)) as network:
+        server_ns = network[0]
+        port = inside(server_ns, free_port, SERVER)
+        result["conntrack_before"] = conntrack(server_ns)
+        namespace = NetworkNamespace.open(Path("/run/netns") / server_ns, name=server_ns)
+        agent = ResetAgent(port=port, address=SERVER, max_fraction=0.5, namespace=namespace)
+        with asyncio.Runner() as runner, tempfile.TemporaryDirectory() as run_dir:
+            runner.run(agent.start())  # its nftables table is in place from here on
+            try:
+                start = time.monotonic()
+                with established(sockets, port, network) as setup:
+                    setup["listed_when_established"] = inside(
+                        server_ns, wait_established, port, sockets)
+                    setup["established_in_seconds"] = round(time.monotonic() - start, 1)
+                    setup["network"] = ("a namespace for the server and its agent, another for "
+                                        "the clients, a veth pair between them")
+                    result["setup"] = setup
+                    agent.steer(120.0)  # the refusal element in place while it scans
+                    result["conntrack_with_steering_and_sockets"] = conntrack(server_ns)
+                    result["reset_scan_and_select"] = scan_and_select(agent, repeats)
+                    result["ss_for_reference"] = ss_listing(port, server_ns)
+                    runner.run(agent.stop())  # the idle agent below sets its own element
+                    result["idle_agent"] = idle_agent(port, idle_seconds, Path(run_dir),
+                                                      server_ns)
+            finally:
+                runner.run(agent.stop())
+                namespace.close()
     return result
 
 

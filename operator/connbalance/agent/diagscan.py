@@ -15,7 +15,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterator, Set
 from itertools import compress, repeat
-from operator import and_, eq, ge, lshift, not_, or_
+from operator import and_, eq, ge, lshift, or_
 
 from connbalance.agent.diagreply import (
     COOKIE_AT,
@@ -187,26 +187,25 @@ class Scan:
         most often some socket is: the most freshly quiet, the older (lower inode) on a tie.
 
         The numbers are compared by ``map`` over the columns, never a Python loop per socket:
-        the quiet ones are a mask, the least last-sent among them the candidates, and only the
-        candidates are looked up in the sets (the next least, if none of them may be closed)."""
-        sent = self.last_sent_ms
-        mask = list(map(
-            and_,
-            map(and_, map(ge, self.last_received_ms, sent), map(ge, sent, repeat(quiet_ms))),
-            map(not_, map(or_, self.recv_queue, self.send_queue)),
-        ))  # fmt: skip
+        the least last-sent among the quiet is found first, and only the sockets tied at it are
+        looked at one by one (queues, sets); if none of them may be closed, the next least."""
+        sent, received = self.last_sent_ms, self.last_received_ms
         allowed, taken = _cookies(eligible), _cookies(claimed) | self._gone
+        floor = quiet_ms
         while True:
-            least = min(compress(sent, mask), default=None)
+            quiet = map(and_, map(ge, received, sent), map(ge, sent, repeat(floor)))
+            least = min(compress(sent, quiet), default=None)
             if least is None:
                 return None
-            tied = list(compress(range(len(sent)), map(and_, mask, map(eq, sent, repeat(least)))))
+            tied = list(compress(range(len(sent)), map(eq, sent, repeat(least))))
             tied.sort(key=self.inode.__getitem__)
             for index in tied:
                 cookie = self.cookies[index]
-                if cookie in allowed and cookie not in taken:
+                if (received[index] >= least and not self.recv_queue[index]
+                        and not self.send_queue[index] and cookie in allowed
+                        and cookie not in taken):  # fmt: skip
                     return index
-                mask[index] = False
+            floor = least + 1  # last-sent is whole milliseconds
 
 
 __all__ = ["CookieSet", "Scan", "cookie_of", "key_of"]
